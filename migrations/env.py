@@ -1,0 +1,53 @@
+"""Alembic environment.
+
+The store passes its own connection in ``config.attributes["connection"]`` so that
+migrations run inside the process's engine (with its pragmas); the ``alembic`` command
+line builds an engine from ``sqlalchemy.url`` or ``RETRIEVE_DATABASE_URL``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from alembic import context
+from sqlalchemy import create_engine
+
+from retrieval.store.models import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def _run(connection) -> None:  # type: ignore[no-untyped-def]
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        render_as_batch=True,  # SQLite cannot ALTER most things in place
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_offline() -> None:
+    url = config.get_main_option("sqlalchemy.url") or os.environ.get("RETRIEVE_DATABASE_URL")
+    context.configure(url=url, target_metadata=target_metadata, literal_binds=True, render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _run(connection)
+        return
+    url = config.get_main_option("sqlalchemy.url") or os.environ.get("RETRIEVE_DATABASE_URL", "sqlite:///data/retrieval.db")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        _run(conn)
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

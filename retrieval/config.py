@@ -1,0 +1,216 @@
+"""Settings: one frozen dataclass, loaded once and passed down.
+
+Precedence, highest first: command-line flag > ``RETRIEVE_*`` environment variables >
+the file given by ``--config`` or ``RETRIEVE_CONFIG`` > ``./config.yaml`` > built-in
+defaults. :func:`load_settings` records where each value came from so that
+``retrieve config`` can say it.
+
+Relative paths in a config file are taken relative to that file's folder (so a config
+file works from any working directory); relative paths from flags, the environment and
+the defaults are relative to the current directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from retrieval.errors import ConfigError
+
+ENV_PREFIX = "RETRIEVE_"
+INDEX_TYPES = ("flat", "hnsw")
+DEVICES = ("cpu", "cuda", "mps", "auto")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the service; see config.yaml for what each one means."""
+
+    database_url: str = "sqlite:///data/retrieval.db"
+    index_dir: str = "data/index"
+    model: str = "all-MiniLM-L6-v2"
+    batch_size: int = 64
+    device: str = "cpu"
+    index_type: str = "flat"
+    hnsw_m: int = 32
+    hnsw_ef_search: int = 128
+    search_k: int = 5
+    max_k: int = 1000
+    min_score: float | None = None
+    max_query_chars: int = 10_000
+    busy_timeout_ms: int = 30_000
+    keep_index_versions: int = 2
+    progress: bool = True
+    # Where each value came from: "default", "./config.yaml", "env RETRIEVE_MODEL", ...
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def with_overrides(self, source: str, **values: Any) -> Settings:
+        """Return a copy with ``values`` applied (None means "not given") and validated."""
+        given = {k: v for k, v in values.items() if v is not None}
+        if not given:
+            return self
+        checked = {name: _coerce(name, value, source) for name, value in given.items()}
+        srcs = dict(self.sources)
+        srcs.update({name: source for name in checked})
+        new = dataclasses.replace(self, **checked, sources=srcs)
+        new.validate()
+        return new
+
+    def validate(self) -> None:
+        """Check values that a type alone does not constrain."""
+        if self.index_type not in INDEX_TYPES:
+            raise ConfigError(
+                f"index_type: must be one of {', '.join(INDEX_TYPES)}, got {self.index_type!r} "
+                f"(from {self.sources.get('index_type', 'default')})"
+            )
+        if self.device not in DEVICES and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device: must be one of {', '.join(DEVICES)} or cuda:N, got {self.device!r}")
+        for name in ("batch_size", "search_k", "max_k", "max_query_chars", "hnsw_m", "hnsw_ef_search"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if self.search_k > self.max_k:
+            raise ConfigError(f"search_k ({self.search_k}) is larger than max_k ({self.max_k})")
+        if self.keep_index_versions < 1:
+            raise ConfigError("keep_index_versions: must be at least 1")
+        if self.busy_timeout_ms < 0:
+            raise ConfigError("busy_timeout_ms: must not be negative")
+
+    def describe(self) -> list[tuple[str, Any, str]]:
+        """(name, value, source) for every setting, in declaration order."""
+        return [
+            (f.name, getattr(self, f.name), self.sources.get(f.name, "default"))
+            for f in fields(self)
+            if f.name != "sources"
+        ]
+
+
+_FIELDS = {f.name: f for f in fields(Settings) if f.name != "sources"}
+_PATH_FIELDS = ("index_dir",)
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "mapping"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Check ``value`` against the field's declared type; strings from env/flags are parsed."""
+    if name not in _FIELDS:
+        known = ", ".join(_FIELDS)
+        raise ConfigError(f"unknown setting {name!r} in {source} (known settings: {known})")
+    declared = _FIELDS[name].type
+    optional = "None" in str(declared)
+    base = str(declared).replace(" | None", "")
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{name} in {source}: a value is required")
+    if isinstance(value, str) and base != "str":
+        # Environment variables and flags arrive as strings: parse them as YAML scalars.
+        if optional and value.strip().lower() in ("", "null", "none"):
+            return None
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            pass
+    expected = {"str": str, "int": int, "float": float, "bool": bool}[base]
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if expected is not bool and isinstance(value, bool) or not isinstance(value, expected):
+        want = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}[base]
+        raise ConfigError(f"{name} in {source}: expected {want}, got {_type_name(value)} {value!r}")
+    return value
+
+
+def _rebase(name: str, value: Any, base_dir: Path) -> Any:
+    """Resolve a relative path (or SQLite file URL) found in a config file against its folder."""
+    if name in _PATH_FIELDS and isinstance(value, str) and not os.path.isabs(value):
+        return str(base_dir / value)
+    if name == "database_url" and isinstance(value, str) and value.startswith("sqlite:///"):
+        rest = value[len("sqlite:///") :]
+        if rest and not rest.startswith("/") and not rest.startswith(":memory:"):
+            return "sqlite:///" + str(base_dir / rest)
+    return value
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of settings, got {_type_name(raw)}")
+    return raw
+
+
+def load_settings(
+    config_path: str | os.PathLike[str] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> Settings:
+    """Build the effective settings from defaults, config files, environment and flags.
+
+    ``config_path`` is the ``--config`` flag; when None, ``RETRIEVE_CONFIG`` is used.
+    ``overrides`` are command-line flags (None values are ignored).
+    """
+    env = os.environ if environ is None else environ
+    here = Path(cwd) if cwd is not None else Path.cwd()
+    settings = Settings()
+
+    files: list[Path] = []
+    local = here / "config.yaml"
+    if local.is_file():
+        files.append(local)
+    explicit = config_path if config_path is not None else env.get(ENV_PREFIX + "CONFIG") or None
+    if explicit is not None:
+        path = Path(explicit)
+        path = path if path.is_absolute() else here / path
+        if not files or path.resolve() != files[0].resolve():
+            files.append(path)
+    for path in files:
+        label = "./config.yaml" if path == local else str(path)
+        values = _read_file(path)
+        unknown = [k for k in values if k not in _FIELDS]
+        if unknown:
+            raise ConfigError(
+                f"unknown setting {unknown[0]!r} in {label} (known settings: {', '.join(_FIELDS)})"
+            )
+        base_dir = path.resolve().parent
+        settings = settings.with_overrides(label, **{k: _rebase(k, v, base_dir) for k, v in values.items()})
+        # A null in the file for an optional value means "explicitly unset".
+        for key, value in values.items():
+            if value is None:
+                srcs = dict(settings.sources)
+                srcs[key] = label
+                settings = dataclasses.replace(settings, **{key: _coerce(key, None, label)}, sources=srcs)
+
+    env_values: dict[str, Any] = {}
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX) or key in (ENV_PREFIX + "CONFIG", ENV_PREFIX + "SERVER"):
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name not in _FIELDS:
+            raise ConfigError(f"unknown setting in environment variable {key} (known settings: {', '.join(_FIELDS)})")
+        env_values[name] = value
+    for name, value in env_values.items():
+        settings = settings.with_overrides(f"env {ENV_PREFIX}{name.upper()}", **{name: value})
+
+    if overrides:
+        for name, value in overrides.items():
+            if value is not None:
+                settings = settings.with_overrides(f"flag --{name.replace('_', '-')}", **{name: value})
+    settings.validate()
+    return settings

@@ -1,0 +1,118 @@
+"""sentence-transformers backend. torch is imported only when the model is first used."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from retrieval.embed.base import Encoder, normalize
+from retrieval.embed.model import ModelInfo
+from retrieval.errors import RetrievalError
+
+
+class SentenceTransformerEncoder(Encoder):
+    """Encodes with ``SentenceTransformer``, batching texts of similar token counts.
+
+    sentence-transformers sorts a batch by character length; on short catalog texts that
+    pads batches to about twice their real token count. Sorting by token count first
+    and handing the model one batch at a time avoids that padding, and gives the same
+    vectors (padding is masked out).
+    """
+
+    def __init__(self, info: ModelInfo, *, device: str = "cpu", batch_size: int = 64, progress: bool = True) -> None:
+        self.info = info
+        self.model_key = info.key
+        self.dim = info.dim or 0
+        self.device = device
+        self.batch_size = batch_size
+        self.progress = progress
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        with self._lock:
+            if self._model is not None:
+                return
+            if self.info.path is not None:
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            try:
+                import transformers
+                from sentence_transformers import SentenceTransformer
+
+                transformers.utils.logging.disable_progress_bar()
+                model = SentenceTransformer(
+                    self.info.path or self.info.name, device=None if self.device == "auto" else self.device
+                )
+            except Exception as exc:
+                raise RetrievalError(f"cannot load model {self.info.name!r}: {exc}") from exc
+            model.eval()
+            dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else None
+            dim = dim or model.get_sentence_embedding_dimension()
+            if self.info.dim is not None and dim != self.info.dim:
+                raise RetrievalError(
+                    f"model {self.info.name!r} produces {dim}-dimensional vectors, but its configuration says {self.info.dim}"
+                )
+            self.dim = int(dim)
+            if self.info.dim is None:
+                self.model_key = ModelInfo(self.info.name, None, self.dim, self.info.digest).key
+            self._model = model
+
+    @property
+    def max_seq_length(self) -> int:
+        self.load()
+        return int(self._model.max_seq_length or 512)
+
+    def token_counts(self, texts: Sequence[str]) -> np.ndarray:
+        """Token count of each text as the model will see it (truncated, with specials)."""
+        self.load()
+        encoded = self._model.tokenizer(
+            list(texts),
+            add_special_tokens=True,
+            truncation=True,
+            max_length=self.max_seq_length,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        return np.fromiter((len(ids) for ids in encoded["input_ids"]), dtype=np.int64, count=len(texts))
+
+    def encode(self, texts: Sequence[str], *, progress: bool | None = None) -> np.ndarray:
+        self.load()
+        n = len(texts)
+        out = np.empty((n, self.dim), dtype=np.float32)
+        if n == 0:
+            return out
+        order = np.argsort(self.token_counts(texts), kind="stable") if n > 1 else np.zeros(1, dtype=np.int64)
+        show = self.progress if progress is None else progress
+        batches = range(0, n, self.batch_size)
+        bar = None
+        if show and n > self.batch_size * 4:
+            from tqdm import tqdm
+
+            bar = tqdm(total=n, desc="Embedding", unit="text", leave=False, dynamic_ncols=True)
+        try:
+            for start in batches:
+                idx = order[start : start + self.batch_size]
+                batch = [texts[i] for i in idx]
+                vecs = self._model.encode(
+                    batch,
+                    batch_size=len(batch),
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                )
+                out[idx] = vecs
+                if bar is not None:
+                    bar.update(len(batch))
+        finally:
+            if bar is not None:
+                bar.close()
+        return normalize(out)
+
+    def __repr__(self) -> str:
+        return f"SentenceTransformerEncoder({self.model_key!r}, device={self.device!r})"

@@ -1,0 +1,479 @@
+"""Retriever: the one object that coordinates store, encoder and index.
+
+The CLI, the Python API and (later) the HTTP service all call these methods.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval.config import Settings, load_settings
+from retrieval.embed.base import Encoder
+from retrieval.errors import (
+    IndexCorruptError,
+    InvalidInputError,
+    ModelMismatchError,
+    NotFoundError,
+    RetrievalError,
+)
+from retrieval.index.faiss_index import IndexStore, IndexVersion, ids_digest, index_vectors
+from retrieval.store import db
+from retrieval.store.repository import NewDocument, Store, content_hash
+from retrieval.sync import SyncReport, ensure_vectors, full_build, incremental
+
+log = logging.getLogger("retrieval")
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result."""
+
+    id: str  # the document's external id
+    score: float  # cosine similarity
+    text: str
+    metadata: dict[str, Any]
+    doc_id: int  # the internal id (also the FAISS id)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "score": self.score, "text": self.text, "metadata": self.metadata}
+
+
+@dataclass
+class IngestReport:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    invalid: int = 0
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    sync: SyncReport | None = None
+
+    @property
+    def total(self) -> int:
+        return self.added + self.updated + self.unchanged
+
+    @property
+    def docs_per_second(self) -> float:
+        return self.total / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "invalid": self.invalid,
+            "seconds": round(self.seconds, 3),
+            "docs_per_second": round(self.docs_per_second, 1),
+            "embedded": self.sync.embedded if self.sync else 0,
+        }
+
+
+@dataclass
+class VerifyReport:
+    ok: bool
+    documents: int
+    indexed: int
+    pending: int
+    problems: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _index_kw(settings: Settings) -> dict[str, Any]:
+    return {"hnsw_m": settings.hnsw_m, "hnsw_ef_search": settings.hnsw_ef_search}
+
+
+class Retriever:
+    """Semantic search over documents stored in a database.
+
+    >>> r = Retriever.from_settings(load_settings())        # doctest: +SKIP
+    >>> r.ingest([{"id": "a", "text": "running shoes"}])    # doctest: +SKIP
+    >>> r.search("shoes for jogging", k=1)[0].id            # doctest: +SKIP
+    'a'
+    """
+
+    def __init__(self, settings: Settings, store: Store, index_store: IndexStore, encoder: Encoder | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.index_store = index_store
+        self._encoder = encoder
+        self._loaded: IndexVersion | None = None
+        self._loaded_name: str | None = None
+        self._lock = threading.RLock()
+
+    # -- construction -----------------------------------------------------------------
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None, **overrides: Any) -> Retriever:
+        """Open the configured store (migrating it) and index folder; the model loads lazily."""
+        settings = settings or load_settings(overrides=overrides)
+        if overrides and settings is not None:
+            settings = settings.with_overrides("argument", **overrides)
+        store = Store.open(settings.database_url, busy_timeout_ms=settings.busy_timeout_ms)
+        index_store = IndexStore(settings.index_dir, keep=settings.keep_index_versions, hnsw_ef_search=settings.hnsw_ef_search)
+        return cls(settings, store, index_store)
+
+    @classmethod
+    def open(cls, path: str | Path, model: str | None = None, **overrides: Any) -> Retriever:
+        """A store in folder ``path`` (``retrieval.db`` and ``index/`` inside it)."""
+        folder = Path(path)
+        values: dict[str, Any] = {"database_url": f"sqlite:///{folder / 'retrieval.db'}", "index_dir": str(folder / "index")}
+        if model:
+            values["model"] = model
+        values.update(overrides)
+        return cls.from_settings(load_settings(overrides=values))
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            from retrieval.embed import create_encoder
+
+            self._encoder = create_encoder(
+                self.settings.model,
+                device=self.settings.device,
+                batch_size=self.settings.batch_size,
+                progress=self.settings.progress,
+            )
+        return self._encoder
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Retriever:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the index --------------------------------------------------------------------
+
+    def _sync_lock(self) -> Any:
+        from filelock import FileLock
+
+        Path(self.settings.index_dir).mkdir(parents=True, exist_ok=True)
+        return FileLock(str(Path(self.settings.index_dir) / ".sync.lock"))
+
+    def current_index(self) -> IndexVersion:
+        """The current index version, reloaded when another process published a newer one,
+        and rebuilt from stored vectors when it is missing or corrupt."""
+        with self._lock:
+            name = self.index_store.current_name()
+            if self._loaded is not None and name == self._loaded_name:
+                return self._loaded
+            try:
+                version = self.index_store.load()
+            except IndexCorruptError as exc:
+                log.warning("%s; rebuilding it from the stored embeddings", exc)
+                self._warn(f"{exc}; rebuilding the index from the stored embeddings")
+                version = None
+                self._rebuild()
+                version = self.index_store.load()
+            if version is None:
+                if self._has_documents():
+                    self._warn(f"no index in {self.settings.index_dir}; building it from the stored embeddings")
+                self._rebuild()
+                version = self.index_store.load()
+            assert version is not None
+            self._loaded, self._loaded_name = version, version.manifest.version
+            return version
+
+    def _has_documents(self) -> bool:
+        with self.store.read() as conn:
+            return self.store.max_seq(conn) > 0
+
+    def _warn(self, message: str) -> None:
+        import click
+
+        click.echo(f"retrieve: {message}", err=True)
+
+    def _rebuild(self) -> SyncReport:
+        with self._sync_lock():
+            # Another process may have rebuilt it while we waited for the lock.
+            try:
+                if self.index_store.load() is not None:
+                    return SyncReport()
+            except IndexCorruptError:
+                pass
+            return full_build(self.store, self.index_store, self.encoder, self.settings.index_type, **_index_kw(self.settings))
+
+    def _check_model(self, version: IndexVersion) -> None:
+        if version.manifest.model_key != self.encoder.model_key:
+            raise ModelMismatchError(
+                f"the index was built with {version.manifest.model_key} but the configured model is "
+                f"{self.encoder.model_key}; run `retrieve reindex` to re-embed with the configured model"
+            )
+
+    # -- writes -----------------------------------------------------------------------
+
+    def ingest(self, documents: Iterable[Any], *, sync: bool = True) -> IngestReport:
+        """Upsert documents (dicts with id, text, optional metadata, or Records) and sync.
+
+        A document whose text did not change is not re-embedded.
+        """
+        t0 = time.perf_counter()
+        docs: dict[str, NewDocument] = {}
+        for d in documents:
+            if isinstance(d, dict):
+                ext, text_, meta = d.get("id"), d.get("text"), d.get("metadata") or {}
+            else:
+                ext, text_, meta = d.external_id, d.text, d.metadata
+            if isinstance(ext, int) and not isinstance(ext, bool):
+                ext = str(ext)
+            if not isinstance(ext, str) or not ext.strip():
+                raise RetrievalError(f"document id must be a non-empty string, got {ext!r}")
+            if not isinstance(text_, str) or not text_.strip():
+                raise RetrievalError(f"document {ext!r}: text must be a non-empty string")
+            docs[ext] = NewDocument(ext, text_, meta)
+        if sync:
+            self._check_writable()
+        counts = self.store.upsert(list(docs.values()))
+        report = IngestReport(added=counts.added, updated=counts.updated, unchanged=counts.unchanged)
+        if sync and (counts.added or counts.updated):
+            report.sync = self.sync()
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def ingest_files(
+        self,
+        sources: Sequence[str],
+        *,
+        fmt: str | None = None,
+        id_field: str = "id",
+        text_fields: Sequence[str] = ("text",),
+        metadata_fields: Sequence[str] | None = None,
+        skip_invalid: bool = False,
+        stdin: Any = None,
+    ) -> IngestReport:
+        """Validate every record of every file first; write only when all are valid
+        (or, with ``skip_invalid``, the valid ones)."""
+        from retrieval.readers import read_records
+
+        t0 = time.perf_counter()
+        try:
+            records, invalid = read_records(
+                sources, fmt=fmt, id_field=id_field, text_fields=text_fields, metadata_fields=metadata_fields, stdin=stdin
+            )
+        except (OSError, ValueError) as exc:
+            raise RetrievalError(str(exc)) from exc
+        problems = [str(p) for p in invalid]
+        if problems and not skip_invalid:
+            raise InvalidInputError(problems, len(records) + len(problems))
+        report = self.ingest(records)
+        report.invalid = len(problems)
+        report.problems = problems
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def _check_writable(self) -> None:
+        manifest = self.index_store.read_manifest()
+        if manifest is not None and manifest.model_key != self.encoder.model_key:
+            raise ModelMismatchError(
+                f"the index was built with {manifest.model_key} but the configured model is "
+                f"{self.encoder.model_key}; run `retrieve reindex` first (or set the model back)"
+            )
+
+    def delete(self, external_ids: Sequence[str], *, sync: bool = True) -> tuple[int, list[str]]:
+        """Delete documents; returns (deleted, ids that did not exist)."""
+        deleted, missing = self.store.delete(list(external_ids))
+        if sync and deleted:
+            self.sync()
+        return deleted, missing
+
+    def get(self, external_id: str) -> Hit:
+        doc = self.store.get(external_id)
+        if doc is None:
+            raise NotFoundError(f"no document with id {external_id!r}")
+        return Hit(doc.external_id, 1.0, doc.text, doc.metadata, doc.id)
+
+    def sync(self) -> SyncReport:
+        """Apply pending changes to the index and publish a new version."""
+        with self._sync_lock():
+            try:
+                base = self.index_store.load()
+            except IndexCorruptError as exc:
+                self._warn(f"{exc}; rebuilding the index from the stored embeddings")
+                base = None
+            if base is None:
+                report = full_build(self.store, self.index_store, self.encoder, self.settings.index_type, **_index_kw(self.settings))
+            else:
+                self._check_model(base)
+                report = incremental(self.store, self.index_store, self.encoder, base, **_index_kw(self.settings))
+        return report
+
+    def reindex(self, model: str | None = None) -> SyncReport:
+        """Rebuild the index from stored vectors (re-embedding nothing that is stored).
+
+        With ``model``, every document is embedded with that model into a new index; the
+        old index keeps serving until the new one is published.
+        """
+        encoder = self.encoder
+        if model is not None:
+            from retrieval.embed import create_encoder
+
+            encoder = create_encoder(model, device=self.settings.device, batch_size=self.settings.batch_size, progress=self.settings.progress)
+        with self._sync_lock():
+            report = full_build(self.store, self.index_store, encoder, self.settings.index_type, **_index_kw(self.settings))
+        return report
+
+    # -- search -----------------------------------------------------------------------
+
+    def _check_query(self, query: str, k: int) -> None:
+        if not isinstance(query, str) or not query.strip():
+            raise RetrievalError("the query is empty")
+        if len(query) > self.settings.max_query_chars:
+            raise RetrievalError(f"the query has {len(query)} characters; the limit is {self.settings.max_query_chars} (max_query_chars)")
+        if not 1 <= k <= self.settings.max_k:
+            raise RetrievalError(f"k must be between 1 and {self.settings.max_k} (max_k), got {k}")
+
+    def search(self, query: str, k: int | None = None, *, min_score: float | None = None) -> list[Hit]:
+        """The top-``k`` documents for ``query`` by cosine similarity, best first."""
+        return self.search_many([query], k, min_score=min_score)[0]
+
+    def search_many(self, queries: Sequence[str], k: int | None = None, *, min_score: float | None = None) -> list[list[Hit]]:
+        """Search several queries at once (encoded in batches)."""
+        k = self.settings.search_k if k is None else k
+        min_score = self.settings.min_score if min_score is None else min_score
+        for q in queries:
+            self._check_query(q, k)
+        version = self.current_index()
+        self._check_model(version)
+        vectors = self.encoder.encode_queries(list(queries)) if queries else np.empty((0, version.manifest.dim), np.float32)
+        return self.search_vectors(vectors, k, min_score=min_score, version=version)
+
+    def search_vectors(
+        self, vectors: np.ndarray, k: int, *, min_score: float | None = None, version: IndexVersion | None = None
+    ) -> list[list[Hit]]:
+        """Search with query vectors, consistent with the database at this moment.
+
+        Documents changed since the index version was published are left out of the
+        FAISS search and scored exactly from their stored (or freshly computed) vectors,
+        so a search never returns a deleted or stale document and sees every committed one.
+        """
+        import faiss
+
+        version = version or self.current_index()
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        with self.store.read() as conn:
+            max_seq = self.store.max_seq(conn)
+            pending_ids: list[int] = []
+            pending_docs: dict[int, Any] = {}
+            if max_seq > version.manifest.last_seq:
+                pending_ids = self.store.changed_ids(conn, version.manifest.last_seq, max_seq)
+                pending_docs = self.store.docs_by_ids(conn, pending_ids)
+            params = None
+            if pending_ids:
+                selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.asarray(pending_ids, dtype=np.int64)))
+                params = (
+                    faiss.SearchParametersHNSW(sel=selector, efSearch=self.settings.hnsw_ef_search)
+                    if version.manifest.index_type == "hnsw"
+                    else faiss.SearchParameters(sel=selector)
+                )
+            n_index = min(k, version.index.ntotal)
+            if n_index > 0 and len(vectors):
+                scores, ids = version.index.search(vectors, n_index, params=params)
+            else:
+                scores = np.empty((len(vectors), 0), np.float32)
+                ids = np.empty((len(vectors), 0), np.int64)
+            extra_ids = np.empty(0, np.int64)
+            extra_scores = np.empty((len(vectors), 0), np.float32)
+            if pending_docs:
+                rows = [(d.id, d.text, d.content_hash) for d in pending_docs.values()]
+                extra_ids, matrix = ensure_vectors(self.store, self.encoder, rows)
+                extra_scores = vectors @ matrix.T
+            results: list[list[tuple[float, int]]] = []
+            for qi in range(len(vectors)):
+                cands = [(float(s), int(i)) for s, i in zip(scores[qi], ids[qi]) if i >= 0]
+                cands += [(float(s), int(i)) for s, i in zip(extra_scores[qi], extra_ids)]
+                cands.sort(key=lambda c: (-c[0], c[1]))
+                chosen = [c for c in cands[:k] if min_score is None or c[0] >= min_score]
+                results.append(chosen)
+            wanted = sorted({i for r in results for _, i in r})
+            docs = self.store.docs_by_ids(conn, wanted)
+        hits: list[list[Hit]] = []
+        for r in results:
+            row = []
+            for score, i in r:
+                d = docs.get(i)
+                if d is None:  # cannot happen: the snapshot holds every candidate
+                    continue
+                row.append(Hit(d.external_id, score, d.text, d.metadata, d.id))
+            hits.append(row)
+        return hits
+
+    # -- inspection -------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Counts, model, index version and sizes; loads neither the model nor torch."""
+        from retrieval.embed.model import resolve_model
+
+        try:
+            model_key = resolve_model(self.settings.model).key
+        except RetrievalError as exc:
+            model_key = f"unavailable ({exc})"
+        stats = self.store.stats(model_key)
+        manifest = self.index_store.read_manifest()
+        last_seq = manifest.last_seq if manifest else 0
+        with self.store.read() as conn:
+            pending = self.store.count_changes(conn, last_seq)
+        return {
+            "database": self.settings.database_url,
+            "index_dir": self.settings.index_dir,
+            "documents": stats["documents"],
+            "embedded": stats["embedded"],
+            "stored_vectors": stats["stored_vectors"],
+            "indexed": manifest.count if manifest else 0,
+            "pending_changes": pending,
+            "last_seq": last_seq,
+            "max_seq": stats["max_seq"],
+            "model": self.settings.model,
+            "model_key": model_key,
+            "index_model_key": manifest.model_key if manifest else None,
+            "model_matches_index": manifest is None or manifest.model_key == model_key,
+            "index_type": manifest.index_type if manifest else self.settings.index_type,
+            "index_version": manifest.version if manifest else None,
+            "database_bytes": db.file_size(self.settings.database_url),
+            "index_bytes": self.index_store.disk_usage(),
+        }
+
+    def verify(self) -> VerifyReport:
+        """Check that the index agrees exactly with the database.
+
+        Differences explained by changes not yet synced are reported as pending, not drift.
+        """
+        problems: list[str] = []
+        version = self.current_index()
+        m = version.manifest
+        index_ids = version.ids
+        if ids_digest(index_ids) != m.ids_digest:
+            problems.append("index ids do not match the manifest's ids digest")
+        if len(np.unique(index_ids)) != len(index_ids):
+            problems.append("index holds duplicate ids")
+        vectors = index_vectors(version.index)
+        with self.store.read() as conn:
+            max_seq = self.store.max_seq(conn)
+            pending = set(self.store.changed_ids(conn, m.last_seq, max_seq)) if max_seq > m.last_seq else set()
+            rows = [r for batch in self.store.iter_docs(conn) for r in batch]
+            hashes = {doc_id: content_hash(text_) for doc_id, text_, _ in rows}
+            stored = self.store.embeddings_for(conn, m.model_key, set(hashes.values()))
+        in_index = {int(i): pos for pos, i in enumerate(index_ids)}
+        in_db = set(hashes)
+        for i in sorted(set(in_index) - in_db - pending):
+            problems.append(f"document {i} is in the index but not in the database")
+        for i in sorted(in_db - set(in_index) - pending):
+            problems.append(f"document {i} is in the database but not in the index")
+        for i in sorted((in_db & set(in_index)) - pending):
+            vec = stored.get(hashes[i])
+            if vec is None:
+                problems.append(f"document {i} has no stored embedding for {m.model_key}")
+            elif not np.allclose(vectors[in_index[i]], vec, atol=1e-6):
+                problems.append(f"document {i}: the indexed vector is not the embedding of its current text")
+        return VerifyReport(ok=not problems, documents=len(in_db), indexed=len(in_index), pending=len(pending), problems=problems)

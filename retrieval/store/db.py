@@ -1,0 +1,148 @@
+"""Engine set-up: SQLite pragmas, explicit transactions, and schema migration on open."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
+
+from retrieval.errors import StoreError
+
+# The newest revision in migrations/versions. Opening a store compares it with the
+# database's alembic_version and only loads Alembic when they differ, which keeps
+# commands such as `retrieve status` and `retrieve search` fast to start.
+# tests/test_migrations.py checks that it matches the migration scripts.
+HEAD_REVISION = "0001"
+
+
+def migrations_dir() -> Path:
+    """The Alembic script folder: the repository's migrations/ (also in editable installs)."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here.parent / "migrations", here / "_migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise StoreError("cannot find the migrations folder; install retrieval from its source tree (pip install -e .)")
+
+
+def _sqlite_path(url: str) -> str | None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    db = parsed.database
+    if not db or db == ":memory:" or db.startswith("file:"):
+        return None
+    return db
+
+
+def create_store_engine(url: str, *, busy_timeout_ms: int = 30_000) -> Engine:
+    """Create an engine; for SQLite: WAL, a busy timeout, foreign keys, full fsync.
+
+    pysqlite's own transaction handling does not BEGIN before a SELECT, so a read of
+    several statements would not see one snapshot. We turn it off and emit BEGIN
+    ourselves: ``BEGIN`` for readers, ``BEGIN IMMEDIATE`` for writers (execution option
+    ``sqlite_begin``), so that two writers queue on the busy timeout instead of one
+    failing with "database is locked" when it upgrades a read lock.
+    """
+    path = _sqlite_path(url)
+    kwargs: dict[str, Any] = {}
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # Every Store owns its connections briefly; pooling SQLite files across threads
+        # buys little and NullPool makes closing deterministic (file handles released).
+        kwargs["poolclass"] = NullPool
+        kwargs["connect_args"] = {"timeout": busy_timeout_ms / 1000, "check_same_thread": False}
+    engine = create_engine(url, **kwargs)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None
+            cur = dbapi_connection.cursor()
+            cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            cur.execute("PRAGMA journal_mode = WAL")
+            cur.execute("PRAGMA synchronous = FULL")
+            cur.execute("PRAGMA foreign_keys = ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql(conn.get_execution_options().get("sqlite_begin", "BEGIN"))
+
+    return engine
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        try:
+            row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
+        except OperationalError:
+            return None
+        finally:
+            conn.rollback()
+    return row[0] if row else None
+
+
+def alembic_config(engine: Engine | None = None, url: str | None = None) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    if url:
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Apply Alembic revisions up to ``revision`` on ``engine``'s database."""
+    from alembic import command
+
+    cfg = alembic_config()
+    with engine.connect().execution_options(sqlite_begin="BEGIN IMMEDIATE") as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+        conn.commit()
+
+
+def downgrade(engine: Engine, revision: str = "base") -> None:
+    from alembic import command
+
+    cfg = alembic_config()
+    with engine.connect().execution_options(sqlite_begin="BEGIN IMMEDIATE") as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+        conn.commit()
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Bring the schema to HEAD_REVISION; refuse a database from a newer version."""
+    try:
+        rev = current_revision(engine)
+    except OperationalError as exc:
+        raise StoreError(f"cannot open the database: {exc.orig}") from exc
+    if rev == HEAD_REVISION:
+        return
+    if rev is not None and not any((migrations_dir() / "versions").glob(f"{rev}_*.py")):
+        raise StoreError(f"the database is at schema revision {rev}, unknown to this version of retrieval")
+    try:
+        upgrade(engine)
+    except OperationalError as exc:
+        raise StoreError(f"cannot migrate the database: {exc.orig}") from exc
+
+
+def file_size(url: str) -> int:
+    """Bytes on disk of a SQLite database with its WAL (0 for other databases)."""
+    path = _sqlite_path(url)
+    if path is None:
+        return 0
+    total = 0
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            total += os.path.getsize(path + suffix)
+        except OSError:
+            pass
+    return total

@@ -1,0 +1,82 @@
+"""Database schema (SQLAlchemy 2 typed models).
+
+The schema is created and upgraded only by the Alembic revisions in ``migrations/``;
+these models describe it for queries and for ``alembic check``.
+
+* ``documents.id`` is also the document's FAISS id.
+* ``embeddings`` are keyed by (model key, content hash), not by document: identical
+  texts share one vector, and a text is never embedded twice with the same model, even
+  when a document changes back to an earlier text.
+* ``changes`` is filled by database triggers, so writes by any program are seen.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only gives an auto-incrementing key to INTEGER PRIMARY KEY columns.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Document(Base):
+    __tablename__ = "documents"
+    # AUTOINCREMENT: an id is never reused after a delete, so a FAISS id always means one document.
+    __table_args__ = (
+        UniqueConstraint("external_id", name="uq_documents_external_id"),
+        Index("ix_documents_content_hash", "content_hash"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    external_id: Mapped[str] = mapped_column(String(512), nullable=False)
+    text: Mapped[str] = mapped_column(Text, nullable=False)
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    # sha256 of the UTF-8 text; NULL or stale when another program wrote the row, and
+    # then recomputed by sync.
+    content_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, server_default=func.current_timestamp())
+    updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, server_default=func.current_timestamp())
+
+
+class Embedding(Base):
+    __tablename__ = "embeddings"
+    __table_args__ = (UniqueConstraint("model_key", "content_hash", name="uq_embeddings_model_hash"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    model_key: Mapped[str] = mapped_column(String(256), nullable=False)
+    content_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    dim: Mapped[int] = mapped_column(Integer, nullable=False)
+    vector: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)  # float32, little-endian
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, server_default=func.current_timestamp())
+
+
+class Change(Base):
+    __tablename__ = "changes"
+    __table_args__ = (
+        Index("ix_changes_doc_id", "doc_id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    seq: Mapped[int] = mapped_column(BigId, primary_key=True)
+    doc_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    op: Mapped[str] = mapped_column(String(8), nullable=False)  # insert | update | delete
+    changed_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, server_default=func.current_timestamp())

@@ -1,0 +1,304 @@
+"""The store: every database read and write of the service, in domain terms.
+
+Reads run inside one transaction (one SQLite snapshot), so the change-log position and
+the documents they return agree. Writes take the write lock up front (BEGIN IMMEDIATE).
+A document and its change-log rows are written in one transaction by the triggers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, text, update
+from sqlalchemy.exc import OperationalError
+
+from retrieval.errors import StoreError
+from retrieval.store import db
+from retrieval.store.models import Change, Document, Embedding
+
+CHUNK = 900  # bound parameters per IN (...): well under every SQLite build's limit
+
+
+def content_hash(text_: str) -> str:
+    """The content hash of a text: sha256 of its UTF-8 bytes."""
+    return hashlib.sha256(text_.encode("utf-8")).hexdigest()
+
+
+def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@dataclass(frozen=True)
+class StoredDocument:
+    id: int
+    external_id: str
+    text: str
+    metadata: dict[str, Any]
+    content_hash: str | None
+
+
+@dataclass(frozen=True)
+class NewDocument:
+    external_id: str
+    text: str
+    metadata: dict[str, Any]
+
+
+@dataclass
+class UpsertCounts:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+
+_DOC_COLUMNS = (Document.id, Document.external_id, Document.text, Document.meta, Document.content_hash)
+
+
+def _doc(row: Any) -> StoredDocument:
+    return StoredDocument(row[0], row[1], row[2], row[3] or {}, row[4])
+
+
+class Store:
+    """Repository over one database. Thread-safe: each call uses its own connection."""
+
+    def __init__(self, engine: Engine, url: str) -> None:
+        self.engine = engine
+        self.url = url
+
+    @classmethod
+    def open(cls, url: str, *, busy_timeout_ms: int = 30_000, migrate: bool = True) -> Store:
+        engine = db.create_store_engine(url, busy_timeout_ms=busy_timeout_ms)
+        if migrate:
+            db.ensure_schema(engine)
+        return cls(engine, url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- transactions -----------------------------------------------------------------
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """One read transaction: every query inside sees the same snapshot."""
+        try:
+            with self.engine.connect() as conn:
+                with conn.begin():
+                    yield conn
+        except OperationalError as exc:
+            raise _store_error(exc) from exc
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """One write transaction holding the write lock; commits on success."""
+        try:
+            with self.engine.connect().execution_options(sqlite_begin="BEGIN IMMEDIATE") as conn:
+                with conn.begin():
+                    yield conn
+        except OperationalError as exc:
+            raise _store_error(exc) from exc
+
+    # -- documents --------------------------------------------------------------------
+
+    def upsert(self, docs: Sequence[NewDocument]) -> UpsertCounts:
+        """Insert new documents, update changed ones, leave identical ones alone.
+
+        All in one transaction: either every document is stored or none is.
+        """
+        counts = UpsertCounts()
+        with self.write() as conn:
+            existing: dict[str, tuple[int, str | None, str, Any]] = {}
+            ext_ids = [d.external_id for d in docs]
+            for part in _chunks(ext_ids):
+                for row in conn.execute(
+                    select(Document.external_id, Document.id, Document.content_hash, Document.text, Document.meta).where(
+                        Document.external_id.in_(part)
+                    )
+                ):
+                    existing[row[0]] = (row[1], row[2], row[3], row[4])
+            inserts: list[dict[str, Any]] = []
+            text_updates: list[dict[str, Any]] = []
+            meta_updates: list[dict[str, Any]] = []
+            for d in docs:
+                h = content_hash(d.text)
+                old = existing.get(d.external_id)
+                if old is None:
+                    inserts.append({"external_id": d.external_id, "text": d.text, "meta": d.metadata, "content_hash": h})
+                    counts.added += 1
+                elif old[2] != d.text:
+                    text_updates.append({"b_id": old[0], "text": d.text, "meta": d.metadata, "content_hash": h})
+                    counts.updated += 1
+                elif (old[3] or {}) != d.metadata:
+                    meta_updates.append({"b_id": old[0], "meta": d.metadata})
+                    counts.updated += 1
+                else:
+                    counts.unchanged += 1
+            if inserts:
+                conn.execute(insert(Document), inserts)
+            if text_updates:
+                conn.execute(
+                    update(Document)
+                    .where(Document.id == bindparam("b_id"))
+                    .values(text=bindparam("text"), meta=bindparam("meta"), content_hash=bindparam("content_hash")),
+                    text_updates,
+                    execution_options={"synchronize_session": False},
+                )
+            if meta_updates:
+                conn.execute(
+                    update(Document).where(Document.id == bindparam("b_id")).values(meta=bindparam("meta")),
+                    meta_updates,
+                    execution_options={"synchronize_session": False},
+                )
+        return counts
+
+    def delete(self, external_ids: Sequence[str]) -> tuple[int, list[str]]:
+        """Delete documents by external id; returns (deleted count, ids not found)."""
+        found: set[str] = set()
+        with self.write() as conn:
+            for part in _chunks(list(external_ids)):
+                found.update(conn.scalars(select(Document.external_id).where(Document.external_id.in_(part))))
+                conn.execute(delete(Document).where(Document.external_id.in_(part)))
+        missing = [e for e in dict.fromkeys(external_ids) if e not in found]
+        return len(found), missing
+
+    def get(self, external_id: str) -> StoredDocument | None:
+        with self.read() as conn:
+            row = conn.execute(select(*_DOC_COLUMNS).where(Document.external_id == external_id)).first()
+        return _doc(row) if row else None
+
+    @staticmethod
+    def docs_by_ids(conn: Connection, ids: Sequence[int]) -> dict[int, StoredDocument]:
+        out: dict[int, StoredDocument] = {}
+        for part in _chunks(list(ids)):
+            for row in conn.execute(select(*_DOC_COLUMNS).where(Document.id.in_(part))):
+                out[row[0]] = _doc(row)
+        return out
+
+    @staticmethod
+    def iter_docs(conn: Connection, batch: int = 10_000) -> Iterator[list[tuple[int, str, str | None]]]:
+        """(id, text, content_hash) of every document, in id order, in batches."""
+        last = -1
+        while True:
+            rows = conn.execute(
+                select(Document.id, Document.text, Document.content_hash)
+                .where(Document.id > last)
+                .order_by(Document.id)
+                .limit(batch)
+            ).all()
+            if not rows:
+                return
+            yield [(r[0], r[1], r[2]) for r in rows]
+            last = rows[-1][0]
+
+    @staticmethod
+    def all_ids(conn: Connection) -> np.ndarray:
+        return np.fromiter(conn.scalars(select(Document.id).order_by(Document.id)), dtype=np.int64)
+
+    # -- change log -------------------------------------------------------------------
+
+    @staticmethod
+    def max_seq(conn: Connection) -> int:
+        return int(conn.scalar(select(func.coalesce(func.max(Change.seq), 0))) or 0)
+
+    @staticmethod
+    def changed_ids(conn: Connection, after: int, upto: int) -> list[int]:
+        """Distinct ids of documents changed by log entries in (after, upto]."""
+        return list(
+            conn.scalars(
+                select(Change.doc_id).where(Change.seq > after, Change.seq <= upto).group_by(Change.doc_id)
+            )
+        )
+
+    @staticmethod
+    def count_changes(conn: Connection, after: int) -> int:
+        return int(conn.scalar(select(func.count()).select_from(Change).where(Change.seq > after)) or 0)
+
+    # -- embeddings -------------------------------------------------------------------
+
+    @staticmethod
+    def embeddings_for(conn: Connection, model_key: str, hashes: Iterable[str]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for part in _chunks(list(hashes)):
+            rows = conn.execute(
+                select(Embedding.content_hash, Embedding.vector).where(
+                    Embedding.model_key == model_key, Embedding.content_hash.in_(part)
+                )
+            )
+            for h, blob in rows:
+                out[h] = np.frombuffer(blob, dtype="<f4")
+        return out
+
+    def add_embeddings(self, model_key: str, dim: int, items: Sequence[tuple[str, np.ndarray]]) -> None:
+        """Store vectors for content hashes; hashes already stored for the model are kept."""
+        if not items:
+            return
+        with self.write() as conn:
+            have: set[str] = set()
+            for part in _chunks([h for h, _ in items]):
+                have.update(
+                    conn.scalars(
+                        select(Embedding.content_hash).where(
+                            Embedding.model_key == model_key, Embedding.content_hash.in_(part)
+                        )
+                    )
+                )
+            rows = [
+                {"model_key": model_key, "content_hash": h, "dim": dim, "vector": np.asarray(v, dtype="<f4").tobytes()}
+                for h, v in items
+                if h not in have
+            ]
+            if rows:
+                conn.execute(insert(Embedding), rows)
+
+    def set_hashes(self, fixes: Sequence[tuple[int, str]]) -> None:
+        """Record content hashes computed by sync for rows written by other programs."""
+        if not fixes:
+            return
+        with self.write() as conn:
+            # Only the hash column is touched, so the change-log trigger does not fire.
+            conn.execute(
+                update(Document).where(Document.id == bindparam("b_id")).values(content_hash=bindparam("h")),
+                [{"b_id": i, "h": h} for i, h in fixes],
+                execution_options={"synchronize_session": False},
+            )
+
+    # -- status -----------------------------------------------------------------------
+
+    def stats(self, model_key: str | None) -> dict[str, int]:
+        with self.read() as conn:
+            docs = int(conn.scalar(select(func.count()).select_from(Document)) or 0)
+            embedded = 0
+            if model_key is not None:
+                embedded = int(
+                    conn.scalar(
+                        select(func.count())
+                        .select_from(Document)
+                        .join(
+                            Embedding,
+                            (Embedding.content_hash == Document.content_hash) & (Embedding.model_key == model_key),
+                        )
+                    )
+                    or 0
+                )
+            vectors = int(conn.scalar(select(func.count()).select_from(Embedding)) or 0)
+            max_seq = self.max_seq(conn)
+        return {"documents": docs, "embedded": embedded, "stored_vectors": vectors, "max_seq": max_seq}
+
+    def ping(self) -> None:
+        with self.read() as conn:
+            conn.execute(text("SELECT 1"))
+
+
+def _store_error(exc: OperationalError) -> StoreError:
+    msg = str(exc.orig)
+    if "locked" in msg or "busy" in msg:
+        return StoreError(
+            f"the database is locked by another writer for longer than the busy timeout ({msg}); "
+            "try again, or raise busy_timeout_ms"
+        )
+    return StoreError(f"database error: {msg}")
