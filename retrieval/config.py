@@ -25,6 +25,8 @@ from retrieval.errors import ConfigError
 
 ENV_PREFIX = "RETRIEVE_"
 INDEX_TYPES = ("flat", "hnsw")
+BACKENDS = ("torch", "onnx", "openvino")
+PRECISIONS = ("fp32", "bf16", "int8")
 DEVICES = ("cpu", "cuda", "mps", "auto")
 
 
@@ -37,6 +39,9 @@ class Settings:
     model: str = "all-MiniLM-L6-v2"
     batch_size: int = 64
     device: str = "cpu"
+    backend: str = "torch"
+    precision: str = "fp32"
+    threads: int | None = None
     index_type: str = "flat"
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
@@ -69,6 +74,12 @@ class Settings:
                 f"index_type: must be one of {', '.join(INDEX_TYPES)}, got {self.index_type!r} "
                 f"(from {self.sources.get('index_type', 'default')})"
             )
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend: must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision: must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads: must be at least 1, got {self.threads}")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise ConfigError(f"device: must be one of {', '.join(DEVICES)} or cuda:N, got {self.device!r}")
         for name in ("batch_size", "search_k", "max_k", "max_query_chars", "hnsw_m", "hnsw_ef_search"):
