@@ -57,6 +57,7 @@ class UpsertCounts:
     unchanged: int = 0
 
 
+_DOCS = Document.__table__
 _DOC_COLUMNS = (Document.id, Document.external_id, Document.text, Document.meta, Document.content_hash)
 
 
@@ -128,31 +129,38 @@ class Store:
                 h = content_hash(d.text)
                 old = existing.get(d.external_id)
                 if old is None:
-                    inserts.append({"external_id": d.external_id, "text": d.text, "meta": d.metadata, "content_hash": h})
+                    inserts.append({"external_id": d.external_id, "text": d.text, "metadata": d.metadata, "content_hash": h})
                     counts.added += 1
                 elif old[2] != d.text:
-                    text_updates.append({"b_id": old[0], "text": d.text, "meta": d.metadata, "content_hash": h})
+                    text_updates.append({"b_id": old[0], "b_text": d.text, "b_meta": d.metadata, "b_hash": h})
                     counts.updated += 1
                 elif (old[3] or {}) != d.metadata:
-                    meta_updates.append({"b_id": old[0], "meta": d.metadata})
+                    meta_updates.append({"b_id": old[0], "b_meta": d.metadata})
                     counts.updated += 1
                 else:
                     counts.unchanged += 1
             if inserts:
-                conn.execute(insert(Document), inserts)
+                conn.execute(insert(_DOCS), inserts)
             if text_updates:
                 conn.execute(
-                    update(Document)
-                    .where(Document.id == bindparam("b_id"))
-                    .values(text=bindparam("text"), meta=bindparam("meta"), content_hash=bindparam("content_hash")),
+                    update(_DOCS)
+                    .where(_DOCS.c.id == bindparam("b_id"))
+                    .values(
+                        {
+                            _DOCS.c.text: bindparam("b_text"),
+                            _DOCS.c.metadata: bindparam("b_meta"),
+                            _DOCS.c.content_hash: bindparam("b_hash"),
+                            _DOCS.c.updated_at: func.current_timestamp(),
+                        }
+                    ),
                     text_updates,
-                    execution_options={"synchronize_session": False},
                 )
             if meta_updates:
                 conn.execute(
-                    update(Document).where(Document.id == bindparam("b_id")).values(meta=bindparam("meta")),
+                    update(_DOCS)
+                    .where(_DOCS.c.id == bindparam("b_id"))
+                    .values({_DOCS.c.metadata: bindparam("b_meta"), _DOCS.c.updated_at: func.current_timestamp()}),
                     meta_updates,
-                    execution_options={"synchronize_session": False},
                 )
         return counts
 
@@ -253,7 +261,7 @@ class Store:
                 if h not in have
             ]
             if rows:
-                conn.execute(insert(Embedding), rows)
+                conn.execute(insert(Embedding.__table__), rows)
 
     def set_hashes(self, fixes: Sequence[tuple[int, str]]) -> None:
         """Record content hashes computed by sync for rows written by other programs."""
@@ -262,9 +270,8 @@ class Store:
         with self.write() as conn:
             # Only the hash column is touched, so the change-log trigger does not fire.
             conn.execute(
-                update(Document).where(Document.id == bindparam("b_id")).values(content_hash=bindparam("h")),
-                [{"b_id": i, "h": h} for i, h in fixes],
-                execution_options={"synchronize_session": False},
+                update(_DOCS).where(_DOCS.c.id == bindparam("b_id")).values({_DOCS.c.content_hash: bindparam("b_hash")}),
+                [{"b_id": i, "b_hash": h} for i, h in fixes],
             )
 
     # -- status -----------------------------------------------------------------------

@@ -1,0 +1,74 @@
+"""The schema comes only from Alembic revisions, and they go both ways."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from alembic import command
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect
+
+from retrieval.store import db
+
+
+def test_head_revision_constant_matches_the_scripts() -> None:
+    script = ScriptDirectory.from_config(db.alembic_config())
+    assert script.get_current_head() == db.HEAD_REVISION
+
+
+def test_upgrade_from_empty_to_head_check_and_downgrade(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    engine = db.create_store_engine(url)
+    db.upgrade(engine, "head")
+    assert db.current_revision(engine) == db.HEAD_REVISION
+    tables = set(inspect(engine).get_table_names())
+    assert {"documents", "embeddings", "changes", "alembic_version"} <= tables
+
+    # The models describe exactly what the migrations built.
+    cfg = db.alembic_config()
+    with engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.check(cfg)
+
+    con = sqlite3.connect(tmp_path / "m.db")
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    triggers = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    assert triggers == {"documents_log_insert", "documents_log_update", "documents_log_delete"}
+    con.close()
+
+    db.downgrade(engine, "base")
+    remaining = set(inspect(engine).get_table_names())
+    assert remaining <= {"alembic_version"}
+    con = sqlite3.connect(tmp_path / "m.db")
+    assert con.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'").fetchone()[0] == 0
+    con.close()
+    db.upgrade(engine, "head")
+    assert db.current_revision(engine) == db.HEAD_REVISION
+    engine.dispose()
+
+
+def test_triggers_log_every_kind_of_write(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    db.ensure_schema(db.create_store_engine(url))
+    con = sqlite3.connect(tmp_path / "t.db")
+    with con:
+        con.execute("INSERT INTO documents (external_id, text) VALUES ('a', 'x')")
+        con.execute("UPDATE documents SET text = 'y' WHERE external_id = 'a'")
+        con.execute("UPDATE documents SET content_hash = 'h' WHERE external_id = 'a'")  # not a content change
+        con.execute("DELETE FROM documents WHERE external_id = 'a'")
+    ops = con.execute("SELECT op FROM changes ORDER BY seq").fetchall()
+    assert [o[0] for o in ops] == ["insert", "update", "delete"]
+    con.close()
+
+
+def test_store_opening_migrates_automatically_and_sets_pragmas(tmp_path: Path) -> None:
+    from retrieval.store.repository import Store
+
+    store = Store.open(f"sqlite:///{tmp_path / 'sub' / 'auto.db'}", busy_timeout_ms=1234)
+    with store.read() as conn:
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 1234
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    assert db.current_revision(store.engine) == db.HEAD_REVISION
+    store.close()
