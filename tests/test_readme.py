@@ -1,0 +1,32 @@
+"""The README's Python example and test command are true."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_python_example_runs_and_prints_the_documented_score(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encoder) -> None:
+    block = re.search(r"```python\n(.*?)```", README.read_text(), re.S)
+    assert block is not None
+    code = block.group(1)
+    assert len(code.strip().splitlines()) <= 10
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RETRIEVE_PROGRESS", "false")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md", "exec"), {})
+    assert out.getvalue().startswith("p2 0.6649 High-performance running shoes")
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    command = "bash scripts/setup.sh && .venv/bin/python -m pytest -q"
+    assert command in README.read_text()
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert command in ci
