@@ -51,6 +51,14 @@ class Settings:
     max_query_chars: int = 10_000
     busy_timeout_ms: int = 30_000
     keep_index_versions: int = 2
+    worker_poll_interval: float = 1.0
+    worker_max_batch: int = 10_000
+    # `retrieve serve`: bind address, API key (required off loopback) and request limits.
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    max_body_bytes: int = 10_485_760
+    max_batch: int = 1000
     progress: bool = True
     # Where each value came from: "default", "./config.yaml", "env RETRIEVE_MODEL", ...
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -87,6 +95,10 @@ class Settings:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.search_k > self.max_k:
             raise ConfigError(f"search_k ({self.search_k}) is larger than max_k ({self.max_k})")
+        if self.worker_poll_interval <= 0:
+            raise ConfigError(f"worker_poll_interval: must be positive, got {self.worker_poll_interval}")
+        if self.worker_max_batch < 1:
+            raise ConfigError(f"worker_max_batch: must be at least 1, got {self.worker_max_batch}")
         if self.keep_index_versions < 1:
             raise ConfigError("keep_index_versions: must be at least 1")
         if self.busy_timeout_ms < 0:

@@ -108,13 +108,25 @@ def full_build(store: Store, index_store: IndexStore, encoder: Encoder, index_ty
 
 
 def incremental(
-    store: Store, index_store: IndexStore, encoder: Encoder, base: IndexVersion, **index_kw: Any
+    store: Store,
+    index_store: IndexStore,
+    encoder: Encoder,
+    base: IndexVersion,
+    *,
+    max_changes: int | None = None,
+    **index_kw: Any,
 ) -> SyncReport:
-    """Apply the change log after ``base``'s sequence and publish a new version."""
+    """Apply the change log after ``base``'s sequence and publish a new version.
+
+    ``max_changes`` bounds the change-log entries applied in one version (the worker
+    publishes a large backlog in several steps, so searches see progress early).
+    """
     t0 = time.perf_counter()
     report = SyncReport(last_seq=base.manifest.last_seq, version=base.manifest.version)
     with store.read() as conn:
         last_seq = store.max_seq(conn)
+        if max_changes is not None:
+            last_seq = min(last_seq, base.manifest.last_seq + max_changes)
         if last_seq <= base.manifest.last_seq:
             report.seconds = time.perf_counter() - t0
             return report

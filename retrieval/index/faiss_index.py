@@ -235,7 +235,7 @@ class IndexStore:
         self.collect_garbage()
         return IndexVersion(manifest, index)
 
-    def collect_garbage(self) -> int:
+    def collect_garbage(self, keep: int | None = None) -> int:
         """Remove versions older than the newest ``keep`` (never the current one) and
         temporary folders left by crashed writers. Returns bytes freed.
 
@@ -249,8 +249,9 @@ class IndexStore:
         entries = sorted(p for p in self.versions_dir.iterdir() if p.is_dir())
         finished = [p for p in entries if not p.name.startswith(".tmp-")]
         stale_tmp = [p for p in entries if p.name.startswith(".tmp-") and time.time() - p.stat().st_mtime > 3600]
-        keep = {p.name for p in finished[-self.keep :]} | {current}
-        for p in [q for q in finished if q.name not in keep] + stale_tmp:
+        n = self.keep if keep is None else keep
+        keep_names = {p.name for p in finished[-n:]} | {current}
+        for p in [q for q in finished if q.name not in keep_names] + stale_tmp:
             freed += sum(f.stat().st_size for f in p.glob("*") if f.is_file())
             shutil.rmtree(p, ignore_errors=True)
         for p in self.root.glob(".CURRENT.*.tmp"):

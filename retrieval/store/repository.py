@@ -223,6 +223,18 @@ class Store:
         )
 
     @staticmethod
+    def oldest_change_after(conn: Connection, after: int) -> float | None:
+        """When the oldest change not yet applied was made (epoch seconds, UTC), or None."""
+        ts = conn.scalar(select(func.min(Change.changed_at)).where(Change.seq > after))
+        if ts is None:
+            return None
+        from datetime import datetime, timezone
+
+        if isinstance(ts, str):
+            ts = datetime.fromisoformat(ts)
+        return ts.replace(tzinfo=timezone.utc).timestamp()
+
+    @staticmethod
     def count_changes(conn: Connection, after: int) -> int:
         return int(conn.scalar(select(func.count()).select_from(Change).where(Change.seq > after)) or 0)
 
