@@ -42,6 +42,11 @@ class IndexCorruptError(RetrievalError):
     """An index version on disk failed its checks (checksum, size, count)."""
 
 
+class IndexWriteError(RetrievalError):
+    """A new index version could not be written (disk full, permissions); the previous
+    version is untouched and keeps serving."""
+
+
 class StoreError(RetrievalError):
     """The database cannot be opened, is locked for too long, or is of a newer schema."""
 

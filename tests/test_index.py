@@ -125,3 +125,34 @@ def test_model_mismatch_is_refused_and_reindex_model_switches(store_env, tmp_pat
     back = runner.invoke(cli, ["reindex"])
     assert "Reindexed 4 documents (0 embedded)" in back.output
     assert runner.invoke(cli, ["verify"]).exit_code == 0
+
+
+def test_a_failed_index_write_keeps_the_previous_version(seeded, make_retriever, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from retrieval.errors import IndexWriteError
+    from retrieval.index import faiss_index
+
+    r, store, _ = seeded
+    before = (store / "index" / "CURRENT").read_text()
+    real = faiss_index._write_durable
+    calls = {"n": 0}
+
+    def failing(path, data):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if path.name == INDEX_FILE:
+            real(path, data[: len(data) // 2])  # half written, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(faiss_index, "_write_durable", failing)
+    with pytest.raises(IndexWriteError) as info:
+        r.ingest([{"id": "new", "text": "A cast iron frying pan"}])
+    assert "No space left on device" in str(info.value) and "previous version keeps serving" in str(info.value)
+    monkeypatch.setattr(faiss_index, "_write_durable", real)
+    assert (store / "index" / "CURRENT").read_text() == before
+    assert not [p for p in (store / "index" / "versions").iterdir() if p.name.startswith(".tmp-")]
+    # The document is stored (the database is the truth) and found; the next sync indexes it.
+    reader = make_retriever(store)
+    assert reader.search("frying pan", k=1)[0].id == "new"
+    assert reader.sync().added == 1 and reader.verify().ok

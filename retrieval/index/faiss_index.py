@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.errors import IndexCorruptError
+from retrieval.errors import IndexCorruptError, IndexWriteError
 
 FORMAT = 1
 INDEX_FILE = "index.faiss"
@@ -218,7 +218,10 @@ class IndexStore:
             created_at=time.time(),
         )
         tmp = self.versions_dir / f".tmp-{name}"
-        tmp.mkdir()
+        try:
+            tmp.mkdir()
+        except OSError as exc:
+            raise IndexWriteError(f"cannot create {tmp}: {exc.strerror or exc}") from exc
         try:
             _write_durable(tmp / INDEX_FILE, data)
             _write_durable(tmp / MANIFEST_FILE, json.dumps(asdict(manifest), indent=2).encode())
@@ -229,6 +232,12 @@ class IndexStore:
             _write_durable(pointer_tmp, (name + "\n").encode())
             os.replace(pointer_tmp, self.pointer)
             _fsync_dir(self.root)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise IndexWriteError(
+                f"cannot write index version {name} in {self.root}: {exc.strerror or exc}; "
+                "the previous version keeps serving (free some space and run `retrieve sync`)"
+            ) from exc
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

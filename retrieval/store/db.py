@@ -9,7 +9,6 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.pool import NullPool
 
 from retrieval.errors import StoreError
 
@@ -52,9 +51,10 @@ def create_store_engine(url: str, *, busy_timeout_ms: int = 30_000) -> Engine:
     kwargs: dict[str, Any] = {}
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # Every Store owns its connections briefly; pooling SQLite files across threads
-        # buys little and NullPool makes closing deterministic (file handles released).
-        kwargs["poolclass"] = NullPool
+        # Pooled connections: opening one (and setting its pragmas) costs more than a
+        # whole warm search. Store.close() disposes of the pool.
+        kwargs["pool_size"] = 4
+        kwargs["max_overflow"] = 16
         kwargs["connect_args"] = {"timeout": busy_timeout_ms / 1000, "check_same_thread": False}
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
@@ -64,7 +64,8 @@ def create_store_engine(url: str, *, busy_timeout_ms: int = 30_000) -> Engine:
             dbapi_connection.isolation_level = None
             cur = dbapi_connection.cursor()
             cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            cur.execute("PRAGMA journal_mode = WAL")
+            if cur.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                cur.execute("PRAGMA journal_mode = WAL")
             cur.execute("PRAGMA synchronous = FULL")
             cur.execute("PRAGMA foreign_keys = ON")
             cur.close()
