@@ -142,6 +142,9 @@ class Retriever:
                 device=self.settings.device,
                 batch_size=self.settings.batch_size,
                 progress=self.settings.progress,
+                backend=self.settings.backend,
+                precision=self.settings.precision,
+                threads=self.settings.threads,
             )
         return self._encoder
 
@@ -187,8 +190,7 @@ class Retriever:
             return version
 
     def _has_documents(self) -> bool:
-        with self.store.read() as conn:
-            return self.store.max_seq(conn) > 0
+        return self.store.stats(None)["documents"] > 0
 
     def _warn(self, message: str) -> None:
         import click
@@ -294,8 +296,11 @@ class Retriever:
             raise NotFoundError(f"no document with id {external_id!r}")
         return Hit(doc.external_id, 1.0, doc.text, doc.metadata, doc.id)
 
-    def sync(self) -> SyncReport:
-        """Apply pending changes to the index and publish a new version."""
+    def sync(self, *, max_changes: int | None = None) -> SyncReport:
+        """Apply pending changes to the index and publish a new version.
+
+        ``max_changes`` bounds the change-log entries applied in this version.
+        """
         with self._sync_lock():
             try:
                 base = self.index_store.load()
@@ -306,7 +311,9 @@ class Retriever:
                 report = full_build(self.store, self.index_store, self.encoder, self.settings.index_type, **_index_kw(self.settings))
             else:
                 self._check_model(base)
-                report = incremental(self.store, self.index_store, self.encoder, base, **_index_kw(self.settings))
+                report = incremental(
+                    self.store, self.index_store, self.encoder, base, max_changes=max_changes, **_index_kw(self.settings)
+                )
         return report
 
     def reindex(self, model: str | None = None) -> SyncReport:
@@ -319,7 +326,8 @@ class Retriever:
         if model is not None:
             from retrieval.embed import create_encoder
 
-            encoder = create_encoder(model, device=self.settings.device, batch_size=self.settings.batch_size, progress=self.settings.progress)
+            encoder = create_encoder(model, device=self.settings.device, batch_size=self.settings.batch_size, progress=self.settings.progress,
+                                     backend=self.settings.backend, precision=self.settings.precision, threads=self.settings.threads)
         with self._sync_lock():
             report = full_build(self.store, self.index_store, encoder, self.settings.index_type, **_index_kw(self.settings))
         return report
@@ -416,14 +424,23 @@ class Retriever:
         from retrieval.embed.model import resolve_model
 
         try:
-            model_key = resolve_model(self.settings.model).key
+            from retrieval.embed.onnx import plan
+
+            encoder_plan = plan(resolve_model(self.settings.model), self.settings.backend, self.settings.precision)
+            model_key = encoder_plan["model_key"]
         except RetrievalError as exc:
             model_key = f"unavailable ({exc})"
+            encoder_plan = {"backend": self.settings.backend, "precision": self.settings.precision, "note": None}
         stats = self.store.stats(model_key)
         manifest = self.index_store.read_manifest()
         last_seq = manifest.last_seq if manifest else 0
         with self.store.read() as conn:
             pending = self.store.count_changes(conn, last_seq)
+            oldest = self.store.oldest_change_after(conn, last_seq)
+        from retrieval.maintenance import reclaimable
+        from retrieval.worker import read_state
+
+        worker = read_state(self.settings.index_dir)
         return {
             "database": self.settings.database_url,
             "index_dir": self.settings.index_dir,
@@ -442,6 +459,12 @@ class Retriever:
             "index_version": manifest.version if manifest else None,
             "database_bytes": db.file_size(self.settings.database_url),
             "index_bytes": self.index_store.disk_usage(),
+            "lag_seconds": round(max(0.0, time.time() - oldest), 1) if oldest is not None else 0.0,
+            "worker": worker,
+            "reclaimable": reclaimable(self),
+            "backend": encoder_plan["backend"],  # what runs: torch after a fallback
+            "precision": encoder_plan["precision"],
+            "backend_note": encoder_plan["note"],
         }
 
     def verify(self) -> VerifyReport:
