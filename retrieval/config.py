@@ -45,6 +45,7 @@ class Settings:
     index_type: str = "flat"
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
+    search_threads: int = 1
     search_k: int = 5
     max_k: int = 1000
     min_score: float | None = None
@@ -90,7 +91,7 @@ class Settings:
             raise ConfigError(f"threads: must be at least 1, got {self.threads}")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise ConfigError(f"device: must be one of {', '.join(DEVICES)} or cuda:N, got {self.device!r}")
-        for name in ("batch_size", "search_k", "max_k", "max_query_chars", "hnsw_m", "hnsw_ef_search"):
+        for name in ("batch_size", "search_threads", "search_k", "max_k", "max_query_chars", "hnsw_m", "hnsw_ef_search"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.search_k > self.max_k:

@@ -88,6 +88,22 @@ class VerifyReport:
         return dict(self.__dict__)
 
 
+_search_threads: int | None = None
+
+
+def _set_search_threads(n: int) -> None:
+    """FAISS's OpenMP threads for searches (process-wide, set once). A single query over
+    a flat index gains nothing from a second thread and loses a lot when the cores are
+    busy: measured p50 1.6 ms with 1 thread against 104 ms with 2 on a loaded 2-core
+    machine at 20,000 documents."""
+    global _search_threads
+    if _search_threads != n:
+        import faiss
+
+        faiss.omp_set_num_threads(n)
+        _search_threads = n
+
+
 def _index_kw(settings: Settings) -> dict[str, Any]:
     return {"hnsw_m": settings.hnsw_m, "hnsw_ef_search": settings.hnsw_ef_search}
 
@@ -370,6 +386,7 @@ class Retriever:
 
         version = version or self.current_index()
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        _set_search_threads(self.settings.search_threads)
         with self.store.read() as conn:
             max_seq = self.store.max_seq(conn)
             pending_ids: list[int] = []

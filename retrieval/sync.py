@@ -72,7 +72,7 @@ def ensure_vectors(
     t0 = time.perf_counter()
     for start in range(0, len(missing), EMBED_CHUNK):
         part = missing[start : start + EMBED_CHUNK]
-        vecs = encoder.encode([unique[h] for h in part], progress=len(missing) > EMBED_CHUNK // 8)
+        vecs = encoder.encode([unique[h] for h in part])
         if vecs.shape[1] != encoder.dim:
             raise RuntimeError(f"encoder returned {vecs.shape[1]} dimensions, expected {encoder.dim}")
         store.add_embeddings(model_key, encoder.dim, list(zip(part, vecs)))

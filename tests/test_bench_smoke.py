@@ -1,0 +1,82 @@
+"""The ingest/search benchmark runs end to end on a small sample and reports sane figures.
+
+Only counts, agreement and shape are checked: speed belongs to the benchmark's own report,
+never to an assertion.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "bench_ingest_search.py"
+CATALOG = REPO.parent / "shared" / "data" / "catalog" / "catalog-100k.jsonl"
+DOCS = 300
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CATALOG.is_file(), reason="the shared catalog data is not present")
+def test_benchmark_reports_every_figure(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETRIEVE_")}
+    env["HF_HUB_OFFLINE"] = "1"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--docs", str(DOCS), "--repeats", "1", "--queries", "20"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, f"stdout must hold only the JSON line, got {proc.stdout[:500]!r}"
+    r = json.loads(lines[0])
+
+    assert set(r) >= {"docs", "distinct_texts", "encode", "ingest", "reingest", "reindex", "search", "cold_search",
+                      "peak_rss_mib", "targets", "targets_met", "machine"}
+    assert r["docs"] == DOCS
+    rows = [json.loads(line) for line, _ in zip(CATALOG.open(encoding="utf-8"), range(DOCS))]
+    distinct = len({row["text"] for row in rows})
+    assert r["distinct_texts"] == distinct < DOCS  # the catalog repeats texts
+
+    enc = r["encode"]
+    assert enc["texts"] == DOCS
+    assert enc["cosine_min"] >= 0.9999
+    assert enc["model_encode_docs_per_s"] > 0 and enc["encoder_docs_per_s"] > 0
+    assert enc["speedup"] == pytest.approx(enc["model_encode_seconds"]["median"] / enc["encoder_seconds"]["median"], rel=1e-3)
+
+    ing = r["ingest"]
+    assert ing["added"] == DOCS
+    assert ing["embedded"] == distinct  # identical texts embedded once
+    assert 0 < ing["encoder_seconds"] < ing["seconds"]
+    assert ing["overhead_seconds"] == pytest.approx(ing["seconds"] - ing["encoder_seconds"], abs=1e-3)
+
+    again = r["reingest"]
+    assert again["unchanged"] == DOCS
+    assert again["added"] == again["updated"] == again["embedded"] == again["encoder_calls"] == 0
+
+    rx = r["reindex"]
+    assert rx["documents"] == DOCS
+    assert rx["embedded"] == rx["encoder_calls"] == 0
+
+    s = r["search"]
+    assert s["index_size"] == DOCS and s["queries"] == 20 and s["min_hits"] == s["k"] == 10
+    for kind in ("with_encoding_ms", "without_encoding_ms", "faiss_only_ms"):
+        assert s[kind]["n"] == 20
+        assert 0 < s[kind]["p50"] <= s[kind]["p99"]
+
+    cold = r["cold_search"]
+    assert cold["results"] == 10
+    assert cold["seconds"]["median"] > 0
+    assert r["peak_rss_mib"] > 50
+    if sys.platform.startswith("linux"):
+        assert cold["peak_rss_mib"] > 50
+    assert set(r["targets_met"]) == {"encode_speedup", "identical_embeddings", "ingest_overhead", "reingest_speedup",
+                                     "reindex_fraction", "search_p50"}
+    assert r["targets_met"]["identical_embeddings"] is True
