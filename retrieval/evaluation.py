@@ -1,0 +1,474 @@
+"""Retrieval quality: BEIR-layout readers, trec_eval-compatible metrics, and evaluation.
+
+A BEIR folder holds ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl``
+(``_id``, ``text``) and ``qrels/<split>.tsv`` (``query-id``, ``corpus-id``, ``score``
+with a header line). Titles are joined to texts with a space, as BEIR's own dense
+retrieval code does.
+
+The metrics follow ``trec_eval`` (and so ``pytrec_eval``, BEIR and ir_measures) exactly,
+including its quirks, so numbers here can be compared with published ones:
+
+* a run is ranked by score, highest first, ties broken by document id in *reverse*
+  string order (trec_eval's rule), whatever order the retriever returned;
+* a document is relevant when its judgement is at least 1; nDCG uses the judgement
+  itself as the gain (linear gains, ``log2(rank + 1)`` discount), and the ideal ranking
+  is every positive judgement of the query, best first;
+* MAP is computed over the whole run (its depth is ``k``), Recall@n and MRR@10 are cut
+  at ``n`` and 10; a query without relevant documents scores 0 everywhere;
+* means are over the queries that have judgements (queries without any are skipped,
+  as trec_eval skips them).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from retrieval.errors import RetrievalError
+
+if TYPE_CHECKING:
+    from retrieval.config import Settings
+    from retrieval.readers import Record
+    from retrieval.retriever import Retriever
+
+__all__ = [
+    "METRICS",
+    "BeirDataset",
+    "EvalDataError",
+    "EvalResult",
+    "evaluate",
+    "evaluate_dataset",
+    "evaluate_run",
+    "exact_recall",
+    "load_beir",
+    "load_corpus",
+    "load_qrels",
+    "load_queries",
+    "query_metrics",
+]
+
+Qrels = dict[str, dict[str, int]]  # query id -> document id -> graded judgement
+Run = dict[str, dict[str, float]]  # query id -> document id -> score
+
+# The names users see, in the order they are printed.
+METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10", "map")
+
+
+class EvalDataError(RetrievalError):
+    """A queries, qrels or corpus file is missing or malformed."""
+
+    exit_code = 2
+
+
+# -- readers --------------------------------------------------------------------------
+
+
+def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        fh = open(path, encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise EvalDataError(f"{path} does not exist") from exc
+    except OSError as exc:
+        raise EvalDataError(f"cannot read {path}: {exc.strerror}") from exc
+    with fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                raise EvalDataError(f"{path}:{number}: not valid JSON ({exc})") from exc
+            if not isinstance(obj, dict):
+                raise EvalDataError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
+            yield number, obj
+
+
+def _id_of(obj: Mapping[str, Any], path: Path, number: int) -> str:
+    value = obj.get("_id", obj.get("id"))
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise EvalDataError(f"{path}:{number}: missing \"_id\" (BEIR layout: one {{\"_id\", \"text\"}} object per line)")
+    return value
+
+
+def _str_field(obj: Mapping[str, Any], name: str, path: Path, number: int) -> str:
+    value = obj.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise EvalDataError(f"{path}:{number}: \"{name}\" must be a string, got {type(value).__name__}")
+    return value
+
+
+def join_title(title: str, text: str) -> str:
+    """BEIR's document text: title and text joined by a space, empty parts left out."""
+    return " ".join(part for part in (title.strip(), text.strip()) if part)
+
+
+def load_corpus(path: str | Path) -> tuple[dict[str, str], list[str]]:
+    """Read a BEIR ``corpus.jsonl``: ({doc id: title + " " + text}, ids of empty documents).
+
+    Documents whose title and text are both empty cannot be embedded; they are left out
+    and their ids returned so that callers can say how many were skipped.
+    """
+    path = Path(path)
+    docs: dict[str, str] = {}
+    empty: list[str] = []
+    for number, obj in _jsonl(path):
+        doc_id = _id_of(obj, path, number)
+        text = join_title(_str_field(obj, "title", path, number), _str_field(obj, "text", path, number))
+        if text:
+            docs[doc_id] = text
+        else:
+            empty.append(doc_id)
+    return docs, empty
+
+
+def load_queries(path: str | Path) -> dict[str, str]:
+    """Read a BEIR ``queries.jsonl``: {query id: text}. Empty queries are an error."""
+    path = Path(path)
+    queries: dict[str, str] = {}
+    for number, obj in _jsonl(path):
+        qid = _id_of(obj, path, number)
+        text = _str_field(obj, "text", path, number).strip()
+        if not text:
+            raise EvalDataError(f"{path}:{number}: query {qid!r} has no text")
+        queries[qid] = text
+    if not queries:
+        raise EvalDataError(f"{path} holds no queries")
+    return queries
+
+
+def load_qrels(path: str | Path) -> Qrels:
+    """Read relevance judgements: {query id: {doc id: grade}}.
+
+    Accepts BEIR's TSV (``query-id``, ``corpus-id``, ``score``, with or without the header
+    line) and TREC qrels (``qid iter docid rel``, separated by tabs or spaces).
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError as exc:
+        raise EvalDataError(f"{path} does not exist") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EvalDataError(f"cannot read {path}: {exc}") from exc
+    qrels: Qrels = {}
+    header_seen = False
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        parts = line.split("\t") if "\t" in line else line.split()
+        parts = [p.strip() for p in parts]
+        if len(parts) == 4:  # TREC: qid, iteration (ignored), docid, rel
+            parts = [parts[0], parts[2], parts[3]]
+        if len(parts) != 3:
+            raise EvalDataError(
+                f"{path}:{number}: expected query-id, corpus-id and score separated by tabs, got {len(parts)} fields"
+            )
+        qid, doc_id, grade = parts
+        try:
+            value = int(float(grade))
+        except ValueError:
+            if not qrels and not header_seen:
+                header_seen = True  # BEIR's "query-id corpus-id score" line
+                continue
+            raise EvalDataError(f"{path}:{number}: the score {grade!r} is not a number") from None
+        qrels.setdefault(qid, {})[doc_id] = value
+    if not qrels:
+        raise EvalDataError(f"{path} holds no judgements")
+    return qrels
+
+
+@dataclass
+class BeirDataset:
+    """A BEIR folder, read: corpus texts, query texts and judgements."""
+
+    name: str
+    corpus: dict[str, str]
+    queries: dict[str, str]
+    qrels: Qrels
+    empty_documents: list[str] = field(default_factory=list)
+
+
+def load_beir(folder: str | Path, split: str = "test") -> BeirDataset:
+    """Read ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv`` from ``folder``."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise EvalDataError(f"{root} is not a folder (expected a BEIR folder with corpus.jsonl, queries.jsonl, qrels/)")
+    qrels_path = root / "qrels" / f"{split}.tsv"
+    if not qrels_path.is_file():
+        found = sorted(p.stem for p in (root / "qrels").glob("*.tsv")) if (root / "qrels").is_dir() else []
+        hint = f" (splits found: {', '.join(found)}; choose one with --split)" if found else ""
+        raise EvalDataError(f"{qrels_path} does not exist{hint}")
+    corpus, empty = load_corpus(root / "corpus.jsonl")
+    return BeirDataset(root.name, corpus, load_queries(root / "queries.jsonl"), load_qrels(qrels_path), empty)
+
+
+# -- metrics --------------------------------------------------------------------------
+
+
+def ranked(run: Mapping[str, float]) -> list[str]:
+    """Document ids in trec_eval's order: score descending, ties by id descending."""
+    return [doc for doc, _ in sorted(run.items(), key=lambda item: (item[1], item[0]), reverse=True)]
+
+
+def query_metrics(run: Mapping[str, float], judged: Mapping[str, int]) -> dict[str, float]:
+    """Every metric of :data:`METRICS` for one query's run (doc id -> score)."""
+    order = ranked(run)
+    relevant = {doc for doc, grade in judged.items() if grade >= 1}
+    n_rel = len(relevant)
+    out = dict.fromkeys(METRICS, 0.0)
+    if n_rel == 0:
+        return out
+    # nDCG@10, linear gains as trec_eval's ndcg_cut.
+    dcg = sum(max(judged.get(doc, 0), 0) / math.log2(rank + 2) for rank, doc in enumerate(order[:10]))
+    ideal = sorted((g for g in judged.values() if g > 0), reverse=True)[:10]
+    idcg = sum(g / math.log2(rank + 2) for rank, g in enumerate(ideal))
+    out["ndcg@10"] = dcg / idcg if idcg > 0 else 0.0
+    out["recall@10"] = sum(1 for doc in order[:10] if doc in relevant) / n_rel
+    out["recall@100"] = sum(1 for doc in order[:100] if doc in relevant) / n_rel
+    for rank, doc in enumerate(order[:10]):
+        if doc in relevant:
+            out["mrr@10"] = 1.0 / (rank + 1)
+            break
+    hits = 0
+    precision_sum = 0.0
+    for rank, doc in enumerate(order):
+        if doc in relevant:
+            hits += 1
+            precision_sum += hits / (rank + 1)
+    out["map"] = precision_sum / n_rel
+    return out
+
+
+def evaluate_run(run: Run, qrels: Qrels) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Mean and per-query metrics of ``run`` over the queries of ``qrels``.
+
+    A judged query missing from the run counts as retrieving nothing (0 everywhere);
+    run queries without judgements are ignored.
+    """
+    per_query = {qid: query_metrics(run.get(qid, {}), judged) for qid, judged in qrels.items()}
+    n = len(per_query)
+    means = {name: (sum(m[name] for m in per_query.values()) / n if n else 0.0) for name in METRICS}
+    return means, per_query
+
+
+# -- evaluating a Retriever -----------------------------------------------------------
+
+
+@dataclass
+class EvalResult:
+    """What ``retrieve eval`` reports."""
+
+    metrics: dict[str, float]
+    queries: int  # judged queries evaluated
+    depth: int  # documents retrieved per query (k)
+    search_seconds: float  # wall time of the batched search of every query
+    documents: int  # documents in the store
+    model: str
+    index_type: str
+    per_query: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
+    exact_recall: float | None = None  # recall@depth of the index against exact search
+    dataset: str | None = None
+    ingest_seconds: float | None = None
+    skipped_documents: int = 0
+    unjudged_queries: int = 0  # queries in the file without judgements (not evaluated)
+    missing_queries: int = 0  # judged query ids with no text in the queries file
+
+    @property
+    def mean_query_ms(self) -> float:
+        """Search time per query, with queries encoded and searched in batches."""
+        return 1000.0 * self.search_seconds / self.queries if self.queries else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "metrics": {k: round(v, 6) for k, v in self.metrics.items()},
+            "queries": self.queries,
+            "depth": self.depth,
+            "mean_query_ms": round(self.mean_query_ms, 3),
+            "search_seconds": round(self.search_seconds, 4),
+            "documents": self.documents,
+            "model": self.model,
+            "index_type": self.index_type,
+            "exact_recall": None if self.exact_recall is None else round(self.exact_recall, 6),
+            "unjudged_queries": self.unjudged_queries,
+            "missing_queries": self.missing_queries,
+        }
+        if self.dataset is not None:
+            out.update(
+                dataset=self.dataset,
+                ingest_seconds=None if self.ingest_seconds is None else round(self.ingest_seconds, 3),
+                skipped_documents=self.skipped_documents,
+            )
+        return out
+
+
+# Queries per search_many call: bounds memory for large query sets while keeping
+# encoder batches full.
+QUERY_BATCH = 256
+
+
+def exact_recall(retriever: Retriever, query_vectors: np.ndarray, k: int) -> float:
+    """Mean recall@k of the configured index's top-k against exact search.
+
+    Exact search is brute force over the vectors stored in the index itself, so the
+    figure isolates what the index structure loses (HNSW's approximation), not
+    anything about the model. Ties are counted as FAISS's own evaluation does: a
+    returned document whose exact score equals the k-th best exact score is correct.
+    """
+    from retrieval.index.faiss_index import index_vectors
+
+    version = retriever.current_index()
+    index = version.index
+    n = int(index.ntotal)
+    if n == 0 or len(query_vectors) == 0:
+        return 1.0
+    k = min(k, n)
+    vectors = index_vectors(index)
+    ids = version.ids
+    position = {int(i): p for p, i in enumerate(ids)}
+    q = np.ascontiguousarray(query_vectors, dtype=np.float32)
+    _, approx_ids = index.search(q, k)
+    exact_scores = q @ vectors.T
+    # The k-th best exact score per query; anything scoring at least that is a true top-k.
+    kth = -np.partition(-exact_scores, k - 1, axis=1)[:, k - 1]
+    total = 0.0
+    for qi in range(len(q)):
+        got = [position[int(i)] for i in approx_ids[qi] if i >= 0]
+        correct = int(np.sum(exact_scores[qi, got] >= kth[qi] - 1e-6)) if got else 0
+        total += min(correct, k) / k
+    return total / len(q)
+
+
+def evaluate(
+    retriever: Retriever,
+    queries: Mapping[str, str],
+    qrels: Qrels,
+    k: int = 100,
+    compare_exact: bool = False,
+) -> EvalResult:
+    """Search every judged query with ``retriever`` and score the run against ``qrels``.
+
+    Queries are searched with :meth:`Retriever.search_many` in batches, and the
+    reported latency is the batched search time (encoding included) per query.
+    """
+    if k < 1:
+        raise RetrievalError(f"the depth k must be at least 1, got {k}")
+    judged = [qid for qid in qrels if qid in queries]
+    if not judged:
+        raise EvalDataError(
+            "none of the judged query ids appear in the queries file; check that the queries and qrels belong together"
+        )
+    with retriever.store.read() as conn:
+        if retriever.store.max_seq(conn) == 0:
+            raise RetrievalError(
+                "the store is empty: ingest the collection's corpus first, or use `retrieve eval --dataset DIR`"
+            )
+    version = retriever.current_index()
+    k_eff = min(k, retriever.settings.max_k)
+    texts = [queries[qid] for qid in judged]
+    # One untimed query first, so the model's lazy load is not counted as latency.
+    retriever.search_many(texts[:1], 1)
+    run: Run = {}
+    t0 = time.perf_counter()
+    for start in range(0, len(texts), QUERY_BATCH):
+        results = retriever.search_many(texts[start : start + QUERY_BATCH], k_eff)
+        for qid, hits in zip(judged[start : start + QUERY_BATCH], results):
+            run[qid] = {hit.id: hit.score for hit in hits}
+    seconds = time.perf_counter() - t0
+    means, per_query = evaluate_run(run, {qid: qrels[qid] for qid in judged})
+    result = EvalResult(
+        metrics=means,
+        queries=len(judged),
+        depth=k_eff,
+        search_seconds=seconds,
+        documents=int(version.index.ntotal),
+        model=retriever.settings.model,
+        index_type=version.manifest.index_type,
+        per_query=per_query,
+        unjudged_queries=sum(1 for qid in queries if qid not in qrels),
+        missing_queries=sum(1 for qid in qrels if qid not in queries),
+    )
+    if compare_exact:
+        result.exact_recall = exact_recall(retriever, retriever.encoder.encode_queries(texts), k_eff)
+    return result
+
+
+def corpus_records(corpus: Mapping[str, str], source: str = "corpus.jsonl") -> list[Record]:
+    """Corpus texts as ingestable records (metadata left empty)."""
+    from retrieval.readers import Record
+
+    return [Record(doc_id, text, {}, f"{source}:{n}") for n, (doc_id, text) in enumerate(corpus.items(), 1)]
+
+
+def evaluate_dataset(
+    folder: str | Path,
+    settings: Settings,
+    *,
+    k: int = 100,
+    compare_exact: bool = False,
+    split: str = "test",
+    work_dir: str | Path | None = None,
+    on_ingest: Callable[[int, float], None] | None = None,
+) -> EvalResult:
+    """Ingest a BEIR folder's corpus into a temporary store and evaluate it.
+
+    The temporary store (its own SQLite file and index folder) uses every other
+    setting of ``settings`` (model, index type, HNSW parameters, batch size) and is
+    removed afterwards. Documents with neither title nor text are skipped and
+    counted, as ``retrieve ingest --skip-invalid`` would.
+    """
+    from retrieval.retriever import Retriever
+
+    data = load_beir(folder, split)
+    if not data.corpus:
+        raise EvalDataError(f"{Path(folder) / 'corpus.jsonl'} holds no documents with text")
+    tmp = Path(tempfile.mkdtemp(prefix="retrieve-eval-", dir=work_dir))
+    try:
+        store_settings = settings.with_overrides(
+            "retrieve eval --dataset",
+            database_url=f"sqlite:///{tmp / 'retrieval.db'}",
+            index_dir=str(tmp / "index"),
+        )
+        with Retriever.from_settings(store_settings) as retriever:
+            report = retriever.ingest(corpus_records(data.corpus, str(Path(folder) / "corpus.jsonl")))
+            if on_ingest is not None:
+                on_ingest(report.total, report.seconds)
+            result = evaluate(retriever, data.queries, data.qrels, k=k, compare_exact=compare_exact)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    result.dataset = data.name
+    result.ingest_seconds = report.seconds
+    result.skipped_documents = len(data.empty_documents)
+    return result
+
+
+def format_table(result: EvalResult) -> list[str]:
+    """The human-readable report: one aligned ``name  value`` line per figure."""
+    rows: list[tuple[str, str]] = []
+    if result.dataset is not None:
+        skipped = f" ({result.skipped_documents} empty skipped)" if result.skipped_documents else ""
+        rows.append(("dataset", f"{result.dataset}: {result.documents} documents{skipped}, "
+                                f"ingested in {result.ingest_seconds or 0:.1f}s"))
+    else:
+        rows.append(("documents", str(result.documents)))
+    rows.append(("queries", f"{result.queries} judged" + (f" ({result.missing_queries} judged ids have no query text)"
+                                                            if result.missing_queries else "")))
+    rows.append(("model", f"{result.model}, {result.index_type} index, depth {result.depth}"))
+    for name in METRICS:
+        rows.append((name, f"{result.metrics[name]:.4f}"))
+    rows.append(("latency", f"{result.mean_query_ms:.2f} ms/query (batched, {result.search_seconds:.2f}s in all)"))
+    if result.exact_recall is not None:
+        rows.append((f"recall@{result.depth} vs exact", f"{result.exact_recall:.4f}"))
+    width = max(len(name) for name, _ in rows)
+    return [f"{name:<{width}}  {value}" for name, value in rows]
