@@ -187,7 +187,7 @@ def ingest(retriever: Any, files: tuple[str, ...], fmt: str | None, id_field: st
         text_fields=text_fields or ("text",),
         metadata_fields=metadata_fields or None,
         skip_invalid=skip_invalid,
-        stdin=click.get_binary_stream("stdin"),
+        stdin=None,
     )
     for problem in report.problems:
         click.echo(f"skipped {problem}", err=True)
@@ -237,16 +237,30 @@ def _read_queries(path: str) -> list[tuple[str, str]]:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with a results list.")
 @click.option("--queries", "queries_file", type=click.Path(dir_okay=False, allow_dash=True),
               help="Batch mode: one query per line (or JSONL with id and text); one JSON line per query.")
-@pass_retriever
-def search(retriever: Any, query: str | None, top_k: int | None, min_score: float | None, as_json: bool,
-           queries_file: str | None) -> None:
+@click.option("--server", envvar="RETRIEVE_SERVER", metavar="URL",
+              help="Ask a running `retrieve serve` at URL instead of loading the model here. Env: RETRIEVE_SERVER.")
+@click.pass_context
+def search(ctx: click.Context, query: str | None, top_k: int | None, min_score: float | None, as_json: bool,
+           queries_file: str | None, server: str | None) -> None:
     """Show the documents closest in meaning to QUERY.
 
     \b
         retrieve search "What are good shoes for jogging?"
         retrieve search "refund policy" -k 10 --min-score 0.3 --json
         retrieve search --queries queries.jsonl > results.jsonl
+        retrieve search --server http://127.0.0.1:8000 "refund policy"
     """
+    retriever: Any
+    if server:
+        # Only httpx is imported: the service holds the model, so this answers in milliseconds.
+        from retrieval.serve_cmd import RemoteSearcher
+
+        retriever = RemoteSearcher(server, api_key=_settings(ctx).api_key)
+    else:
+        from retrieval.retriever import Retriever
+
+        retriever = Retriever.from_settings(_settings(ctx))
+    ctx.call_on_close(retriever.close)
     if queries_file:
         if query:
             raise click.UsageError("give either QUERY or --queries, not both")
@@ -364,6 +378,17 @@ def status(retriever: Any, as_json: bool) -> None:
         ("database", f"{st['database']}  ({_size(st['database_bytes'])})"),
         ("index folder", f"{st['index_dir']}  ({_size(st['index_bytes'])})"),
     ]
+    if "backend" in st:
+        rows.append(("encoder", f"{st['backend']} {st['precision']}" + (f" ({st['backend_note']})" if st.get("backend_note") else "")))
+    rec = st["reclaimable"]
+    rows.append(("reclaimable", f"{_size(rec['unused_embedding_bytes'] + rec['free_database_bytes'] + rec['old_index_version_bytes'])}"
+                 f" ({rec['unused_embeddings']} unused embeddings; `retrieve compact`)"))
+    w = st.get("worker")
+    if w and w.get("running"):
+        rows.append(("worker", f"running, pid {w['pid']}, last sync {w['last_sync'] or 'not yet'}"))
+    else:
+        rows.append(("worker", "not running" + (f" (last: pid {w['pid']}, last sync {w['last_sync']})" if w else "")))
+    rows.append(("lag", f"{st['pending_changes']} changes, {st['lag_seconds']:.0f} s"))
     if not st["model_matches_index"]:
         rows.append(("WARNING", f"index was built with {st['index_model_key']}; run `retrieve reindex`"))
     for name, value in rows:
@@ -393,18 +418,35 @@ def verify(retriever: Any, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--model", "new_model", help="Re-embed everything with this model, then switch to it.")
+@click.option("--if-needed", is_flag=True,
+              help="Rebuild only when worth it (model or index type changed, index damaged); say why or why not.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_retriever
-def reindex(retriever: Any, new_model: str | None, as_json: bool) -> None:
+def reindex(retriever: Any, new_model: str | None, if_needed: bool, as_json: bool) -> None:
     """Rebuild the index from stored embeddings (nothing is re-embedded).
 
     With --model, every document is embedded with the new model into a new index; the
-    old index keeps answering searches until the new one is complete.
+    old index keeps answering searches until the new one is complete. With --if-needed
+    (for schedules), it rebuilds only when that is worth it, and says why or why not.
 
     \b
         retrieve reindex
+        retrieve reindex --if-needed
         retrieve reindex --model ./models/other-model
     """
+    if if_needed:
+        if new_model:
+            raise click.UsageError("--if-needed and --model do not go together")
+        from retrieval.maintenance import reindex_needed
+
+        decision = reindex_needed(retriever)
+        if not decision.needed:
+            if as_json:
+                _echo_json({"reindexed": False, "reason": decision.reason})
+            else:
+                click.echo(f"No reindex needed: {decision.reason}.")
+            return
+        click.echo(f"Reindexing: {decision.reason}.", err=as_json)
     t0 = time.perf_counter()
     report = retriever.reindex(new_model)
     if as_json:
@@ -417,9 +459,83 @@ def reindex(retriever: Any, new_model: str | None, as_json: bool) -> None:
                    "so that searches use it too.")
 
 
+if __name__ != "__main__":  # see the end of this file
+    from retrieval.eval_cmd import eval_cmd  # noqa: E402
+    cli.add_command(eval_cmd)
+    from retrieval.model_cmd import model  # noqa: E402
+    cli.add_command(model)
+    from retrieval.selftest_cmd import selftest  # noqa: E402
+    cli.add_command(selftest)
+
+
+@cli.command()
+@click.option("--poll-interval", type=float, help="Seconds between checks of the change log (worker_poll_interval).")
+@click.option("--max-batch", type=int, help="Most change-log entries per published version (worker_max_batch).")
+@click.option("--wait", is_flag=True, help="If another worker holds the store, wait for it instead of exiting.")
+@click.option("--once", is_flag=True, help="Run one sync cycle and exit.")
+@click.option("--reindex-every", type=float, metavar="HOURS", help="Check `reindex --if-needed` every HOURS.")
+@click.option("--reindex-at", metavar="HH:MM", help="Check `reindex --if-needed` daily at this local time.")
+@pass_retriever
+def worker(retriever: Any, poll_interval: float | None, max_batch: int | None, wait: bool, once: bool,
+           reindex_every: float | None, reindex_at: str | None) -> None:
+    """Keep the index in sync with the database until stopped.
+
+    Follows the change log (writes from any program, including plain SQL), embeds new
+    and changed documents, drops deleted ones, publishes index versions in batches, and
+    collects garbage. One worker per store. SIGTERM or Ctrl-C finishes the current batch,
+    publishes it, and exits 0. Logs are key=value lines on stderr.
+
+    \b
+        retrieve worker
+        retrieve worker --poll-interval 0.5 --reindex-at 03:30
+    """
+    from retrieval.worker import Schedule, Worker, parse_daily
+
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        logging.getLogger("retrieval").setLevel(logging.INFO)
+    schedule = Schedule(every=reindex_every * 3600 if reindex_every else None,
+                        daily=parse_daily(reindex_at) if reindex_at else None)
+    w = Worker(retriever, poll_interval=poll_interval, max_batch=max_batch, schedule=schedule)
+    w.install_signal_handlers()
+    w.run(wait=wait, once=once)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@pass_retriever
+def compact(retriever: Any, as_json: bool) -> None:
+    """Give space back: unused embeddings (deleted documents, old texts, other models),
+    applied change-log rows, old index versions, and the database file's free pages.
+
+    \b
+        retrieve compact
+    """
+    from retrieval.maintenance import compact as run_compact
+
+    before = retriever.status()
+    result = run_compact(retriever)
+    after = retriever.status()
+    result["database_bytes_before"] = before["database_bytes"]
+    result["database_bytes_after"] = after["database_bytes"]
+    if as_json:
+        _echo_json(result)
+        return
+    click.echo(f"Removed {result['embeddings_removed']} unused embeddings and {result['changes_removed']} applied "
+               f"change-log rows; database {_size(before['database_bytes'])} -> {_size(after['database_bytes'])}, "
+               f"index versions freed {_size(result['index_bytes_freed'])}.")
+
+
+from retrieval.serve_cmd import serve  # noqa: E402
+cli.add_command(serve)
+
+
 def main() -> None:
     cli(prog_name="retrieve")
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m retrieval.cli`: run the importable module rather than this __main__
+    # copy, so that commands defined in other modules register against one group.
+    from retrieval.cli import main as _main
+
+    _main()

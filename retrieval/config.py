@@ -108,10 +108,20 @@ class Settings:
     def describe(self) -> list[tuple[str, Any, str]]:
         """(name, value, source) for every setting, in declaration order."""
         return [
-            (f.name, getattr(self, f.name), self.sources.get(f.name, "default"))
+            (f.name, _masked(f.name, getattr(self, f.name)), self.sources.get(f.name, "default"))
             for f in fields(self)
             if f.name != "sources"
         ]
+
+
+_SECRETS = ("api_key",)
+
+
+def _masked(name: str, value: Any) -> Any:
+    """Secrets are shown as set or not, never printed."""
+    if name in _SECRETS and value:
+        return "***"
+    return value
 
 
 _FIELDS = {f.name: f for f in fields(Settings) if f.name != "sources"}

@@ -15,7 +15,12 @@ import click
 
 @click.group("model")
 def model() -> None:
-    """Export the model for the onnx/openvino backends and list the cached exports."""
+    """Export the model for the onnx/openvino backends and list the cached exports.
+
+    \b
+        retrieve model export --precision int8
+        retrieve model list
+    """
 
 
 @model.command("export")

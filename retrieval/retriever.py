@@ -330,7 +330,17 @@ class Retriever:
                 report = incremental(
                     self.store, self.index_store, self.encoder, base, max_changes=max_changes, **_index_kw(self.settings)
                 )
+            self._adopt(report)
         return report
+
+    def _adopt(self, report: SyncReport) -> None:
+        """Serve the version this process just published without reading it back from disk,
+        unless another process has published a newer one meanwhile."""
+        version = report.published
+        if version is not None and version.manifest.model_key == self.encoder.model_key:
+            with self._lock:
+                if self.index_store.current_name() == version.manifest.version:
+                    self._loaded, self._loaded_name = version, version.manifest.version
 
     def reindex(self, model: str | None = None) -> SyncReport:
         """Rebuild the index from stored vectors (re-embedding nothing that is stored).
@@ -346,6 +356,7 @@ class Retriever:
                                      backend=self.settings.backend, precision=self.settings.precision, threads=self.settings.threads)
         with self._sync_lock():
             report = full_build(self.store, self.index_store, encoder, self.settings.index_type, **_index_kw(self.settings))
+        self._adopt(report)
         return report
 
     # -- search -----------------------------------------------------------------------

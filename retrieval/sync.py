@@ -41,9 +41,11 @@ class SyncReport:
     last_seq: int = 0
     seconds: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)
+    # The version this sync published (in memory), so the caller can serve it at once.
+    published: IndexVersion | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "published"}
 
 
 def ensure_vectors(
@@ -98,6 +100,7 @@ def full_build(store: Store, index_store: IndexStore, encoder: Encoder, index_ty
     if len(ids):
         index.add_with_ids(matrix, ids)
     version = index_store.publish(index, model_key=encoder.model_key, index_type=index_type, last_seq=last_seq)
+    report.published = version
     report.stages["index"] = time.perf_counter() - t1
     report.changes = report.added = len(ids)
     report.version = version.manifest.version
@@ -150,6 +153,7 @@ def incremental(
     if len(ids):
         index.add_with_ids(matrix, ids)
     version = index_store.publish(index, model_key=encoder.model_key, index_type=index_type, last_seq=last_seq)
+    report.published = version
     report.stages["index"] = time.perf_counter() - t1
     report.changes = len(changed)
     report.removed = int(in_index.sum()) - sum(1 for i in changed_arr[in_index] if int(i) in present)
