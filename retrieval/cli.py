@@ -165,10 +165,12 @@ def config_cmd(ctx: click.Context, as_json: bool) -> None:
 @click.option("--metadata-field", "metadata_fields", multiple=True,
               help="Field(s) kept as metadata; repeatable. Default: every other field.")
 @click.option("--skip-invalid", is_flag=True, help="Store the valid records even when some are invalid.")
+@click.option("--no-sync", is_flag=True,
+              help="Only store the documents; a running worker (or `retrieve sync`) embeds and indexes them.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @pass_retriever
 def ingest(retriever: Any, files: tuple[str, ...], fmt: str | None, id_field: str, text_fields: tuple[str, ...],
-           metadata_fields: tuple[str, ...], skip_invalid: bool, as_json: bool) -> None:
+           metadata_fields: tuple[str, ...], skip_invalid: bool, no_sync: bool, as_json: bool) -> None:
     """Add or update documents from FILES (JSONL, JSON array, CSV or plain text; - for stdin).
 
     Every record is validated before anything is written. Documents are matched by id:
@@ -179,6 +181,7 @@ def ingest(retriever: Any, files: tuple[str, ...], fmt: str | None, id_field: st
         retrieve ingest products.jsonl
         cat notes.txt | retrieve ingest --format text -
         retrieve ingest --id-field _id --text-field title --text-field text corpus.jsonl
+        retrieve ingest --no-sync big-dump.jsonl   # a running worker indexes it
     """
     report = retriever.ingest_files(
         list(files),
@@ -188,6 +191,7 @@ def ingest(retriever: Any, files: tuple[str, ...], fmt: str | None, id_field: st
         metadata_fields=metadata_fields or None,
         skip_invalid=skip_invalid,
         stdin=None,
+        sync=not no_sync,
     )
     for problem in report.problems:
         click.echo(f"skipped {problem}", err=True)

@@ -270,6 +270,7 @@ class Retriever:
         metadata_fields: Sequence[str] | None = None,
         skip_invalid: bool = False,
         stdin: Any = None,
+        sync: bool = True,
     ) -> IngestReport:
         """Validate every record of every file first; write only when all are valid
         (or, with ``skip_invalid``, the valid ones)."""
@@ -285,7 +286,7 @@ class Retriever:
         problems = [str(p) for p in invalid]
         if problems and not skip_invalid:
             raise InvalidInputError(problems, len(records) + len(problems))
-        report = self.ingest(records)
+        report = self.ingest(records, sync=sync)
         report.invalid = len(problems)
         report.problems = problems
         report.seconds = time.perf_counter() - t0

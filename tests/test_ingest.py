@@ -160,3 +160,18 @@ def test_ingest_formats_and_fields_from_the_cli(store_env, tmp_path: Path) -> No
     # Plain-text ids are stable: the same file again changes nothing.
     assert "0 added, 0 updated, 2 unchanged" in runner.invoke(cli, ["ingest", str(txt)]).output
     assert json.loads(runner.invoke(cli, ["status", "--json"]).output)["documents"] == 5
+
+
+def test_ingest_no_sync_leaves_indexing_to_sync_but_search_already_sees_it(store_env, tmp_path: Path) -> None:
+    runner = CliRunner()
+    first = write_jsonl(tmp_path / "first.jsonl", [{"id": "pan", "text": "A cast iron frying pan"}])
+    assert runner.invoke(cli, ["ingest", str(first)]).exit_code == 0
+    data = write_jsonl(tmp_path / "docs.jsonl", _docs())
+    result = runner.invoke(cli, ["ingest", "--no-sync", str(data)])
+    assert result.exit_code == 0 and "4 added" in result.output
+    st = json.loads(runner.invoke(cli, ["status", "--json"]).output)
+    assert st["documents"] == 5 and st["indexed"] == 1 and st["pending_changes"] == 4
+    top = json.loads(runner.invoke(cli, ["search", "--json", "-k", "1", "shoes for jogging"]).output)["results"][0]
+    assert top["id"] == "d1"
+    assert "4 changed documents applied" in runner.invoke(cli, ["sync"]).output
+    assert json.loads(runner.invoke(cli, ["status", "--json"]).output)["indexed"] == 5
