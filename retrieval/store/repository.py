@@ -61,6 +61,17 @@ _DOCS = Document.__table__
 _DOC_COLUMNS = (Document.id, Document.external_id, Document.text, Document.meta, Document.content_hash)
 
 
+# Statements on the search path are built once: constructing a select() costs more than
+# SQLite takes to run it (compiled forms are cached by SQLAlchemy either way).
+_MAX_SEQ = select(func.coalesce(func.max(Change.seq), 0))
+_DOCS_BY_IDS = select(*_DOC_COLUMNS).where(Document.id.in_(bindparam("ids", expanding=True)))
+_CHANGED_IDS = (
+    select(Change.doc_id)
+    .where(Change.seq > bindparam("after"), Change.seq <= bindparam("upto"))
+    .group_by(Change.doc_id)
+)
+
+
 def _doc(row: Any) -> StoredDocument:
     return StoredDocument(row[0], row[1], row[2], row[3] or {}, row[4])
 
@@ -183,7 +194,7 @@ class Store:
     def docs_by_ids(conn: Connection, ids: Sequence[int]) -> dict[int, StoredDocument]:
         out: dict[int, StoredDocument] = {}
         for part in _chunks(list(ids)):
-            for row in conn.execute(select(*_DOC_COLUMNS).where(Document.id.in_(part))):
+            for row in conn.execute(_DOCS_BY_IDS, {"ids": list(part)}):
                 out[row[0]] = _doc(row)
         return out
 
@@ -211,16 +222,12 @@ class Store:
 
     @staticmethod
     def max_seq(conn: Connection) -> int:
-        return int(conn.scalar(select(func.coalesce(func.max(Change.seq), 0))) or 0)
+        return int(conn.scalar(_MAX_SEQ) or 0)
 
     @staticmethod
     def changed_ids(conn: Connection, after: int, upto: int) -> list[int]:
         """Distinct ids of documents changed by log entries in (after, upto]."""
-        return list(
-            conn.scalars(
-                select(Change.doc_id).where(Change.seq > after, Change.seq <= upto).group_by(Change.doc_id)
-            )
-        )
+        return list(conn.scalars(_CHANGED_IDS, {"after": after, "upto": upto}))
 
     @staticmethod
     def oldest_change_after(conn: Connection, after: int) -> float | None:
