@@ -98,25 +98,25 @@ def alembic_config(engine: Engine | None = None, url: str | None = None) -> Any:
     return cfg
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Apply Alembic revisions up to ``revision`` on ``engine``'s database."""
+def _migrate(engine: Engine, direction: str, revision: str) -> None:
+    """Run Alembic's upgrade or downgrade on one connection of ``engine``, holding the write lock."""
     from alembic import command
 
     cfg = alembic_config()
     with engine.connect().execution_options(sqlite_begin="BEGIN IMMEDIATE") as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+        getattr(command, direction)(cfg, revision)
         conn.commit()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Apply Alembic revisions up to ``revision`` on ``engine``'s database."""
+    _migrate(engine, "upgrade", revision)
 
 
 def downgrade(engine: Engine, revision: str = "base") -> None:
-    from alembic import command
-
-    cfg = alembic_config()
-    with engine.connect().execution_options(sqlite_begin="BEGIN IMMEDIATE") as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, revision)
-        conn.commit()
+    """Revert Alembic revisions down to ``revision``."""
+    _migrate(engine, "downgrade", revision)
 
 
 def ensure_schema(engine: Engine) -> None:
