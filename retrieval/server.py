@@ -236,16 +236,10 @@ def pre_embed(retriever: Any, texts: Sequence[str]) -> int:
     removes. Returns how many texts were embedded.
     """
     from retrieval.store.repository import content_hash
+    from retrieval.sync import embed_missing
 
-    encoder, store = retriever.encoder, retriever.store
-    unique = {content_hash(t): t for t in texts}
-    with store.read() as conn:
-        have = store.embeddings_for(conn, encoder.model_key, list(unique))
-    missing = [h for h in unique if h not in have]
-    if missing:
-        vectors = encoder.encode([unique[h] for h in missing], progress=False)
-        store.add_embeddings(encoder.model_key, encoder.dim, list(zip(missing, vectors)))
-    return len(missing)
+    _, embedded = embed_missing(retriever.store, retriever.encoder, {content_hash(t): t for t in texts})
+    return len(embedded)
 
 
 # -- the background sync loop -----------------------------------------------------------

@@ -48,6 +48,29 @@ class SyncReport:
         return {k: v for k, v in self.__dict__.items() if k != "published"}
 
 
+def embed_missing(
+    store: Store, encoder: Encoder, texts_by_hash: dict[str, str], report: SyncReport | None = None
+) -> tuple[dict[str, np.ndarray], set[str]]:
+    """Vectors for every content hash given, embedding (in committed chunks) only those
+    the store has none of for this model. Returns (hash -> vector, hashes embedded now)."""
+    report = report if report is not None else SyncReport()
+    model_key = encoder.model_key
+    with store.read() as conn:
+        have = store.embeddings_for(conn, model_key, list(texts_by_hash))
+    missing = [h for h in texts_by_hash if h not in have]
+    t0 = time.perf_counter()
+    for start in range(0, len(missing), EMBED_CHUNK):
+        part = missing[start : start + EMBED_CHUNK]
+        vecs = encoder.encode([texts_by_hash[h] for h in part])
+        if vecs.shape[1] != encoder.dim:
+            raise RuntimeError(f"encoder returned {vecs.shape[1]} dimensions, expected {encoder.dim}")
+        store.add_embeddings(model_key, encoder.dim, list(zip(part, vecs)))
+        have.update(zip(part, vecs))
+        report.embedded += len(part)
+    report.stages["embed"] = report.stages.get("embed", 0.0) + time.perf_counter() - t0
+    return have, set(missing)
+
+
 def ensure_vectors(
     store: Store, encoder: Encoder, docs: Sequence[tuple[int, str, str | None]], report: SyncReport | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -66,21 +89,8 @@ def ensure_vectors(
     unique: dict[str, str] = {}
     for (_, text, _), h in zip(docs, hashes):
         unique.setdefault(h, text)
-    model_key = encoder.model_key
-    with store.read() as conn:
-        have = store.embeddings_for(conn, model_key, list(unique))
-    missing = [h for h in unique if h not in have]
-    report.reused += sum(1 for h in hashes if h in have)
-    t0 = time.perf_counter()
-    for start in range(0, len(missing), EMBED_CHUNK):
-        part = missing[start : start + EMBED_CHUNK]
-        vecs = encoder.encode([unique[h] for h in part])
-        if vecs.shape[1] != encoder.dim:
-            raise RuntimeError(f"encoder returned {vecs.shape[1]} dimensions, expected {encoder.dim}")
-        store.add_embeddings(model_key, encoder.dim, list(zip(part, vecs)))
-        have.update(zip(part, vecs))
-        report.embedded += len(part)
-    report.stages["embed"] = report.stages.get("embed", 0.0) + time.perf_counter() - t0
+    have, embedded = embed_missing(store, encoder, unique, report)
+    report.reused += sum(1 for h in hashes if h not in embedded)
     ids = np.fromiter((d[0] for d in docs), dtype=np.int64, count=len(docs))
     matrix = np.stack([have[h] for h in hashes]).astype(np.float32, copy=False)
     return ids, matrix
