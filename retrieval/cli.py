@@ -66,6 +66,10 @@ def _debug(ctx: click.Context) -> bool:
 @click.option("--model", help="Model name or local model directory.")
 @click.option("--device", help="cpu, cuda, cuda:N, mps or auto.")
 @click.option("--batch-size", type=int, help="Texts per encoder batch.")
+@click.option("--backend", type=click.Choice(["auto", "torch", "onnx", "openvino"]),
+              help="Encoder runtime (default auto: the fastest that passed the quality gate here).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "int8"]), help="Encoder precision (default auto).")
+@click.option("--threads", type=int, help="Encoder threads (default: the physical cores).")
 @click.option("--index-type", help="flat (exact, default) or hnsw.")
 @click.option("--no-progress", is_flag=True, default=False, help="Hide progress bars.")
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens (to stderr).")
@@ -73,7 +77,8 @@ def _debug(ctx: click.Context) -> bool:
 @click.version_option(package_name="retrieval")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, database_url: str | None, index_dir: str | None, model: str | None,
-        device: str | None, batch_size: int | None, index_type: str | None, no_progress: bool, verbose: bool, debug: bool) -> None:
+        device: str | None, batch_size: int | None, backend: str | None, precision: str | None, threads: int | None,
+        index_type: str | None, no_progress: bool, verbose: bool, debug: bool) -> None:
     """Semantic search over your documents: a database as the source of truth and a
     FAISS index derived from it."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
@@ -83,7 +88,8 @@ def cli(ctx: click.Context, config_path: str | None, database_url: str | None, i
         debug=debug,
         config_path=config_path,
         overrides={"database_url": database_url, "index_dir": index_dir, "model": model, "device": device,
-                   "batch_size": batch_size, "index_type": index_type, "progress": False if no_progress else None},
+                   "batch_size": batch_size, "backend": backend, "precision": precision, "threads": threads,
+                   "index_type": index_type, "progress": False if no_progress else None},
     )
 
 
@@ -261,6 +267,12 @@ def search(ctx: click.Context, query: str | None, top_k: int | None, min_score: 
 
         retriever = RemoteSearcher(server, api_key=_settings(ctx).api_key)
     else:
+        from retrieval.embed import load_in_background
+
+        # The model loads while SQLAlchemy and FAISS import and the index is read.
+        preload = load_in_background(_settings(ctx), [query] if query and not queries_file else [])
+        # Never leave the loader inside native code at interpreter exit (an early error).
+        ctx.call_on_close(lambda: preload.join(timeout=60))
         from retrieval.retriever import Retriever
 
         retriever = Retriever.from_settings(_settings(ctx))

@@ -25,8 +25,8 @@ from retrieval.errors import ConfigError
 
 ENV_PREFIX = "RETRIEVE_"
 INDEX_TYPES = ("flat", "hnsw")
-BACKENDS = ("torch", "onnx", "openvino")
-PRECISIONS = ("fp32", "bf16", "int8")
+BACKENDS = ("auto", "torch", "onnx", "openvino")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 DEVICES = ("cpu", "cuda", "mps", "auto")
 
 
@@ -39,8 +39,8 @@ class Settings:
     model: str = "all-MiniLM-L6-v2"
     batch_size: int = 64
     device: str = "cpu"
-    backend: str = "torch"
-    precision: str = "fp32"
+    backend: str = "auto"
+    precision: str = "auto"
     threads: int | None = None
     index_type: str = "flat"
     hnsw_m: int = 32

@@ -161,8 +161,14 @@ class Retriever:
                 backend=self.settings.backend,
                 precision=self.settings.precision,
                 threads=self.settings.threads,
+                prefer_key=self._index_key(),
             )
         return self._encoder
+
+    def _index_key(self) -> str | None:
+        """The model key of the current index (``auto`` keeps an encoder that matches it)."""
+        manifest = self.index_store.read_manifest()
+        return manifest.model_key if manifest is not None else None
 
     def close(self) -> None:
         self.store.close()
@@ -203,6 +209,11 @@ class Retriever:
                 version = self.index_store.load()
             assert version is not None
             self._loaded, self._loaded_name = version, version.manifest.version
+            if (self._encoder is not None and self._encoder.model_key != version.manifest.model_key
+                    and "auto" in (self.settings.backend, self.settings.precision)):
+                # Another process reindexed with other vectors (say bf16): with ``auto``,
+                # follow the index instead of failing every search until a restart.
+                self._encoder = None
             return version
 
     def _has_documents(self) -> bool:
@@ -455,11 +466,13 @@ class Retriever:
         try:
             from retrieval.embed.onnx import plan
 
-            encoder_plan = plan(resolve_model(self.settings.model), self.settings.backend, self.settings.precision)
+            encoder_plan = plan(resolve_model(self.settings.model), self.settings.backend, self.settings.precision,
+                                device=self.settings.device, prefer_key=self._index_key())
             model_key = encoder_plan["model_key"]
         except RetrievalError as exc:
             model_key = f"unavailable ({exc})"
-            encoder_plan = {"backend": self.settings.backend, "precision": self.settings.precision, "note": None}
+            encoder_plan = {"backend": self.settings.backend, "precision": self.settings.precision, "note": None,
+                            "requested": f"{self.settings.backend} {self.settings.precision}"}
         stats = self.store.stats(model_key)
         manifest = self.index_store.read_manifest()
         last_seq = manifest.last_seq if manifest else 0
@@ -494,6 +507,7 @@ class Retriever:
             "backend": encoder_plan["backend"],  # what runs: torch after a fallback
             "precision": encoder_plan["precision"],
             "backend_note": encoder_plan["note"],
+            "backend_requested": encoder_plan["requested"],
         }
 
     def verify(self) -> VerifyReport:

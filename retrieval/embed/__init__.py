@@ -1,6 +1,9 @@
 """Encoders: texts in, float32 L2-normalised matrix out."""
 
 import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
 
 from retrieval.embed.base import Encoder
 from retrieval.embed.model import ModelInfo, resolve_model
@@ -11,6 +14,7 @@ log = logging.getLogger("retrieval")
 
 
 _CACHE: dict[tuple[object, ...], Encoder] = {}
+_CACHE_LOCK = threading.Lock()
 
 
 def create_encoder(
@@ -19,43 +23,97 @@ def create_encoder(
     device: str = "cpu",
     batch_size: int = 64,
     progress: bool = True,
-    backend: str = "torch",
-    precision: str = "fp32",
+    backend: str = "auto",
+    precision: str = "auto",
     threads: int | None = None,
+    prefer_key: str | None = None,
 ) -> Encoder:
     """The encoder for a configured model name or path (nothing heavy is loaded yet).
 
     Encoders are shared within a process: every Retriever of a long-running process (or
     every CLI invocation inside one test session) loads a model once.
 
-    ``backend`` onnx or openvino runs the model exported to ONNX (exported on the first
-    use, which imports torch once; later processes never do). When the runtime is not
-    installed, the model or precision is not supported, or the export fails, the torch
-    encoder is used instead, with a warning; its ``fallback`` attribute says why.
+    ``backend``/``precision`` ``auto`` pick the fastest setting on this machine that passed
+    the quality gate (openvino bf16 on CPUs with AVX512-BF16 or AMX, else openvino fp32,
+    onnx fp32, torch), preferring one whose vectors have ``prefer_key`` (the current
+    index's key) so that an existing index stays usable; see
+    :func:`retrieval.embed.onnx.plan`. onnx and openvino run the model exported to ONNX
+    (exported on first use, which imports torch once; later processes never do). When a
+    runtime is missing or the export fails, the torch encoder is used, with a warning; the
+    encoder's ``fallback`` attribute says why, ``choice`` says how ``auto`` decided.
     """
-    from retrieval.embed.sentence_transformers import SentenceTransformerEncoder
+    from retrieval.embed.onnx import plan
 
     info = resolve_model(model)
-    key = (info.key, device, batch_size, backend, precision, threads)
-    encoder = _CACHE.get(key)
-    if encoder is None:
-        fallback = None
-        if backend == "torch" and precision != "fp32":
-            fallback = f"backend torch runs fp32 only, not {precision}; use backend onnx (int8) or openvino (bf16)"
-            log.warning("%s", fallback)
-        elif backend != "torch":
-            from retrieval.embed.export import ExportError
-            from retrieval.embed.onnx import BackendUnavailableError, runtime_encoder
-
-            try:
-                encoder = runtime_encoder(info, backend=backend, precision=precision, threads=threads,
-                                          batch_size=batch_size, progress=progress)
-            except (BackendUnavailableError, ExportError) as exc:
-                fallback = f"backend {backend} {precision} is unavailable ({exc}); using torch fp32"
-                log.warning("%s", fallback)
+    chosen = plan(info, backend, precision, device=device, prefer_key=prefer_key)
+    # Keyed by what runs and, for a fallback, by what was asked: the ``fallback`` note
+    # belongs to the request that fell back, not to every user of that runtime.
+    key = (info.key, device, batch_size, chosen["backend"], chosen["precision"], threads,
+           tuple(chosen["passed_over"]) if (backend, precision) != ("auto", "auto") else ())
+    with _CACHE_LOCK:
+        encoder = _CACHE.get(key)
         if encoder is None:
-            encoder = SentenceTransformerEncoder(info, device=device, batch_size=batch_size, progress=progress)
-        encoder.fallback = fallback  # type: ignore[attr-defined]
-        _CACHE[key] = encoder
+            encoder = _build(info, chosen, device=device, batch_size=batch_size, progress=progress, threads=threads,
+                             explicit=(backend, precision) != ("auto", "auto"))
+            _CACHE[key] = encoder
     encoder.progress = progress  # type: ignore[attr-defined]
     return encoder
+
+
+def _build(info: ModelInfo, chosen: dict[str, Any], *, device: str, batch_size: int, progress: bool,
+           threads: int | None, explicit: bool) -> Encoder:
+    from retrieval.embed.sentence_transformers import SentenceTransformerEncoder
+
+    backend, precision = chosen["backend"], chosen["precision"]
+    encoder: Encoder | None = None
+    fallback = None
+    if explicit and chosen["passed_over"]:
+        # A setting the user asked for cannot run here. (With everything auto, passing
+        # over openvino bf16 on a CPU without bf16 is expected: status says so, no warning.)
+        fallback = "; ".join(chosen["passed_over"]) + f"; using {backend} {precision}"
+        log.warning("%s", fallback)
+    if backend != "torch":
+        from retrieval.embed.export import ExportError
+        from retrieval.embed.onnx import BackendUnavailableError, runtime_encoder
+
+        try:
+            encoder = runtime_encoder(info, backend=backend, precision=precision, threads=threads,
+                                      batch_size=batch_size, progress=progress)
+        except (BackendUnavailableError, ExportError) as exc:
+            fallback = f"backend {backend} {precision} is unavailable ({exc}); using torch fp32"
+            log.warning("%s", fallback)
+    if encoder is None:
+        encoder = SentenceTransformerEncoder(info, device=device, batch_size=batch_size, progress=progress)
+    encoder.fallback = fallback  # type: ignore[attr-defined]
+    encoder.choice = chosen  # type: ignore[attr-defined]
+    return encoder
+
+
+def load_in_background(settings: Any, queries: Sequence[str] = ()) -> threading.Thread:
+    """Start loading the configured encoder in a daemon thread and return the thread.
+
+    A cold ``retrieve search`` spends its time importing SQLAlchemy and FAISS, reading
+    the index, and loading the model; the model load (runtime import, compiled-model
+    import, tokenizer) runs here meanwhile, much of it outside the GIL. Errors are
+    swallowed: the search loads the encoder again on first use and reports them there.
+    ``queries`` are encoded once as a warm-up: a runtime's first call at a new input
+    shape costs tens of milliseconds, paid here in parallel instead of on the search path.
+    """
+
+    def work() -> None:
+        try:
+            from retrieval.index.faiss_index import IndexStore
+
+            manifest = IndexStore(settings.index_dir).read_manifest()
+            encoder = create_encoder(settings.model, device=settings.device, batch_size=settings.batch_size,
+                                     progress=settings.progress, backend=settings.backend, precision=settings.precision,
+                                     threads=settings.threads, prefer_key=manifest.model_key if manifest else None)
+            encoder.load()
+            if queries:
+                encoder.encode_queries(list(queries))
+        except Exception as exc:  # noqa: BLE001 - reported by the search itself
+            log.debug("background encoder load failed: %s", exc)
+
+    thread = threading.Thread(target=work, name="encoder-preload", daemon=True)
+    thread.start()
+    return thread

@@ -318,7 +318,7 @@ def list_exports() -> list[dict[str, Any]]:
             "model_key": meta.get("model_key"),
             "precisions": precisions,
             "dim": meta.get("dim"),
-            "bytes": sum(f.stat().st_size for f in folder.iterdir() if f.is_file()),
+            "bytes": sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()),
             "agreement": meta.get("agreement", {}),
             "exported_at": meta.get("exported_at"),
             "path": str(folder),

@@ -443,22 +443,94 @@ def runtime_encoder(
                                  folder=folder, threads=threads, batch_size=batch_size, progress=progress)
 
 
-def plan(info: ModelInfo, backend: str, precision: str) -> dict[str, Any]:
+# ``auto``: the settings create_encoder tries, fastest first, as measured on the 2-core
+# AVX512-BF16 development machine (bench/bench_encoders.md: openvino bf16 6.0x plain
+# model.encode, openvino fp32 3.4x, onnx fp32 2.8x, torch 2.5x). Settings that failed the
+# quality gate are never chosen automatically.
+AUTO_ORDER: tuple[tuple[str, str], ...] = (
+    ("openvino", "bf16"),
+    ("openvino", "fp32"),
+    ("onnx", "fp32"),
+    ("torch", "fp32"),
+)
+ALL_PRECISIONS = {**PRECISIONS, "torch": ("fp32",)}
+
+
+def candidates(backend: str, precision: str, device: str = "cpu") -> list[tuple[str, str]]:
+    """The (backend, precision) pairs to try for these settings, in order; torch fp32 last.
+
+    ``auto`` in either place means "the fastest that passes the quality gate"; a fixed
+    value is tried first and falls back to torch fp32 (the reference every key derives
+    from) when its runtime or instruction set is missing.
+    """
+    if device != "cpu" and backend == "auto":
+        return [("torch", "fp32")]  # an accelerator runs the torch model
+    if backend != "auto" and precision != "auto":
+        pairs = [(backend, precision)]
+    else:
+        pool = [pair for pair in AUTO_ORDER if pair not in GATE_FAILED]
+        if backend != "auto":
+            pool = [(b, p) for b, p in pool if b == backend]
+        if precision != "auto":
+            pool = [(b, p) for b, p in pool if p == precision]
+            if not pool:  # e.g. precision int8 with backend auto: the one backend that runs it
+                pool = [(b, precision) for b, ps in ALL_PRECISIONS.items() if precision in ps]
+        pairs = pool
+    return pairs + [("torch", "fp32")] if ("torch", "fp32") not in pairs else pairs
+
+
+def plan(info: ModelInfo, backend: str, precision: str, *, device: str = "cpu",
+         prefer_key: str | None = None) -> dict[str, Any]:
     """What ``create_encoder`` will use for these settings, without loading or exporting anything.
 
-    ``backend``/``precision`` are what runs (torch/fp32 after a fallback), ``model_key`` the
-    key its vectors get, ``note`` why a fallback happens or that an export is pending.
+    ``backend``/``precision`` are what runs, ``model_key`` the key its vectors get, ``note``
+    why: the fallback from an unavailable setting, or how ``auto`` chose. With ``auto``
+    and a ``prefer_key`` (the key of the store's current index), a setting whose vectors
+    have that key wins over a faster one that would need `retrieve reindex`: ``auto``
+    never makes an existing index unusable.
     """
-    if backend == "torch":
-        return {"backend": "torch", "precision": "fp32", "model_key": info.key, "note": None}
-    try:
-        check_backend(info, backend, precision)
-    except BackendUnavailableError as exc:
-        return {"backend": "torch", "precision": "fp32", "model_key": info.key,
-                "note": f"fallback from {backend} {precision}: {exc}"}
     from retrieval.embed.export import export_dir, is_exported, read_meta
 
-    meta = read_meta(export_dir(info)) or {}
-    note = None if is_exported(info, "int8" if precision == "int8" else "fp32") else "export runs on first use"
-    return {"backend": backend, "precision": precision,
-            "model_key": runtime_key(info, backend, precision, meta.get("agreement")), "note": note}
+    agreement = (read_meta(export_dir(info)) or {}).get("agreement") if info.path else None
+    automatic = "auto" in (backend, precision)
+    order = candidates(backend, precision, device)
+    available: list[tuple[str, str, str]] = []  # backend, precision, key
+    skipped: dict[tuple[str, str], str] = {}
+    for b, p in order:
+        if b == "torch" and p != "fp32":
+            skipped[(b, p)] = f"torch runs fp32 only; use backend {'openvino' if p == 'bf16' else 'onnx'} for {p}"
+            continue
+        if b != "torch":
+            try:
+                check_backend(info, b, p)
+            except BackendUnavailableError as exc:
+                skipped[(b, p)] = str(exc)
+                continue
+        available.append((b, p, info.key if b == "torch" else runtime_key(info, b, p, agreement)))
+    chosen = available[0]  # torch fp32 is always last and always available
+    kept = False
+    if automatic and prefer_key is not None and chosen[2] != prefer_key:
+        for option in available:
+            # Only among settings that honour the explicit half of the request: with
+            # precision bf16 (backend auto) the user asked for bf16 vectors.
+            honours = backend in ("auto", option[0]) and precision in ("auto", option[1])
+            if honours and option[2] == prefer_key:
+                chosen, kept = option, True
+                break
+    b, p, key = chosen
+    notes = []
+    if automatic and device != "cpu":
+        notes.append(f"auto: device {device} runs the torch model")
+    elif automatic and kept:
+        notes.append(f"auto: {b} {p} matches the index's vectors; {available[0][0]} {available[0][1]} is faster "
+                     "here (set backend and precision to it, then `retrieve reindex`)")
+    elif automatic:
+        notes.append("auto: the fastest setting here that passes the quality gate")
+    # Why faster (or requested) settings were passed over.
+    passed_over = [f"{sb} {sp} unavailable ({why})" for (sb, sp), why in skipped.items()
+                   if order.index((sb, sp)) < order.index((b, p))]
+    notes.extend(passed_over)
+    if b != "torch" and not is_exported(info, "int8" if p == "int8" else "fp32"):
+        notes.append("export runs on first use")
+    return {"backend": b, "precision": p, "model_key": key, "note": "; ".join(notes) or None,
+            "requested": f"{backend} {precision}", "passed_over": passed_over}
