@@ -261,21 +261,31 @@ def search(ctx: click.Context, query: str | None, top_k: int | None, min_score: 
         retrieve search --server http://127.0.0.1:8000 "refund policy"
     """
     retriever: Any
+    prefetch = None
     if server:
         # Only httpx is imported: the service holds the model, so this answers in milliseconds.
         from retrieval.serve_cmd import RemoteSearcher
 
         retriever = RemoteSearcher(server, api_key=_settings(ctx).api_key)
     else:
-        from retrieval.embed import load_in_background
+        # The query is encoded while SQLAlchemy and FAISS import and the index is read: in
+        # a forked child in a fresh process (see retrieval.prefetch), else in a thread.
+        settings = _settings(ctx)
+        if query and not queries_file:
+            from retrieval.prefetch import start as start_prefetch
 
-        # The model loads while SQLAlchemy and FAISS import and the index is read.
-        preload = load_in_background(_settings(ctx), [query] if query and not queries_file else [])
-        # Never leave the loader inside native code at interpreter exit (an early error).
-        ctx.call_on_close(lambda: preload.join(timeout=60))
+            prefetch = start_prefetch(settings, query)
+        if prefetch is not None:
+            ctx.call_on_close(prefetch.close)
+        else:
+            from retrieval.embed import load_in_background
+
+            preload = load_in_background(settings, [query] if query and not queries_file else [])
+            # Never leave the loader inside native code at interpreter exit (an early error).
+            ctx.call_on_close(lambda: preload.join(timeout=60))
         from retrieval.retriever import Retriever
 
-        retriever = Retriever.from_settings(_settings(ctx))
+        retriever = Retriever.from_settings(settings)
     ctx.call_on_close(retriever.close)
     if queries_file:
         if query:
@@ -290,7 +300,13 @@ def search(ctx: click.Context, query: str | None, top_k: int | None, min_score: 
         return
     if not query:
         raise click.UsageError("give a QUERY (or --queries FILE)")
-    hits = retriever.search(query, top_k, min_score=min_score)
+    encoded = prefetch.result() if prefetch is not None else None
+    hits = retriever.search_encoded(query, encoded[1], encoded[0], top_k, min_score=min_score) if encoded else None
+    if prefetch is not None:
+        logging.getLogger("retrieval").info("query encoded %s", "in a forked child" if hits is not None else
+                                            "in-process (the child skipped or failed)")
+    if hits is None:
+        hits = retriever.search(query, top_k, min_score=min_score)
     if as_json:
         _echo_json({"query": query, "results": [h.as_dict() for h in hits]})
     else:

@@ -396,6 +396,20 @@ class Retriever:
         vectors = self.encoder.encode_queries(list(queries)) if queries else np.empty((0, version.manifest.dim), np.float32)
         return self.search_vectors(vectors, k, min_score=min_score, version=version)
 
+    def search_encoded(self, query: str, vector: np.ndarray, model_key: str, k: int | None = None, *,
+                       min_score: float | None = None) -> list[Hit] | None:
+        """:meth:`search` with the query already encoded (by :mod:`retrieval.prefetch`).
+
+        None when ``model_key`` is not the current index's: the caller searches normally.
+        """
+        k = self.settings.search_k if k is None else k
+        min_score = self.settings.min_score if min_score is None else min_score
+        self._check_query(query, k)
+        version = self.current_index()
+        if version.manifest.model_key != model_key or vector.shape != (1, version.manifest.dim):
+            return None
+        return self.search_vectors(vector, k, min_score=min_score, version=version)[0]
+
     def search_vectors(
         self, vectors: np.ndarray, k: int, *, min_score: float | None = None, version: IndexVersion | None = None
     ) -> list[list[Hit]]:
