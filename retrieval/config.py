@@ -19,8 +19,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from retrieval.errors import ConfigError
 
 ENV_PREFIX = "RETRIEVE_"
@@ -150,6 +148,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         # Environment variables and flags arrive as strings: parse them as YAML scalars.
         if optional and value.strip().lower() in ("", "null", "none"):
             return None
+        import yaml  # here, not at the top: a cold `retrieve search` with no config file never needs it
+
         try:
             value = yaml.safe_load(value)
         except yaml.YAMLError:
@@ -175,6 +175,8 @@ def _rebase(name: str, value: Any, base_dir: Path) -> Any:
 
 
 def _read_file(path: Path) -> dict[str, Any]:
+    import yaml
+
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:

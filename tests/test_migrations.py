@@ -70,5 +70,6 @@ def test_store_opening_migrates_automatically_and_sets_pragmas(tmp_path: Path) -
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 1234
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA mmap_size").scalar() == db.MMAP_BYTES  # reads through a memory map
     assert db.current_revision(store.engine) == db.HEAD_REVISION
     store.close()

@@ -38,6 +38,10 @@ def _sqlite_path(url: str) -> str | None:
     return db
 
 
+# Address space, not memory: the OS pages in what is read and can drop it at will.
+MMAP_BYTES = 1 << 30
+
+
 def create_store_engine(url: str, *, busy_timeout_ms: int = 30_000) -> Engine:
     """Create an engine; for SQLite: WAL, a busy timeout, foreign keys, full fsync.
 
@@ -68,6 +72,10 @@ def create_store_engine(url: str, *, busy_timeout_ms: int = 30_000) -> Engine:
                 cur.execute("PRAGMA journal_mode = WAL")
             cur.execute("PRAGMA synchronous = FULL")
             cur.execute("PRAGMA foreign_keys = ON")
+            # Reads through a memory map instead of read() calls into a 2 MB page cache:
+            # fetching a search's hits from a large store touches pages all over the file
+            # (about 0.25 ms of a 2 ms search at 20,000 documents). Writes are unchanged.
+            cur.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
             cur.close()
 
         @event.listens_for(engine, "begin")
