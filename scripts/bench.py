@@ -28,6 +28,7 @@ Writes ``bench/report.md``, ``bench/report.json``, ``bench/ingest_throughput.png
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import itertools
 import json
 import os
@@ -219,8 +220,11 @@ def render(report: dict[str, Any]) -> str:
     out = [
         "# Benchmark report",
         "",
-        f"Machine: {report['machine']}. Model: {report['model']}, encoder {report.get('encoder', 'torch fp32')}. Created {report['created']} by "
-        f"`{report['command']}`. Every figure: median (min–max) of {report['repeats']} runs.",
+        f"Machine: {report['machine']}. Model: {report['model']}, encoder {report.get('encoder', 'torch fp32')}. "
+        + " ".join(f"N={', '.join(f'{n:,}' for n in run['sizes'])}: created {run['created']} by `{run['command']}`."
+                   for run in report.get("runs", [{"created": report["created"], "command": report["command"],
+                                                   "sizes": [s["documents"] for s in report["sizes"]]}]))
+        + f" Every figure: median (min–max) of {report['repeats']} runs.",
         "",
         "## Ingest throughput (documents per second)",
         "",
@@ -320,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--ef-search", default="16,32,64,128,256", help="HNSW ef_search values to measure")
     parser.add_argument("--out", type=Path, default=REPO / "bench")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the sizes of an existing OUT/report.json that this run does not measure "
+                             "(rerun one size without rerunning the others)")
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     args.ef_search = [int(s) for s in args.ef_search.split(",") if s.strip()]
@@ -345,13 +352,29 @@ def main(argv: list[str] | None = None) -> int:
     import sentence_transformers
     import torch
 
+    command = (" ".join(["HF_HUB_OFFLINE=1", *(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("RETRIEVE_"))])
+               + " python scripts/bench.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    runs = [{"created": created, "command": command, "sizes": [s["documents"] for s in sizes]}]
+    if args.merge and (args.out / "report.json").is_file():
+        old = json.loads((args.out / "report.json").read_text(encoding="utf-8"))
+        measured = {s["documents"] for s in sizes}
+        kept = [s for s in old["sizes"] if s["documents"] not in measured]
+        if kept:
+            sizes = sorted([*sizes, *kept], key=lambda s: s["documents"])
+            earlier = old.get("runs") or [{"created": old["created"], "command": old["command"],
+                                           "sizes": [s["documents"] for s in old["sizes"]]}]
+            for run in earlier:
+                run["sizes"] = [n for n in run["sizes"] if n not in measured]
+            runs = [r for r in earlier if r["sizes"]] + runs
     report = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["HF_HUB_OFFLINE=1", *(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("RETRIEVE_"))])
-        + " python scripts/bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "created": created,
+        "command": command,
+        "runs": runs,
         "machine": machine(),
         "versions": {"torch": torch.__version__, "sentence-transformers": sentence_transformers.__version__,
-                     "faiss": faiss.__version__},
+                     "faiss": faiss.__version__, "openvino": importlib.metadata.version("openvino"),
+                     "onnxruntime": importlib.metadata.version("onnxruntime")},
         "model": base.model,
         "encoder": encoder_desc,
         "repeats": args.repeats,

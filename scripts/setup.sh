@@ -10,4 +10,8 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
 .venv/bin/python -m pip install --quiet -e ".[test]"
+# Byte-compile the package as a regular install does (an editable install leaves that to
+# the first import, which some environments forbid): a cold `retrieve search` then never
+# compiles its own source.
+.venv/bin/python -m compileall -q retrieval
 echo "Ready: .venv/bin/retrieve --help" >&2

@@ -80,3 +80,40 @@ def test_benchmark_reports_every_figure(tmp_path: Path) -> None:
     assert set(r["targets_met"]) == {"encode_speedup", "identical_embeddings", "ingest_overhead", "reingest_speedup",
                                      "reindex_fraction", "search_p50"}
     assert r["targets_met"]["identical_embeddings"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CATALOG.is_file(), reason="the shared catalog data is not present")
+def test_benchmark_report_writes_tables_plots_and_merges_sizes(tmp_path: Path) -> None:
+    """scripts/bench.py at toy sizes: report.md/json and both plots; --merge reruns one size
+    and keeps the other's figures and the command that produced them."""
+    pytest.importorskip("matplotlib")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETRIEVE_")}
+    env["HF_HUB_OFFLINE"] = "1"
+    out = tmp_path / "out"
+
+    def run(*args: str) -> dict:
+        proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--repeats", "1", "--queries", "10",
+                               "--ef-search", "16,64", "--out", str(out), *args],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads((out / "report.json").read_text())
+
+    first = run("--sizes", "200,300")
+    assert [s["documents"] for s in first["sizes"]] == [200, 300]
+    for size in first["sizes"]:
+        systems = [(r["system"], r["ef_search"]) for r in size["search"]]
+        assert systems == [("flat", None), ("naive numpy", None), ("hnsw", 16), ("hnsw", 64)]
+        flat = size["search"][0]
+        assert flat["recall_at_10"] == 1.0 and flat["search_ms"]["runs"] == 1
+        assert size["ingest_docs_per_second"]["total"]["median"] > 0
+        assert size["embedded_texts"] <= size["distinct_texts"] <= size["documents"]
+    assert (out / "ingest_throughput.png").stat().st_size > 1000 and (out / "latency_recall.png").stat().st_size > 1000
+    md = (out / "report.md").read_text()
+    assert "| 300 | flat | 1.0000 |" in md and first["encoder"] in md
+
+    second = run("--sizes", "300", "--merge")
+    assert [s["documents"] for s in second["sizes"]] == [200, 300]
+    assert second["sizes"][0] == first["sizes"][0]  # N=200 kept as measured
+    assert [r["sizes"] for r in second["runs"]] == [[200], [300]]
+    assert "--sizes 200,300" in second["runs"][0]["command"] and "--merge" in second["runs"][1]["command"]
