@@ -95,7 +95,7 @@ def main() -> int:
     settings = args.setting or list(SETTINGS)
     encoders = {s: create_encoder(args.model, backend=s.split("/")[0], precision=s.split("/")[1],
                                   threads=args.threads, progress=False) for s in settings}
-    torch_enc = create_encoder(args.model, progress=False)
+    torch_enc = create_encoder(args.model, backend="torch", precision="fp32", progress=False)
     torch_enc.load()
     st_model = torch_enc._model  # the plain SentenceTransformer for the baseline
     results: list[dict[str, Any]] = []
