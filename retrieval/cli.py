@@ -268,21 +268,15 @@ def search(ctx: click.Context, query: str | None, top_k: int | None, min_score: 
 
         retriever = RemoteSearcher(server, api_key=_settings(ctx).api_key)
     else:
-        # The query is encoded while SQLAlchemy and FAISS import and the index is read: in
-        # a forked child in a fresh process (see retrieval.prefetch), else in a thread.
+        # In a fresh process the query is encoded in a forked child while SQLAlchemy and
+        # FAISS import and the index is read (see retrieval.prefetch).
         settings = _settings(ctx)
         if query and not queries_file:
             from retrieval.prefetch import start as start_prefetch
 
             prefetch = start_prefetch(settings, query)
-        if prefetch is not None:
-            ctx.call_on_close(prefetch.close)
-        else:
-            from retrieval.embed import load_in_background
-
-            preload = load_in_background(settings, [query] if query and not queries_file else [])
-            # Never leave the loader inside native code at interpreter exit (an early error).
-            ctx.call_on_close(lambda: preload.join(timeout=60))
+            if prefetch is not None:
+                ctx.call_on_close(prefetch.close)
         from retrieval.retriever import Retriever
 
         retriever = Retriever.from_settings(settings)

@@ -128,21 +128,20 @@ def start(settings: Any, query: str) -> QueryPrefetch | None:
 def _child(settings: Any, query: str, fd: int) -> int:
     import numpy as np
 
-    from retrieval.embed import create_encoder
+    from retrieval.embed import encoder_for
     from retrieval.embed.export import is_exported
     from retrieval.embed.model import resolve_model
     from retrieval.embed.onnx import plan
     from retrieval.index.faiss_index import IndexStore
 
-    manifest = IndexStore(settings.index_dir).read_manifest()
-    prefer = manifest.model_key if manifest else None
+    prefer = IndexStore(settings.index_dir).model_key()
     info = resolve_model(settings.model)
+    # Decided before building the encoder: building a runtime encoder without a cached
+    # export would export (import torch) here instead of in the parent.
     chosen = plan(info, settings.backend, settings.precision, device=settings.device, prefer_key=prefer)
     if chosen["backend"] == "torch" or not is_exported(info, "int8" if chosen["precision"] == "int8" else "fp32"):
         return SKIPPED
-    encoder = create_encoder(settings.model, device=settings.device, batch_size=settings.batch_size, progress=False,
-                             backend=settings.backend, precision=settings.precision, threads=settings.threads,
-                             prefer_key=prefer)
+    encoder = encoder_for(settings, prefer_key=prefer)
     vector = np.ascontiguousarray(encoder.encode_queries([query]), dtype=np.float32)
     header = json.dumps({"model_key": encoder.model_key, "dim": int(vector.shape[1])}).encode()
     payload = struct.pack("<I", len(header)) + header + vector.tobytes()

@@ -151,24 +151,11 @@ class Retriever:
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
-            from retrieval.embed import create_encoder
+            from retrieval.embed import encoder_for
 
-            self._encoder = create_encoder(
-                self.settings.model,
-                device=self.settings.device,
-                batch_size=self.settings.batch_size,
-                progress=self.settings.progress,
-                backend=self.settings.backend,
-                precision=self.settings.precision,
-                threads=self.settings.threads,
-                prefer_key=self._index_key(),
-            )
+            # ``auto`` prefers a setting whose vectors match the current index's.
+            self._encoder = encoder_for(self.settings, prefer_key=self.index_store.model_key())
         return self._encoder
-
-    def _index_key(self) -> str | None:
-        """The model key of the current index (``auto`` keeps an encoder that matches it)."""
-        manifest = self.index_store.read_manifest()
-        return manifest.model_key if manifest is not None else None
 
     def close(self) -> None:
         self.store.close()
@@ -362,10 +349,9 @@ class Retriever:
         """
         encoder = self.encoder
         if model is not None:
-            from retrieval.embed import create_encoder
+            from retrieval.embed import encoder_for
 
-            encoder = create_encoder(model, device=self.settings.device, batch_size=self.settings.batch_size, progress=self.settings.progress,
-                                     backend=self.settings.backend, precision=self.settings.precision, threads=self.settings.threads)
+            encoder = encoder_for(self.settings, model=model)
         with self._sync_lock():
             report = full_build(self.store, self.index_store, encoder, self.settings.index_type, **_index_kw(self.settings))
         self._adopt(report)
@@ -381,17 +367,22 @@ class Retriever:
         if not 1 <= k <= self.settings.max_k:
             raise RetrievalError(f"k must be between 1 and {self.settings.max_k} (max_k), got {k}")
 
+    def _search_args(self, queries: Sequence[str], k: int | None,
+                     min_score: float | None) -> tuple[int, float | None, IndexVersion]:
+        """Defaults filled in, every query checked, and the index version to search."""
+        k = self.settings.search_k if k is None else k
+        min_score = self.settings.min_score if min_score is None else min_score
+        for q in queries:
+            self._check_query(q, k)
+        return k, min_score, self.current_index()
+
     def search(self, query: str, k: int | None = None, *, min_score: float | None = None) -> list[Hit]:
         """The top-``k`` documents for ``query`` by cosine similarity, best first."""
         return self.search_many([query], k, min_score=min_score)[0]
 
     def search_many(self, queries: Sequence[str], k: int | None = None, *, min_score: float | None = None) -> list[list[Hit]]:
         """Search several queries at once (encoded in batches)."""
-        k = self.settings.search_k if k is None else k
-        min_score = self.settings.min_score if min_score is None else min_score
-        for q in queries:
-            self._check_query(q, k)
-        version = self.current_index()
+        k, min_score, version = self._search_args(queries, k, min_score)
         self._check_model(version)
         vectors = self.encoder.encode_queries(list(queries)) if queries else np.empty((0, version.manifest.dim), np.float32)
         return self.search_vectors(vectors, k, min_score=min_score, version=version)
@@ -402,10 +393,7 @@ class Retriever:
 
         None when ``model_key`` is not the current index's: the caller searches normally.
         """
-        k = self.settings.search_k if k is None else k
-        min_score = self.settings.min_score if min_score is None else min_score
-        self._check_query(query, k)
-        version = self.current_index()
+        k, min_score, version = self._search_args([query], k, min_score)
         if version.manifest.model_key != model_key or vector.shape != (1, version.manifest.dim):
             return None
         return self.search_vectors(vector, k, min_score=min_score, version=version)[0]
@@ -481,7 +469,7 @@ class Retriever:
             from retrieval.embed.onnx import plan
 
             encoder_plan = plan(resolve_model(self.settings.model), self.settings.backend, self.settings.precision,
-                                device=self.settings.device, prefer_key=self._index_key())
+                                device=self.settings.device, prefer_key=self.index_store.model_key())
             model_key = encoder_plan["model_key"]
         except RetrievalError as exc:
             model_key = f"unavailable ({exc})"

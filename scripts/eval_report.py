@@ -121,13 +121,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from sentence_transformers import SentenceTransformer
 
-    from retrieval.embed import create_encoder
+    from retrieval.embed import encoder_for
 
     settings = load_settings(overrides={"progress": False})
-
-    def encoder_for(s: Any) -> Any:
-        return create_encoder(s.model, device=s.device, batch_size=s.batch_size, progress=False, backend=s.backend,
-                              precision=s.precision, threads=s.threads)
 
     def describe(enc: Any) -> str:
         return f"{getattr(enc, 'backend', 'torch')} {getattr(enc, 'precision', 'fp32')}"

@@ -2,13 +2,12 @@
 
 import logging
 import threading
-from collections.abc import Sequence
 from typing import Any
 
 from retrieval.embed.base import Encoder
 from retrieval.embed.model import ModelInfo, resolve_model
 
-__all__ = ["Encoder", "ModelInfo", "resolve_model", "create_encoder"]
+__all__ = ["Encoder", "ModelInfo", "resolve_model", "create_encoder", "encoder_for"]
 
 log = logging.getLogger("retrieval")
 
@@ -89,31 +88,10 @@ def _build(info: ModelInfo, chosen: dict[str, Any], *, device: str, batch_size: 
     return encoder
 
 
-def load_in_background(settings: Any, queries: Sequence[str] = ()) -> threading.Thread:
-    """Start loading the configured encoder in a daemon thread and return the thread.
 
-    A cold ``retrieve search`` spends its time importing SQLAlchemy and FAISS, reading
-    the index, and loading the model; the model load (runtime import, compiled-model
-    import, tokenizer) runs here meanwhile, much of it outside the GIL. Errors are
-    swallowed: the search loads the encoder again on first use and reports them there.
-    ``queries`` are encoded once as a warm-up: a runtime's first call at a new input
-    shape costs tens of milliseconds, paid here in parallel instead of on the search path.
-    """
-
-    def work() -> None:
-        try:
-            from retrieval.index.faiss_index import IndexStore
-
-            manifest = IndexStore(settings.index_dir).read_manifest()
-            encoder = create_encoder(settings.model, device=settings.device, batch_size=settings.batch_size,
-                                     progress=settings.progress, backend=settings.backend, precision=settings.precision,
-                                     threads=settings.threads, prefer_key=manifest.model_key if manifest else None)
-            encoder.load()
-            if queries:
-                encoder.encode_queries(list(queries))
-        except Exception as exc:  # noqa: BLE001 - reported by the search itself
-            log.debug("background encoder load failed: %s", exc)
-
-    thread = threading.Thread(target=work, name="encoder-preload", daemon=True)
-    thread.start()
-    return thread
+def encoder_for(settings: Any, *, prefer_key: str | None = None, model: str | None = None) -> Encoder:
+    """:func:`create_encoder` with a :class:`retrieval.config.Settings`' encoder settings
+    (``model`` instead of the configured one, for `retrieve reindex --model`)."""
+    return create_encoder(model or settings.model, device=settings.device, batch_size=settings.batch_size,
+                          progress=settings.progress, backend=settings.backend, precision=settings.precision,
+                          threads=settings.threads, prefer_key=prefer_key)

@@ -143,6 +143,11 @@ class IndexStore:
             return None
         return name or None
 
+    def model_key(self) -> str | None:
+        """The model key of the current version (None without one); reads only its manifest."""
+        manifest = self.read_manifest()
+        return manifest.model_key if manifest is not None else None
+
     def read_manifest(self, name: str | None = None) -> Manifest | None:
         name = name or self.current_name()
         if name is None:
