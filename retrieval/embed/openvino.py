@@ -18,23 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.embed.onnx import BackendUnavailableError, OnnxEncoder
+from retrieval.embed.cpu import bf16_missing_reason, has_bf16
+from retrieval.embed.onnx import OnnxEncoder
+from retrieval.errors import BackendUnavailableError
 
 log = logging.getLogger("retrieval")
-
-
-def cpu_has_bf16() -> bool:
-    """Whether the CPU computes bfloat16 natively (otherwise OpenVINO would emulate it slowly)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:  # pragma: no cover - not Linux: ask OpenVINO
-        try:
-            import openvino as ov
-
-            return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        except Exception:
-            return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 class OpenVINOEncoder(OnnxEncoder):
@@ -53,8 +41,8 @@ class OpenVINOEncoder(OnnxEncoder):
             import openvino as ov
         except ImportError as exc:
             raise BackendUnavailableError("openvino is not installed: pip install openvino") from exc
-        if self.precision == "bf16" and not cpu_has_bf16():
-            raise BackendUnavailableError("this CPU has no native bfloat16 (AVX512-BF16 or AMX); use fp32")
+        if self.precision == "bf16" and not has_bf16():
+            raise BackendUnavailableError(f"{bf16_missing_reason()}; use fp32")
         core = ov.Core()
         config = {
             "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.embed.base import Encoder, normalize
+from retrieval.embed.base import Encoder
 from retrieval.embed.model import ModelInfo
 from retrieval.errors import RetrievalError
 
@@ -19,9 +19,13 @@ class SentenceTransformerEncoder(Encoder):
 
     sentence-transformers sorts a batch by character length; on short catalog texts that
     pads batches to about twice their real token count. Sorting by token count first
-    and handing the model one batch at a time avoids that padding, and gives the same
-    vectors (padding is masked out).
+    (the :class:`Encoder` loop does, with the lengths :meth:`prepare` gives) and handing
+    the model one batch at a time avoids that padding, and gives the same vectors
+    (padding is masked out).
     """
+
+    backend = "torch"
+    precision = "fp32"
 
     def __init__(self, info: ModelInfo, *, device: str = "cpu", batch_size: int = 64, progress: bool = True) -> None:
         self.info = info
@@ -54,6 +58,8 @@ class SentenceTransformerEncoder(Encoder):
             model.eval()
             dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else None
             dim = dim or model.get_sentence_embedding_dimension()
+            if dim is None:
+                raise RetrievalError(f"model {self.info.name!r} does not say the size of its embeddings")
             if self.info.dim is not None and dim != self.info.dim:
                 raise RetrievalError(
                     f"model {self.info.name!r} produces {dim}-dimensional vectors, but its configuration says {self.info.dim}"
@@ -81,38 +87,12 @@ class SentenceTransformerEncoder(Encoder):
         )
         return np.fromiter((len(ids) for ids in encoded["input_ids"]), dtype=np.int64, count=len(texts))
 
-    def encode(self, texts: Sequence[str], *, progress: bool | None = None) -> np.ndarray:
-        self.load()
-        n = len(texts)
-        out = np.empty((n, self.dim), dtype=np.float32)
-        if n == 0:
-            return out
-        order = np.argsort(self.token_counts(texts), kind="stable") if n > 1 else np.zeros(1, dtype=np.int64)
-        show = self.progress if progress is None else progress
-        batches = range(0, n, self.batch_size)
-        bar = None
-        if show and n > self.batch_size * 4:
-            from tqdm import tqdm
+    def prepare(self, texts: Sequence[str]) -> tuple[Sequence[Any], np.ndarray | None]:
+        return texts, self.token_counts(texts) if len(texts) > 1 else None
 
-            bar = tqdm(total=n, desc="Embedding", unit="text", leave=False, dynamic_ncols=True)
-        try:
-            for start in batches:
-                idx = order[start : start + self.batch_size]
-                batch = [texts[i] for i in idx]
-                vecs = self._model.encode(
-                    batch,
-                    batch_size=len(batch),
-                    normalize_embeddings=True,
-                    convert_to_numpy=True,
-                    show_progress_bar=False,
-                )
-                out[idx] = vecs
-                if bar is not None:
-                    bar.update(len(batch))
-        finally:
-            if bar is not None:
-                bar.close()
-        return normalize(out)
+    def embed_batch(self, items: Sequence[Any]) -> np.ndarray:
+        return np.asarray(self._model.encode(list(items), batch_size=len(items), normalize_embeddings=True,
+                                             convert_to_numpy=True, show_progress_bar=False))
 
     def __repr__(self) -> str:
         return f"SentenceTransformerEncoder({self.model_key!r}, device={self.device!r})"
