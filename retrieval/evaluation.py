@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from retrieval.errors import RetrievalError
+from retrieval.errors import EvalDataError, RetrievalError
 
 if TYPE_CHECKING:
     from retrieval.config import Settings
@@ -61,12 +61,6 @@ Run = dict[str, dict[str, float]]  # query id -> document id -> score
 
 # The names users see, in the order they are printed.
 METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10", "map")
-
-
-class EvalDataError(RetrievalError):
-    """A queries, qrels or corpus file is missing or malformed."""
-
-    exit_code = 2
 
 
 # -- readers --------------------------------------------------------------------------
@@ -326,19 +320,16 @@ def exact_recall(retriever: Retriever, query_vectors: np.ndarray, k: int) -> flo
     anything about the model. Ties are counted as FAISS's own evaluation does: a
     returned document whose exact score equals the k-th best exact score is correct.
     """
-    from retrieval.index.faiss_index import index_vectors
-
     version = retriever.current_index()
-    index = version.index
-    n = int(index.ntotal)
+    n = version.count
     if n == 0 or len(query_vectors) == 0:
         return 1.0
     k = min(k, n)
-    vectors = index_vectors(index)
+    vectors = version.vectors()
     ids = version.ids
     position = {int(i): p for p, i in enumerate(ids)}
     q = np.ascontiguousarray(query_vectors, dtype=np.float32)
-    _, approx_ids = index.search(q, k)
+    _, approx_ids = version.search(q, k)
     exact_scores = q @ vectors.T
     # The k-th best exact score per query; anything scoring at least that is a true top-k.
     kth = -np.partition(-exact_scores, k - 1, axis=1)[:, k - 1]
@@ -392,7 +383,7 @@ def evaluate(
         queries=len(judged),
         depth=k_eff,
         search_seconds=seconds,
-        documents=int(version.index.ntotal),
+        documents=version.count,
         model=retriever.settings.model,
         index_type=version.manifest.index_type,
         per_query=per_query,

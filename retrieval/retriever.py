@@ -1,6 +1,9 @@
 """Retriever: the one object that coordinates store, encoder and index.
 
-The CLI, the Python API and (later) the HTTP service all call these methods.
+The CLI, the Python API and the HTTP service all call these methods; none of them talks
+to the store, the index or the sync directly. The library reports through ``logging``
+(logger ``retrieval``): warnings such as a rebuilt index reach a user's stderr through
+the CLI's handler, or Python's default one.
 """
 
 from __future__ import annotations
@@ -24,26 +27,15 @@ from retrieval.errors import (
     NotFoundError,
     RetrievalError,
 )
-from retrieval.index.faiss_index import IndexStore, IndexVersion, ids_digest, index_vectors
+from retrieval.index.faiss_index import IndexStore, IndexVersion, ids_digest
+from retrieval.search import pipeline
+from retrieval.search.hits import Hit
 from retrieval.store import db
 from retrieval.store.repository import NewDocument, Store, content_hash
-from retrieval.sync import SyncReport, ensure_vectors, full_build, incremental
+from retrieval.sync import SyncReport, full_build, incremental
+from retrieval.vectors import embed_missing
 
 log = logging.getLogger("retrieval")
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result."""
-
-    id: str  # the document's external id
-    score: float  # cosine similarity
-    text: str
-    metadata: dict[str, Any]
-    doc_id: int  # the internal id (also the FAISS id)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "score": self.score, "text": self.text, "metadata": self.metadata}
 
 
 @dataclass
@@ -53,7 +45,10 @@ class IngestReport:
     unchanged: int = 0
     invalid: int = 0
     problems: list[str] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # reading, storing, embedding and indexing; not the export below
+    # One-time preparation of the encoder that this ingest paid for (an ONNX export on
+    # first use), reported apart so that the rate means what it says.
+    setup_seconds: float = 0.0
     sync: SyncReport | None = None
 
     @property
@@ -72,6 +67,7 @@ class IngestReport:
             "invalid": self.invalid,
             "seconds": round(self.seconds, 3),
             "docs_per_second": round(self.docs_per_second, 1),
+            "setup_seconds": round(self.setup_seconds, 3),
             "embedded": self.sync.embedded if self.sync else 0,
         }
 
@@ -86,22 +82,6 @@ class VerifyReport:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-_search_threads: int | None = None
-
-
-def _set_search_threads(n: int) -> None:
-    """FAISS's OpenMP threads for searches (process-wide, set once). A single query over
-    a flat index gains nothing from a second thread and loses a lot when the cores are
-    busy: measured p50 1.6 ms with 1 thread against 104 ms with 2 on a loaded 2-core
-    machine at 20,000 documents."""
-    global _search_threads
-    if _search_threads != n:
-        import faiss
-
-        faiss.omp_set_num_threads(n)
-        _search_threads = n
 
 
 def _index_kw(settings: Settings) -> dict[str, Any]:
@@ -184,14 +164,13 @@ class Retriever:
             try:
                 version = self.index_store.load()
             except IndexCorruptError as exc:
-                log.warning("%s; rebuilding it from the stored embeddings", exc)
-                self._warn(f"{exc}; rebuilding the index from the stored embeddings")
+                log.warning("%s; rebuilding the index from the stored embeddings", exc)
                 version = None
                 self._rebuild()
                 version = self.index_store.load()
             if version is None:
                 if self._has_documents():
-                    self._warn(f"no index in {self.settings.index_dir}; building it from the stored embeddings")
+                    log.warning("no index in %s; building it from the stored embeddings", self.settings.index_dir)
                 self._rebuild()
                 version = self.index_store.load()
             assert version is not None
@@ -204,12 +183,7 @@ class Retriever:
             return version
 
     def _has_documents(self) -> bool:
-        return self.store.stats(None)["documents"] > 0
-
-    def _warn(self, message: str) -> None:
-        import click
-
-        click.echo(f"retrieve: {message}", err=True)
+        return self.store.count_documents() > 0
 
     def _rebuild(self) -> SyncReport:
         with self._sync_lock():
@@ -230,12 +204,17 @@ class Retriever:
 
     # -- writes -----------------------------------------------------------------------
 
-    def ingest(self, documents: Iterable[Any], *, sync: bool = True) -> IngestReport:
+    def ingest(self, documents: Iterable[Any], *, sync: bool = True, embed_first: bool = False) -> IngestReport:
         """Upsert documents (dicts with id, text, optional metadata, or Records) and sync.
 
-        A document whose text did not change is not re-embedded.
+        A document whose text did not change is not re-embedded. With ``embed_first``,
+        texts without a stored vector are embedded before the documents are written:
+        between a write's commit and its sync, searches score the new documents exactly
+        and would otherwise embed them on the search path (the HTTP service does this).
+        Vectors of a write that then fails are unused embeddings, which `retrieve
+        compact` removes.
         """
-        t0 = time.perf_counter()
+        t0, started = time.perf_counter(), time.monotonic()
         docs: dict[str, NewDocument] = {}
         for d in documents:
             if isinstance(d, dict):
@@ -251,11 +230,15 @@ class Retriever:
             docs[ext] = NewDocument(ext, text_, meta)
         if sync:
             self._check_writable()
+        if embed_first:
+            embed_missing(self.store, self.encoder, {content_hash(d.text): d.text for d in docs.values()})
         counts = self.store.upsert(list(docs.values()))
         report = IngestReport(added=counts.added, updated=counts.updated, unchanged=counts.unchanged)
         if sync and (counts.added or counts.updated):
             report.sync = self.sync()
-        report.seconds = time.perf_counter() - t0
+        if self._encoder is not None:
+            report.setup_seconds = self._encoder.setup_since(started)
+        report.seconds = time.perf_counter() - t0 - report.setup_seconds
         return report
 
     def ingest_files(
@@ -287,7 +270,7 @@ class Retriever:
         report = self.ingest(records, sync=sync)
         report.invalid = len(problems)
         report.problems = problems
-        report.seconds = time.perf_counter() - t0
+        report.seconds = time.perf_counter() - t0 - report.setup_seconds
         return report
 
     def _check_writable(self) -> None:
@@ -320,10 +303,11 @@ class Retriever:
             try:
                 base = self.index_store.load()
             except IndexCorruptError as exc:
-                self._warn(f"{exc}; rebuilding the index from the stored embeddings")
+                log.warning("%s; rebuilding the index from the stored embeddings", exc)
                 base = None
             if base is None:
-                report = full_build(self.store, self.index_store, self.encoder, self.settings.index_type, **_index_kw(self.settings))
+                report = full_build(self.store, self.index_store, self.encoder, self.settings.index_type,
+                                    **_index_kw(self.settings))
             else:
                 self._check_model(base)
                 report = incremental(
@@ -363,7 +347,9 @@ class Retriever:
         if not isinstance(query, str) or not query.strip():
             raise RetrievalError("the query is empty")
         if len(query) > self.settings.max_query_chars:
-            raise RetrievalError(f"the query has {len(query)} characters; the limit is {self.settings.max_query_chars} (max_query_chars)")
+            raise RetrievalError(
+                f"the query has {len(query)} characters; the limit is {self.settings.max_query_chars} (max_query_chars)"
+            )
         if not 1 <= k <= self.settings.max_k:
             raise RetrievalError(f"k must be between 1 and {self.settings.max_k} (max_k), got {k}")
 
@@ -405,111 +391,75 @@ class Retriever:
 
         Documents changed since the index version was published are left out of the
         FAISS search and scored exactly from their stored (or freshly computed) vectors,
-        so a search never returns a deleted or stale document and sees every committed one.
+        so a search never returns a deleted or stale document and sees every committed one
+        (see :mod:`retrieval.search.pipeline`).
         """
-        import faiss
-
         version = version or self.current_index()
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        _set_search_threads(self.settings.search_threads)
-        with self.store.read() as conn:
-            max_seq = self.store.max_seq(conn)
-            pending_ids: list[int] = []
-            pending_docs: dict[int, Any] = {}
-            if max_seq > version.manifest.last_seq:
-                pending_ids = self.store.changed_ids(conn, version.manifest.last_seq, max_seq)
-                pending_docs = self.store.docs_by_ids(conn, pending_ids)
-            params = None
-            if pending_ids:
-                selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.asarray(pending_ids, dtype=np.int64)))
-                params = (
-                    faiss.SearchParametersHNSW(sel=selector, efSearch=self.settings.hnsw_ef_search)
-                    if version.manifest.index_type == "hnsw"
-                    else faiss.SearchParameters(sel=selector)
-                )
-            n_index = min(k, version.index.ntotal)
-            if n_index > 0 and len(vectors):
-                scores, ids = version.index.search(vectors, n_index, params=params)
-            else:
-                scores = np.empty((len(vectors), 0), np.float32)
-                ids = np.empty((len(vectors), 0), np.int64)
-            extra_ids = np.empty(0, np.int64)
-            extra_scores = np.empty((len(vectors), 0), np.float32)
-            if pending_docs:
-                rows = [(d.id, d.text, d.content_hash) for d in pending_docs.values()]
-                extra_ids, matrix = ensure_vectors(self.store, self.encoder, rows)
-                extra_scores = vectors @ matrix.T
-            results: list[list[tuple[float, int]]] = []
-            for qi in range(len(vectors)):
-                cands = [(float(s), int(i)) for s, i in zip(scores[qi], ids[qi]) if i >= 0]
-                cands += [(float(s), int(i)) for s, i in zip(extra_scores[qi], extra_ids)]
-                cands.sort(key=lambda c: (-c[0], c[1]))
-                chosen = [c for c in cands[:k] if min_score is None or c[0] >= min_score]
-                results.append(chosen)
-            wanted = sorted({i for r in results for _, i in r})
-            docs = self.store.docs_by_ids(conn, wanted)
-        hits: list[list[Hit]] = []
-        for r in results:
-            row = []
-            for score, i in r:
-                d = docs.get(i)
-                if d is None:  # cannot happen: the snapshot holds every candidate
-                    continue
-                row.append(Hit(d.external_id, score, d.text, d.metadata, d.id))
-            hits.append(row)
-        return hits
+        return pipeline.search(self.store, version, lambda: self.encoder, vectors, k, min_score=min_score,
+                               ef_search=self.settings.hnsw_ef_search, threads=self.settings.search_threads)
 
     # -- inspection -------------------------------------------------------------------
 
+    def lag(self) -> dict[str, Any]:
+        """How far the index is behind the database: change-log entries not yet applied,
+        the age of the oldest, and the current version (reads one manifest and the log)."""
+        manifest = self.index_store.read_manifest()
+        pending, oldest = self.store.backlog(manifest.last_seq if manifest else 0)
+        return {
+            "pending_changes": pending,
+            "lag_seconds": round(max(0.0, time.time() - oldest), 3) if oldest is not None else 0.0,
+            "index_version": manifest.version if manifest else None,
+            "indexed": manifest.count if manifest else 0,
+            "last_seq": manifest.last_seq if manifest else 0,
+        }
+
+    def vitals(self) -> dict[str, Any]:
+        """The figures a monitor polls: :meth:`lag`, documents and the index's size on disk."""
+        return {**self.lag(), "documents": self.store.count_documents(), "index_bytes": self.index_store.disk_usage()}
+
     def status(self) -> dict[str, Any]:
         """Counts, model, index version and sizes; loads neither the model nor torch."""
-        from retrieval.embed.model import resolve_model
-
-        try:
-            from retrieval.embed.onnx import plan
-
-            encoder_plan = plan(resolve_model(self.settings.model), self.settings.backend, self.settings.precision,
-                                device=self.settings.device, prefer_key=self.index_store.model_key())
-            model_key = encoder_plan["model_key"]
-        except RetrievalError as exc:
-            model_key = f"unavailable ({exc})"
-            encoder_plan = {"backend": self.settings.backend, "precision": self.settings.precision, "note": None,
-                            "requested": f"{self.settings.backend} {self.settings.precision}"}
-        stats = self.store.stats(model_key)
-        manifest = self.index_store.read_manifest()
-        last_seq = manifest.last_seq if manifest else 0
-        with self.store.read() as conn:
-            pending = self.store.count_changes(conn, last_seq)
-            oldest = self.store.oldest_change_after(conn, last_seq)
+        from retrieval.embed import plan_for
+        from retrieval.embed.choice import EncoderPlan
         from retrieval.maintenance import reclaimable
         from retrieval.worker import read_state
 
-        worker = read_state(self.settings.index_dir)
+        try:
+            encoder_plan = plan_for(self.settings, prefer_key=self.index_store.model_key())
+            model_key = encoder_plan.model_key
+        except RetrievalError as exc:
+            model_key = f"unavailable ({exc})"
+            encoder_plan = EncoderPlan(self.settings.backend, self.settings.precision, model_key, None,
+                                       f"{self.settings.backend} {self.settings.precision}")
+        stats = self.store.stats(model_key)
+        manifest = self.index_store.read_manifest()
+        lag = self.lag()
         return {
             "database": self.settings.database_url,
             "index_dir": self.settings.index_dir,
             "documents": stats["documents"],
             "embedded": stats["embedded"],
             "stored_vectors": stats["stored_vectors"],
-            "indexed": manifest.count if manifest else 0,
-            "pending_changes": pending,
-            "last_seq": last_seq,
+            "indexed": lag["indexed"],
+            "pending_changes": lag["pending_changes"],
+            "last_seq": lag["last_seq"],
             "max_seq": stats["max_seq"],
             "model": self.settings.model,
             "model_key": model_key,
+            "language_model": encoder_plan.backend != "hash",
             "index_model_key": manifest.model_key if manifest else None,
             "model_matches_index": manifest is None or manifest.model_key == model_key,
             "index_type": manifest.index_type if manifest else self.settings.index_type,
-            "index_version": manifest.version if manifest else None,
+            "index_version": lag["index_version"],
             "database_bytes": db.file_size(self.settings.database_url),
             "index_bytes": self.index_store.disk_usage(),
-            "lag_seconds": round(max(0.0, time.time() - oldest), 1) if oldest is not None else 0.0,
-            "worker": worker,
+            "lag_seconds": round(lag["lag_seconds"], 1),
+            "worker": read_state(self.settings.index_dir),
             "reclaimable": reclaimable(self),
-            "backend": encoder_plan["backend"],  # what runs: torch after a fallback
-            "precision": encoder_plan["precision"],
-            "backend_note": encoder_plan["note"],
-            "backend_requested": encoder_plan["requested"],
+            "backend": encoder_plan.backend,  # what runs: torch after a fallback
+            "precision": encoder_plan.precision,
+            "backend_note": encoder_plan.note,
+            "backend_requested": encoder_plan.requested,
         }
 
     def verify(self) -> VerifyReport:
@@ -525,7 +475,7 @@ class Retriever:
             problems.append("index ids do not match the manifest's ids digest")
         if len(np.unique(index_ids)) != len(index_ids):
             problems.append("index holds duplicate ids")
-        vectors = index_vectors(version.index)
+        vectors = version.vectors()
         with self.store.read() as conn:
             max_seq = self.store.max_seq(conn)
             pending = set(self.store.changed_ids(conn, m.last_seq, max_seq)) if max_seq > m.last_seq else set()

@@ -13,20 +13,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from retrieval.embed.base import Encoder
-from retrieval.index.faiss_index import IndexStore, IndexVersion, build_index
-from retrieval.store.repository import Store, content_hash
+from retrieval.index.faiss_index import IndexStore, IndexVersion, apply_changes, build_index
+from retrieval.store.repository import Store
+from retrieval.vectors import EmbedStats, ensure_vectors
 
 log = logging.getLogger("retrieval.sync")
-
-# Texts embedded between two commits of their vectors: bounds the work a crash repeats.
-EMBED_CHUNK = 4096
 
 
 @dataclass
@@ -47,53 +44,14 @@ class SyncReport:
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "published"}
 
-
-def embed_missing(
-    store: Store, encoder: Encoder, texts_by_hash: dict[str, str], report: SyncReport | None = None
-) -> tuple[dict[str, np.ndarray], set[str]]:
-    """Vectors for every content hash given, embedding (in committed chunks) only those
-    the store has none of for this model. Returns (hash -> vector, hashes embedded now)."""
-    report = report if report is not None else SyncReport()
-    model_key = encoder.model_key
-    with store.read() as conn:
-        have = store.embeddings_for(conn, model_key, list(texts_by_hash))
-    missing = [h for h in texts_by_hash if h not in have]
-    t0 = time.perf_counter()
-    for start in range(0, len(missing), EMBED_CHUNK):
-        part = missing[start : start + EMBED_CHUNK]
-        vecs = encoder.encode([texts_by_hash[h] for h in part])
-        if vecs.shape[1] != encoder.dim:
-            raise RuntimeError(f"encoder returned {vecs.shape[1]} dimensions, expected {encoder.dim}")
-        store.add_embeddings(model_key, encoder.dim, list(zip(part, vecs)))
-        have.update(zip(part, vecs))
-        report.embedded += len(part)
-    report.stages["embed"] = report.stages.get("embed", 0.0) + time.perf_counter() - t0
-    return have, set(missing)
-
-
-def ensure_vectors(
-    store: Store, encoder: Encoder, docs: Sequence[tuple[int, str, str | None]], report: SyncReport | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Vectors for (id, text, stored hash) rows, embedding only texts never embedded.
-
-    Returns (ids, matrix) in the order given. Stale or missing content hashes (rows
-    written by other programs) are recomputed and saved.
-    """
-    report = report if report is not None else SyncReport()
-    if not docs:
-        return np.empty(0, dtype=np.int64), np.empty((0, encoder.dim or 0), dtype=np.float32)
-    hashes = [content_hash(text) for _, text, _ in docs]
-    fixes = [(doc_id, h) for (doc_id, _, old), h in zip(docs, hashes) if old != h]
-    if fixes:
-        store.set_hashes(fixes)
-    unique: dict[str, str] = {}
-    for (_, text, _), h in zip(docs, hashes):
-        unique.setdefault(h, text)
-    have, embedded = embed_missing(store, encoder, unique, report)
-    report.reused += sum(1 for h in hashes if h not in embedded)
-    ids = np.fromiter((d[0] for d in docs), dtype=np.int64, count=len(docs))
-    matrix = np.stack([have[h] for h in hashes]).astype(np.float32, copy=False)
-    return ids, matrix
+    def vectors_for(self, store: Store, encoder: Encoder, rows: list[tuple[int, str, str | None]]) -> tuple[Any, Any]:
+        """:func:`ensure_vectors`, counting what was embedded and reused in this report."""
+        stats = EmbedStats()
+        ids, matrix = ensure_vectors(store, encoder, rows, stats)
+        self.embedded += stats.embedded
+        self.reused += stats.reused
+        self.stages["embed"] = self.stages.get("embed", 0.0) + stats.seconds
+        return ids, matrix
 
 
 def full_build(store: Store, index_store: IndexStore, encoder: Encoder, index_type: str, **index_kw: Any) -> SyncReport:
@@ -104,11 +62,9 @@ def full_build(store: Store, index_store: IndexStore, encoder: Encoder, index_ty
         last_seq = store.max_seq(conn)
         docs = [row for batch in store.iter_docs(conn) for row in batch]
     report.stages["read"] = time.perf_counter() - t0
-    ids, matrix = ensure_vectors(store, encoder, docs, report)
+    ids, matrix = report.vectors_for(store, encoder, docs)
     t1 = time.perf_counter()
-    index = build_index(encoder.dim, index_type, **index_kw)
-    if len(ids):
-        index.add_with_ids(matrix, ids)
+    index = build_index(encoder.dim, index_type, ids=ids, vectors=matrix, **index_kw)
     version = index_store.publish(index, model_key=encoder.model_key, index_type=index_type, last_seq=last_seq)
     report.published = version
     report.stages["index"] = time.perf_counter() - t1
@@ -147,7 +103,7 @@ def incremental(
         present = store.docs_by_ids(conn, changed)
     report.stages["read"] = time.perf_counter() - t0
     rows = [(d.id, d.text, d.content_hash) for d in present.values()]
-    ids, matrix = ensure_vectors(store, encoder, rows, report)
+    ids, matrix = report.vectors_for(store, encoder, rows)
     t1 = time.perf_counter()
     changed_arr = np.asarray(changed, dtype=np.int64)
     in_index = np.isin(changed_arr, base.ids)
@@ -155,13 +111,7 @@ def incremental(
     if index_type == "hnsw" and in_index.any():
         # HNSW cannot remove vectors: rebuild from stored vectors (no re-embedding).
         return full_build(store, index_store, encoder, index_type, **index_kw)
-    import faiss
-
-    index = faiss.clone_index(base.index)
-    if in_index.any():
-        index.remove_ids(changed_arr[in_index])
-    if len(ids):
-        index.add_with_ids(matrix, ids)
+    index = apply_changes(base.index, remove=changed_arr[in_index], add_ids=ids, add_vectors=matrix)
     version = index_store.publish(index, model_key=encoder.model_key, index_type=index_type, last_seq=last_seq)
     report.published = version
     report.stages["index"] = time.perf_counter() - t1

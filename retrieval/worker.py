@@ -19,18 +19,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from retrieval.errors import RetrievalError
+from retrieval.errors import RetrievalError, WorkerBusyError
 
 log = logging.getLogger("retrieval.worker")
 
 STATE_FILE = "worker.json"
 LOCK_FILE = "worker.lock"
 
-
-class WorkerBusyError(RetrievalError):
-    """Another worker holds this store."""
-
-    exit_code = 3
+__all__ = ["Schedule", "Worker", "WorkerBusyError", "parse_daily", "read_state"]
 
 
 def _kv(**fields: Any) -> str:

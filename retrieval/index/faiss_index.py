@@ -72,6 +72,75 @@ class IndexVersion:
     def ids(self) -> np.ndarray:
         return index_ids(self.index)
 
+    @property
+    def count(self) -> int:
+        return int(self.index.ntotal)
+
+    def vectors(self) -> np.ndarray:
+        """The indexed vectors, in the order of :attr:`ids`."""
+        return index_vectors(self.index)
+
+    @property
+    def hnsw_m(self) -> int | None:
+        """The graph degree of an HNSW version (None for other index types)."""
+        if self.manifest.index_type != "hnsw":
+            return None
+        inner = _faiss().downcast_index(self.index.index)
+        return int(inner.hnsw.nb_neighbors(1))
+
+    def search(self, vectors: np.ndarray, k: int, *, exclude: np.ndarray | None = None,
+               ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores, ids) per query row, best first, padded with id -1.
+
+        ``exclude`` ids are never returned (the search skips them inside FAISS, so the
+        ``k`` results are all others). ``ef_search`` sets HNSW's search breadth for this
+        call.
+        """
+        q = np.ascontiguousarray(vectors, dtype=np.float32)
+        n = min(k, self.count)
+        if n <= 0 or len(q) == 0:
+            return np.empty((len(q), 0), np.float32), np.empty((len(q), 0), np.int64)
+        params = None
+        faiss = _faiss()
+        hnsw = self.manifest.index_type == "hnsw"
+        if hnsw and ef_search is None:
+            # Search parameters replace the index's own efSearch (with FAISS's default, 16)
+            # unless they carry it.
+            ef_search = int(faiss.downcast_index(self.index.index).hnsw.efSearch)
+        if exclude is not None and len(exclude):
+            selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.asarray(exclude, dtype=np.int64)))
+            params = (faiss.SearchParametersHNSW(sel=selector, efSearch=ef_search) if hnsw
+                      else faiss.SearchParameters(sel=selector))
+        elif hnsw:
+            params = faiss.SearchParametersHNSW(efSearch=ef_search)
+        scores, ids = self.index.search(q, n, params=params)
+        return scores, ids.astype(np.int64, copy=False)
+
+
+def set_search_threads(n: int) -> None:
+    """FAISS's OpenMP threads for searches (process-wide). A single query over a flat
+    index gains nothing from a second thread and loses a lot when the cores are busy:
+    measured p50 1.6 ms with 1 thread against 104 ms with 2 on a loaded 2-core machine
+    at 20,000 documents."""
+    global _search_threads
+    if _search_threads != n:
+        _faiss().omp_set_num_threads(n)
+        _search_threads = n
+
+
+_search_threads: int | None = None
+
+
+def apply_changes(base: Any, *, remove: np.ndarray, add_ids: np.ndarray, add_vectors: np.ndarray) -> Any:
+    """A copy of the FAISS index ``base`` with ``remove`` ids dropped and vectors added
+    (``base`` itself is untouched: readers may be searching it)."""
+    index = _faiss().clone_index(base)
+    if len(remove):
+        index.remove_ids(np.asarray(remove, dtype=np.int64))
+    if len(add_ids):
+        index.add_with_ids(np.ascontiguousarray(add_vectors, dtype=np.float32), np.asarray(add_ids, dtype=np.int64))
+    return index
+
 
 def index_ids(index: Any) -> np.ndarray:
     faiss = _faiss()
@@ -91,8 +160,10 @@ def ids_digest(ids: np.ndarray) -> str:
     return hashlib.sha256(np.sort(np.asarray(ids, dtype="<i8")).tobytes()).hexdigest()
 
 
-def build_index(dim: int, index_type: str, *, hnsw_m: int = 32, hnsw_ef_search: int = 128) -> Any:
-    """An empty inner-product index with external integer ids."""
+def build_index(dim: int, index_type: str, *, hnsw_m: int = 32, hnsw_ef_search: int = 128,
+                ids: np.ndarray | None = None, vectors: np.ndarray | None = None) -> Any:
+    """An inner-product index with external integer ids, holding ``vectors`` under ``ids``
+    when given (empty otherwise)."""
     faiss = _faiss()
     if index_type == "flat":
         inner = faiss.IndexFlatIP(dim)
@@ -102,7 +173,10 @@ def build_index(dim: int, index_type: str, *, hnsw_m: int = 32, hnsw_ef_search: 
         inner.hnsw.efConstruction = max(40, hnsw_m * 2)
     else:  # pragma: no cover - settings validation rejects others
         raise ValueError(f"unknown index type {index_type!r}")
-    return faiss.IndexIDMap2(inner)
+    index = faiss.IndexIDMap2(inner)
+    if ids is not None and vectors is not None and len(ids):
+        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+    return index
 
 
 def _fsync_dir(path: Path) -> None:
@@ -272,6 +346,32 @@ class IndexStore:
             if time.time() - p.stat().st_mtime > 3600:
                 p.unlink(missing_ok=True)
         return freed
+
+    def applied_floor(self) -> int:
+        """The lowest last_seq among the versions kept on disk: change-log rows at or below
+        it are applied everywhere and no reader needs them any more."""
+        if not self.versions_dir.is_dir():
+            return 0
+        seqs = []
+        for p in self.versions_dir.iterdir():
+            if p.is_dir() and not p.name.startswith("."):
+                m = self.read_manifest(p.name)
+                if m is not None:
+                    seqs.append(m.last_seq)
+        return min(seqs) if seqs else 0
+
+    def old_version_bytes(self) -> int:
+        """Bytes of the versions on disk other than the current one."""
+        current = self.current_name()
+        if not self.versions_dir.is_dir():
+            return 0
+        return sum(
+            f.stat().st_size
+            for p in self.versions_dir.iterdir()
+            if p.is_dir() and p.name != current
+            for f in p.glob("*")
+            if f.is_file()
+        )
 
     def disk_usage(self) -> int:
         if not self.root.exists():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +157,20 @@ def file_size(url: str) -> int:
         except OSError:
             pass
     return total
+
+
+@contextmanager
+def hold_write_lock(url: str) -> Iterator[None]:
+    """Hold the database's write lock from a connection of its own until the block ends,
+    as a long transaction of another program would; nothing is written. (The crash
+    harness uses it to show what a writer meets when the lock outlives its busy timeout.)"""
+    engine = create_store_engine(url)
+    try:
+        with engine.connect().execution_options(sqlite_begin="BEGIN IMMEDIATE") as conn:
+            transaction = conn.begin()
+            try:
+                yield
+            finally:
+                transaction.rollback()
+    finally:
+        engine.dispose()

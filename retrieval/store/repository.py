@@ -11,15 +11,16 @@ import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, exists, func, insert, not_, select, text, update
 from sqlalchemy.exc import OperationalError
 
 from retrieval.errors import StoreError
 from retrieval.store import db
-from retrieval.store.models import Change, Document, Embedding
+from retrieval.store.models import Base, Change, Document, Embedding
 
 CHUNK = 900  # bound parameters per IN (...): well under every SQLite build's limit
 
@@ -57,7 +58,8 @@ class UpsertCounts:
     unchanged: int = 0
 
 
-_DOCS = Document.__table__
+_DOCS = Base.metadata.tables["documents"]
+_EMBEDDINGS = Base.metadata.tables["embeddings"]
 _DOC_COLUMNS = (Document.id, Document.external_id, Document.text, Document.meta, Document.content_hash)
 
 
@@ -99,9 +101,8 @@ class Store:
     def read(self) -> Iterator[Connection]:
         """One read transaction: every query inside sees the same snapshot."""
         try:
-            with self.engine.connect() as conn:
-                with conn.begin():
-                    yield conn
+            with self.engine.connect() as conn, conn.begin():
+                yield conn
         except OperationalError as exc:
             raise _store_error(exc) from exc
 
@@ -109,9 +110,8 @@ class Store:
     def write(self) -> Iterator[Connection]:
         """One write transaction holding the write lock; commits on success."""
         try:
-            with self.engine.connect().execution_options(sqlite_begin="BEGIN IMMEDIATE") as conn:
-                with conn.begin():
-                    yield conn
+            with self.engine.connect().execution_options(sqlite_begin="BEGIN IMMEDIATE") as conn, conn.begin():
+                yield conn
         except OperationalError as exc:
             raise _store_error(exc) from exc
 
@@ -235,11 +235,11 @@ class Store:
         ts = conn.scalar(select(func.min(Change.changed_at)).where(Change.seq > after))
         if ts is None:
             return None
-        from datetime import datetime, timezone
+        from datetime import datetime
 
         if isinstance(ts, str):
             ts = datetime.fromisoformat(ts)
-        return ts.replace(tzinfo=timezone.utc).timestamp()
+        return ts.replace(tzinfo=UTC).timestamp()
 
     @staticmethod
     def count_changes(conn: Connection, after: int) -> int:
@@ -280,7 +280,7 @@ class Store:
                 if h not in have
             ]
             if rows:
-                conn.execute(insert(Embedding.__table__), rows)
+                conn.execute(insert(_EMBEDDINGS), rows)
 
     def set_hashes(self, fixes: Sequence[tuple[int, str]]) -> None:
         """Record content hashes computed by sync for rows written by other programs."""
@@ -318,6 +318,77 @@ class Store:
     def ping(self) -> None:
         with self.read() as conn:
             conn.execute(text("SELECT 1"))
+
+    def count_documents(self) -> int:
+        with self.read() as conn:
+            return int(conn.scalar(select(func.count()).select_from(Document)) or 0)
+
+    def backlog(self, after: int) -> tuple[int, float | None]:
+        """(change-log entries after ``after``, when the oldest of them was made), in one snapshot."""
+        with self.read() as conn:
+            return self.count_changes(conn, after), self.oldest_change_after(conn, after)
+
+    # -- space ------------------------------------------------------------------------
+
+    def reclaimable(self, keep_model: str | None, applied_floor: int) -> dict[str, int]:
+        """What compaction would give back: vectors no document uses (and, with
+        ``keep_model``, every other model's), change-log rows below ``applied_floor``,
+        and the database file's free pages."""
+        with self.read() as conn:
+            unused = conn.execute(
+                select(func.count(), func.coalesce(func.sum(func.length(Embedding.vector)), 0)).where(
+                    _unused_embeddings(keep_model)
+                )
+            ).one()
+            changes = int(conn.scalar(select(func.count()).select_from(Change).where(Change.seq < applied_floor)) or 0)
+            free_bytes = 0
+            if conn.dialect.name == "sqlite":
+                free_bytes = int(conn.exec_driver_sql("PRAGMA freelist_count").scalar() or 0) * int(
+                    conn.exec_driver_sql("PRAGMA page_size").scalar() or 0
+                )
+        return {
+            "unused_embeddings": int(unused[0]),
+            "unused_embedding_bytes": int(unused[1]),
+            "applied_changes": changes,
+            "free_database_bytes": free_bytes,
+        }
+
+    def collect_garbage(self, model_key: str, applied_floor: int, *, other_models: bool = False) -> tuple[int, int]:
+        """Delete vectors of ``model_key`` no document uses (and every other model's with
+        ``other_models``) and change-log rows below ``applied_floor``. Returns (vectors,
+        change-log rows) deleted."""
+        with self.write() as conn:
+            if other_models:
+                cond = _unused_embeddings(model_key)
+            else:
+                cond = and_(Embedding.model_key == model_key, _unused_embeddings(None))
+            removed = conn.execute(delete(Embedding).where(cond)).rowcount
+            pruned = conn.execute(delete(Change).where(Change.seq < applied_floor)).rowcount if applied_floor > 0 else 0
+        return int(removed or 0), int(pruned or 0)
+
+    def vacuum(self) -> None:
+        """Give the database file's free pages back to the file system (SQLite)."""
+        if self.engine.dialect.name != "sqlite":
+            return
+        # VACUUM cannot run inside a transaction, and SQLAlchemy begins one on first use:
+        # run it on the driver connection, which is in autocommit mode (see store/db.py).
+        raw = self.engine.raw_connection()
+        try:
+            driver = raw.driver_connection
+            assert driver is not None, "a pooled connection always has its driver connection"
+            driver.execute("VACUUM")
+            driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            raw.close()
+
+
+def _unused_embeddings(model_keep: str | None) -> Any:
+    """Embeddings no document uses: hashes of no current text, or another model's vectors."""
+    used = exists().where(Document.content_hash == Embedding.content_hash)
+    condition = not_(used)
+    if model_keep is not None:
+        condition = condition | (Embedding.model_key != model_keep)
+    return condition
 
 
 def _store_error(exc: OperationalError) -> StoreError:
