@@ -217,12 +217,12 @@ def _json_type(value: object) -> str:
     return type(value).__name__
 
 
-class _NonStandardJSON(ValueError):
+class _NonStandardJSONError(ValueError):
     """NaN/Infinity: Python accepts them, other JSON readers and writers do not."""
 
 
 def _reject_constant(name: str) -> Any:
-    raise _NonStandardJSON(f"malformed JSON: {name} is not valid JSON")
+    raise _NonStandardJSONError(f"malformed JSON: {name} is not valid JSON")
 
 
 _STRICT = json.JSONDecoder(parse_constant=_reject_constant)
@@ -327,7 +327,7 @@ def _parse_jsonl(text: str, name: str, builder: _Builder) -> Iterator[Record | I
         except json.JSONDecodeError as err:
             yield Invalid(source, f"malformed JSON: {err.msg} (column {err.colno})")
             continue
-        except _NonStandardJSON as err:
+        except _NonStandardJSONError as err:
             yield Invalid(source, str(err))
             continue
         except RecursionError:
@@ -408,7 +408,7 @@ def _parse_json(text: str, name: str, builder: _Builder) -> list[Record | Invali
                 value, pos = _STRICT.raw_decode(text, pos)
             except json.JSONDecodeError as err:
                 return malformed(err)
-            except _NonStandardJSON as err:
+            except _NonStandardJSONError as err:
                 try:
                     _, pos = _LENIENT.raw_decode(text, pos)
                 except json.JSONDecodeError as err2:
@@ -437,7 +437,7 @@ def _parse_json(text: str, name: str, builder: _Builder) -> list[Record | Invali
         bad = _BAD_BYTE.search(text, start, end)
         if bad:
             out.append(Invalid(source, pos_map.utf8_reason(bad.start(), line)))
-        elif isinstance(value, _NonStandardJSON):
+        elif isinstance(value, _NonStandardJSONError):
             out.append(Invalid(source, str(value)))
         elif not isinstance(value, dict):
             out.append(Invalid(source, f"expected a JSON object, got {_json_type(value)}"))
@@ -569,3 +569,28 @@ class _Dedup:
 
     def result(self) -> tuple[list[Record], list[Invalid]]:
         return [r for r in self.records if r is not None], self.invalid
+
+
+def read_queries(path: str) -> list[tuple[str, str]]:
+    """(id, text) of every query in ``path`` (``-``: stdin): one query per line, or JSONL
+    objects with ``id`` (or ``_id``) and ``text``; a plain line's id is its line number.
+    Raises ValueError naming the file and line of a malformed one."""
+    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")
+    out: list[tuple[str, str]] = []
+    with stream:
+        for lineno, line in enumerate(stream, 1):
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("{"):
+                try:
+                    obj = json.loads(line)
+                except ValueError as exc:
+                    raise ValueError(f"{path}:{lineno}: malformed JSON: {exc}") from exc
+                qid, text = obj.get("id", obj.get("_id", str(lineno))), obj.get("text")
+                if not isinstance(text, str) or not text.strip():
+                    raise ValueError(f"{path}:{lineno}: missing or empty text")
+                out.append((str(qid), text))
+            else:
+                out.append((str(lineno), line))
+    return out

@@ -7,10 +7,10 @@ ever imports torch.
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import click
+
+from retrieval.cli.common import CliState, echo_json, json_option, pass_state
+from retrieval.errors import RetrievalError
 
 
 @click.group("model")
@@ -28,21 +28,21 @@ def model() -> None:
               help="Precision to prepare (repeatable; default fp32). bf16 runs on the openvino backend.")
 @click.option("--force", is_flag=True, help="Export again even if the cache holds this model.")
 @click.option("--json", "as_json", is_flag=True, help="Print the export as JSON.")
-@click.pass_context
-def export_cmd(ctx: click.Context, precisions: tuple[str, ...], force: bool, as_json: bool) -> None:
+@pass_state
+def export_cmd(state: CliState, precisions: tuple[str, ...], force: bool, as_json: bool) -> None:
     """Export the configured model to ONNX (checked against torch) into the cache.
 
     \b
         retrieve model export
         retrieve --model ./my-model model export --precision int8
     """
-    from retrieval.cli import _settings
+    from retrieval.embed.choice import check_backend
     from retrieval.embed.export import ensure_export, read_meta, record_agreement
     from retrieval.embed.model import resolve_model
-    from retrieval.embed.onnx import check_backend
 
-    settings = _settings(ctx)
-    info = resolve_model(settings.model)
+    info = resolve_model(state.settings.model)
+    if not info.is_language_model:
+        raise RetrievalError(f"{info.name} is the test encoder: it has no weights and nothing to export")
     wanted = precisions or ("fp32",)
     folder = ensure_export(info, "fp32", force=force)
     for precision in wanted:
@@ -53,7 +53,7 @@ def export_cmd(ctx: click.Context, precisions: tuple[str, ...], force: bool, as_
             record_agreement(info, folder, "openvino", "bf16")
     meta = read_meta(folder) or {}
     if as_json:
-        click.echo(json.dumps({"path": str(folder), **meta}, default=str))
+        echo_json({"path": str(folder), **meta})
         return
     click.echo(f"Exported {info.name} to {folder}")
     for name, cosine in sorted(meta.get("agreement", {}).items()):
@@ -61,7 +61,7 @@ def export_cmd(ctx: click.Context, precisions: tuple[str, ...], force: bool, as_
 
 
 @model.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per export.")
+@json_option
 def list_cmd(as_json: bool) -> None:
     """Show the models exported to ONNX in the cache.
 
@@ -70,10 +70,10 @@ def list_cmd(as_json: bool) -> None:
     """
     from retrieval.embed.export import cache_root, list_exports
 
-    rows: list[dict[str, Any]] = list_exports()
+    rows = list_exports()
     if as_json:
         for row in rows:
-            click.echo(json.dumps(row, default=str))
+            echo_json(row)
         return
     if not rows:
         click.echo(f"No exports in {cache_root()} (run `retrieve model export`).")
@@ -84,3 +84,6 @@ def list_cmd(as_json: bool) -> None:
         click.echo(f"  precisions {', '.join(row['precisions'])}; {row['bytes'] / 2**20:.1f} MiB; {row['path']}")
         if agreement:
             click.echo(f"  agreement with torch fp32 (smallest cosine): {agreement}")
+
+
+COMMANDS = [model]

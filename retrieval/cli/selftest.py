@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from retrieval.cli.common import CliState, emit, pass_state
+
 
 @click.command("selftest")
 @click.option("--crash", is_flag=True,
@@ -16,8 +18,10 @@ import click
 @click.option("--restart", type=click.Choice(["process", "in-process"]), default="process", show_default=True,
               help="Run the `retrieve sync` after each kill as a new process, or in this one (faster: one model load).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@pass_state
 @click.pass_context
-def selftest(ctx: click.Context, crash: bool, iterations: int, seed: int | None, restart: str, as_json: bool) -> None:
+def selftest(ctx: click.Context, state: CliState, crash: bool, iterations: int, seed: int | None, restart: str,
+             as_json: bool) -> None:
     """Test this installation on a scratch store with the configured model and index settings.
 
     With --crash, real `retrieve` processes are killed with SIGKILL at random moments
@@ -33,19 +37,16 @@ def selftest(ctx: click.Context, crash: bool, iterations: int, seed: int | None,
         retrieve selftest --crash
         retrieve selftest --crash --iterations 50 --seed 7 --json
     """
-    from retrieval.chaos import run_chaos
-    from retrieval.cli import _echo_json, _settings
+    from retrieval import selftest as harness
 
     if not crash:
         raise click.UsageError("say what to test: --crash")
-    settings = _settings(ctx)
-    echo = (lambda message: click.echo(message, err=True))
     with tempfile.TemporaryDirectory(prefix="retrieve-selftest-") as tmp:
-        report = run_chaos(Path(tmp) / "store", iterations=iterations, seed=seed, settings=settings,
-                           restart=restart, echo=echo)
-    if as_json:
-        _echo_json(report.as_dict())
-    else:
-        click.echo(report.table())
+        report = harness.run_chaos(Path(tmp) / "store", iterations=iterations, seed=seed, settings=state.settings,
+                                   restart=restart, echo=lambda message: click.echo(message, err=True))
+    emit(as_json, report.as_dict(), lambda: [report.table()])
     if not report.ok:
         ctx.exit(1)
+
+
+COMMANDS = [selftest]

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
-from retrieval.cli import pass_retriever
+from retrieval.cli.common import CliState, emit, pass_state, warn
 
 
 @click.command("eval")
@@ -22,8 +20,8 @@ from retrieval.cli import pass_retriever
 @click.option("--compare-exact", is_flag=True,
               help="Also report recall@k of the configured index against exact search (1.0 for flat).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.pass_context
-def eval_cmd(ctx: click.Context, queries_path: str | None, qrels_path: str | None, dataset_dir: str | None,
+@pass_state
+def eval_cmd(state: CliState, queries_path: str | None, qrels_path: str | None, dataset_dir: str | None,
              split: str, depth: int, compare_exact: bool, as_json: bool) -> None:
     """Measure retrieval quality: nDCG@10, Recall@10, Recall@100, MRR@10, MAP and latency.
 
@@ -36,31 +34,23 @@ def eval_cmd(ctx: click.Context, queries_path: str | None, qrels_path: str | Non
         retrieve eval --dataset ../shared/data/cranfield --json
         retrieve --index-type hnsw eval --dataset ./scifact --compare-exact
     """
-    from retrieval.cli import _echo_json, _settings
-    from retrieval.evaluation import evaluate_dataset, format_table, load_qrels, load_queries
+    from retrieval.evaluation import evaluate, evaluate_dataset, format_table, load_qrels, load_queries
 
     if dataset_dir is not None:
         if queries_path or qrels_path:
             raise click.UsageError("give either --dataset or --queries with --qrels, not both")
-        result = evaluate_dataset(dataset_dir, _settings(ctx), k=depth, compare_exact=compare_exact, split=split)
+        result = evaluate_dataset(dataset_dir, state.settings, k=depth, compare_exact=compare_exact, split=split)
     else:
         if not (queries_path and qrels_path):
             raise click.UsageError("give --queries and --qrels (for the current store), or --dataset DIR")
+        from retrieval.retriever import Retriever
+
         queries, qrels = load_queries(queries_path), load_qrels(qrels_path)
-        result = ctx.invoke(_evaluate_store, queries=queries, qrels=qrels, depth=depth, compare_exact=compare_exact)
+        with Retriever.from_settings(state.settings) as retriever:
+            result = evaluate(retriever, queries, qrels, k=depth, compare_exact=compare_exact)
     if result.missing_queries:
-        click.echo(f"retrieve: {result.missing_queries} judged query ids have no text in the queries file; "
-                   "they are left out", err=True)
-    if as_json:
-        _echo_json(result.as_dict())
-        return
-    for line in format_table(result):
-        click.echo(line)
+        warn(f"{result.missing_queries} judged query ids have no text in the queries file; they are left out")
+    emit(as_json, result.as_dict(), lambda: format_table(result))
 
 
-@pass_retriever
-def _evaluate_store(retriever: Any, queries: dict[str, str], qrels: dict[str, dict[str, int]], depth: int,
-                    compare_exact: bool) -> Any:
-    from retrieval.evaluation import evaluate
-
-    return evaluate(retriever, queries, qrels, k=depth, compare_exact=compare_exact)
+COMMANDS = [eval_cmd]

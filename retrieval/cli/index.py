@@ -1,0 +1,124 @@
+"""Keeping the index in step with the database: `retrieve sync`, `reindex`, `verify`
+and `compact`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import click
+
+from retrieval.cli.common import emit, json_option, pass_retriever, size
+
+
+@click.command()
+@json_option
+@pass_retriever
+def sync(retriever: Any, as_json: bool) -> None:
+    """Apply pending database changes to the index (embedding what is new).
+
+    \b
+        retrieve sync
+    """
+    report = retriever.sync()
+
+    def lines() -> list[str]:
+        if report.full:
+            return [f"Built the index from scratch: {report.added} documents, {report.embedded} embedded, "
+                    f"version {report.version}"]
+        if report.changes == 0:
+            return [f"Up to date (version {report.version})."]
+        return [f"{report.changes} changed documents applied ({report.embedded} embedded, {report.added} indexed, "
+                f"{report.removed} removed) in {report.seconds:.2f}s; version {report.version}"]
+
+    emit(as_json, report.as_dict(), lines)
+
+
+@click.command()
+@json_option
+@pass_retriever
+def verify(retriever: Any, as_json: bool) -> None:
+    """Check that the index agrees exactly with the database (exit 1 on drift).
+
+    \b
+        retrieve verify
+    """
+    report = retriever.verify()
+    state = "OK" if report.ok else f"DRIFT: {len(report.problems)} differences"
+    emit(as_json, report.as_dict(), lambda: [
+        *report.problems,
+        f"{state}: {report.documents} documents, {report.indexed} indexed, {report.pending} pending changes",
+    ])
+    if not report.ok:
+        sys.exit(1)
+
+
+@click.command()
+@click.option("--model", "new_model", help="Re-embed everything with this model, then switch to it.")
+@click.option("--if-needed", is_flag=True,
+              help="Rebuild only when worth it (model or index type changed, index damaged); say why or why not.")
+@json_option
+@pass_retriever
+def reindex(retriever: Any, new_model: str | None, if_needed: bool, as_json: bool) -> None:
+    """Rebuild the index from stored embeddings (nothing is re-embedded).
+
+    With --model, every document is embedded with the new model into a new index; the
+    old index keeps answering searches until the new one is complete. With --if-needed
+    (for schedules), it rebuilds only when that is worth it, and says why or why not.
+
+    \b
+        retrieve reindex
+        retrieve reindex --if-needed
+        retrieve reindex --model ./models/other-model
+    """
+    if if_needed:
+        if new_model:
+            raise click.UsageError("--if-needed and --model do not go together")
+        from retrieval.maintenance import reindex_needed
+
+        decision = reindex_needed(retriever)
+        if not decision.needed:
+            emit(as_json, {"reindexed": False, "reason": decision.reason},
+                 lambda: [f"No reindex needed: {decision.reason}."])
+            return
+        click.echo(f"Reindexing: {decision.reason}.", err=as_json)
+    t0 = time.perf_counter()
+    report = retriever.reindex(new_model)
+
+    def lines() -> list[str]:
+        out = [f"Reindexed {report.added} documents ({report.embedded} embedded) in {time.perf_counter() - t0:.1f}s; "
+               f"version {report.version}"]
+        if new_model and new_model != retriever.settings.model:
+            out.append(f"The index now uses {new_model}: set `model: {new_model}` in your config (or RETRIEVE_MODEL) "
+                       "so that searches use it too.")
+        return out
+
+    emit(as_json, report.as_dict(), lines)
+
+
+@click.command()
+@json_option
+@pass_retriever
+def compact(retriever: Any, as_json: bool) -> None:
+    """Give space back: unused embeddings (deleted documents, old texts, other models),
+    applied change-log rows, old index versions, and the database file's free pages.
+
+    \b
+        retrieve compact
+    """
+    from retrieval.maintenance import compact as run_compact
+
+    before = retriever.status()
+    result = run_compact(retriever)
+    after = retriever.status()
+    result["database_bytes_before"] = before["database_bytes"]
+    result["database_bytes_after"] = after["database_bytes"]
+    emit(as_json, result, lambda: [
+        f"Removed {result['embeddings_removed']} unused embeddings and {result['changes_removed']} applied "
+        f"change-log rows; database {size(before['database_bytes'])} -> {size(after['database_bytes'])}, "
+        f"index versions freed {size(result['index_bytes_freed'])}."
+    ])
+
+
+COMMANDS = [sync, verify, reindex, compact]

@@ -1,0 +1,69 @@
+"""What is there and how it is set up: `retrieve status` and `retrieve config`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from retrieval.cli.common import CliState, emit, json_option, pass_retriever, pass_state, size
+
+
+def status_rows(st: dict[str, Any]) -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = [
+        ("documents", st["documents"]),
+        ("embedded", f"{st['embedded']} (current model)"),
+        ("indexed", st["indexed"]),
+        ("pending changes", st["pending_changes"]),
+        ("model", f"{st['model']}  [{st['model_key']}]"),
+        ("index", f"{st['index_type']}, version {st['index_version'] or '(none yet)'}"),
+        ("database", f"{st['database']}  ({size(st['database_bytes'])})"),
+        ("index folder", f"{st['index_dir']}  ({size(st['index_bytes'])})"),
+    ]
+    runs = st["backend"] if st["backend"] == "hash" else f"{st['backend']} {st['precision']}"
+    rows.append(("encoder", runs + (f" ({st['backend_note']})" if st.get("backend_note") else "")))
+    rec = st["reclaimable"]
+    freeable = rec["unused_embedding_bytes"] + rec["free_database_bytes"] + rec["old_index_version_bytes"]
+    rows.append(("reclaimable", f"{size(freeable)} ({rec['unused_embeddings']} unused embeddings; `retrieve compact`)"))
+    w = st.get("worker")
+    if w and w.get("running"):
+        rows.append(("worker", f"running, pid {w['pid']}, last sync {w['last_sync'] or 'not yet'}"))
+    else:
+        rows.append(("worker", "not running" + (f" (last: pid {w['pid']}, last sync {w['last_sync']})" if w else "")))
+    rows.append(("lag", f"{st['pending_changes']} changes, {st['lag_seconds']:.0f} s"))
+    if not st["model_matches_index"]:
+        rows.append(("WARNING", f"index was built with {st['index_model_key']}; run `retrieve reindex`"))
+    return rows
+
+
+@click.command()
+@json_option
+@pass_retriever
+def status(retriever: Any, as_json: bool) -> None:
+    """Show documents, embeddings, index version, pending changes and sizes.
+
+    \b
+        retrieve status --json
+    """
+    st = retriever.status()
+    emit(as_json, st, lambda: [f"{name:<16} {value}" for name, value in status_rows(st)])
+
+
+@click.command("config")
+@json_option
+@pass_state
+def config_cmd(state: CliState, as_json: bool) -> None:
+    """Print the effective settings and where each one came from.
+
+    \b
+        retrieve config
+        RETRIEVE_BATCH_SIZE=128 retrieve --model ./my-model config
+    """
+    rows = state.settings.describe()
+    width = max(len(name) for name, _, _ in rows)
+    emit(as_json, {name: {"value": value, "source": source} for name, value, source in rows}, lambda: [
+        f"{name:<{width}}  {'null' if value is None else value!s:<40}  ({source})" for name, value, source in rows
+    ])
+
+
+COMMANDS = [status, config_cmd]
