@@ -1,0 +1,79 @@
+"""The endpoints: each parses its request, calls the :class:`~retrieval.http.service.Service`
+and answers."""
+
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at
+# run time, and the request models are this application's (see schemas.make_schemas).
+
+from typing import Any
+
+from fastapi import Depends, FastAPI
+from fastapi.responses import JSONResponse, Response
+
+from retrieval.http.schemas import (
+    ERRORS,
+    NOT_FOUND,
+    DeleteResponse,
+    DocumentOut,
+    Schemas,
+    SearchResponse,
+    UpsertResponse,
+)
+from retrieval.http.service import Service
+
+
+def add_routes(app: FastAPI, service: Service, schemas: Schemas, require_key: Any) -> None:
+    protected = [Depends(require_key)]
+    SearchRequest = schemas.SearchRequest  # noqa: N806 - a class, named as one
+    UpsertRequest = schemas.UpsertRequest  # noqa: N806
+
+    @app.post("/v1/search", response_model=SearchResponse, dependencies=protected, responses=ERRORS, tags=["search"])
+    async def search(body: SearchRequest) -> Any:  # type: ignore[valid-type]
+        """The ``k`` documents closest in meaning to ``query``, best first."""
+        return await service.search(body.query, body.k, body.min_score)  # type: ignore[attr-defined]
+
+    @app.post("/v1/documents", response_model=UpsertResponse, dependencies=protected, responses=ERRORS,
+              tags=["documents"])
+    async def upsert(body: UpsertRequest) -> Any:  # type: ignore[valid-type]
+        """Add or replace documents. When the response arrives they are committed to the
+        database and in the published index."""
+        docs = [{"id": d.id, "text": d.text, "metadata": d.metadata} for d in body.documents]  # type: ignore[attr-defined]
+        return await service.upsert(docs)
+
+    @app.get("/v1/documents/{doc_id:path}", response_model=DocumentOut, dependencies=protected, responses=NOT_FOUND,
+             tags=["documents"])
+    async def get_document(doc_id: str) -> Any:
+        """One document by its id."""
+        return await service.get(doc_id)
+
+    @app.delete("/v1/documents/{doc_id:path}", response_model=DeleteResponse, dependencies=protected,
+                responses=NOT_FOUND, tags=["documents"])
+    async def delete_document(doc_id: str) -> Any:
+        """Delete a document; searches stop returning it when the response arrives."""
+        return await service.delete(doc_id)
+
+    @app.get("/v1/status", dependencies=protected, responses=ERRORS, tags=["service"])
+    async def status() -> dict[str, Any]:
+        """Documents, index version and size, pending changes, model, and the sync worker."""
+        return await service.status()
+
+    @app.get("/healthz", tags=["service"])
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["service"], responses={503: {"description": "Not ready yet (or any more)."}})
+    async def readyz() -> JSONResponse:
+        """Readiness: model and index loaded, database reachable; reports the sync lag."""
+        ready, body = await service.readiness()
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/metrics", dependencies=protected, responses=ERRORS, tags=["service"], response_class=Response)
+    async def prometheus() -> Response:
+        """Prometheus text format: requests, latencies, documents, index size, sync lag."""
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(await service.metrics_text(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/openapi.json", dependencies=protected, include_in_schema=False)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())

@@ -1,0 +1,85 @@
+"""Request and response bodies. Their limits come from the settings, so the models are
+made per application by :func:`make_schemas`, and the OpenAPI schema states every limit."""
+
+# No `from __future__ import annotations`: pydantic and FastAPI read these annotations at
+# run time, and the limits are values of the enclosing function.
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from retrieval.config import Settings
+
+
+class SearchHit(BaseModel):
+    id: str
+    score: float
+    text: str
+    metadata: dict[str, Any]
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchHit]
+    took_ms: float
+
+
+class UpsertResponse(BaseModel):
+    added: int
+    updated: int
+    unchanged: int
+    index_version: str | None
+    took_ms: float
+
+
+class DocumentOut(BaseModel):
+    id: str
+    text: str
+    metadata: dict[str, Any]
+
+
+class DeleteResponse(BaseModel):
+    id: str
+    deleted: bool
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    message: str
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Schemas:
+    """The request models of one application (their limits are its settings')."""
+
+    SearchRequest: type[BaseModel]
+    DocumentIn: type[BaseModel]
+    UpsertRequest: type[BaseModel]
+
+
+def make_schemas(s: Settings) -> Schemas:
+    class SearchRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        query: str = Field(min_length=1, max_length=s.max_query_chars, description="The text to search for.")
+        k: int = Field(s.search_k, ge=1, le=s.max_k, description="How many results (at most max_k).")
+        min_score: float | None = Field(None, ge=-1.0, le=1.0, allow_inf_nan=False,
+                                        description="Leave out results with a lower cosine similarity.")
+
+    class DocumentIn(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        id: str = Field(min_length=1, max_length=1024, pattern=r"\S", description="Your id for the document.")
+        text: str = Field(min_length=1, pattern=r"\S", description="The text that is embedded and searched.")
+        metadata: dict[str, Any] = Field(default_factory=dict, description="Any JSON object, returned with results.")
+
+    class UpsertRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        documents: list[DocumentIn] = Field(min_length=1, max_length=s.max_batch,
+                                            description="Documents to add or replace (matched by id).")
+
+    return Schemas(SearchRequest, DocumentIn, UpsertRequest)
+
+
+# Error bodies the OpenAPI schema documents for every protected route.
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 413, 422, 500, 503)}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {**ERRORS, 404: {"model": ErrorResponse}}

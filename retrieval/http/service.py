@@ -1,0 +1,116 @@
+"""What the endpoints do, over the :class:`~retrieval.Retriever` alone: the routes parse
+and answer, this class calls the library."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from retrieval.config import Settings
+from retrieval.errors import NotFoundError, RetrievalError
+from retrieval.http.batcher import QueryBatcher
+from retrieval.http.edge import Metrics
+from retrieval.http.sync_thread import SyncThread
+
+API_VERSION = "v1"
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 3)
+
+
+class Service:
+    """One application's state: the retriever, its settings, the query batcher, the sync
+    thread, the metrics and whether the model and index are loaded."""
+
+    def __init__(self, retriever: Any, settings: Settings, *, batcher: QueryBatcher | None,
+                 sync_thread: SyncThread | None, metrics: Metrics) -> None:
+        self.retriever = retriever
+        self.settings = settings
+        self.batcher = batcher
+        self.sync_thread = sync_thread
+        self.metrics = metrics
+        self.model_loaded = False
+        self.index_loaded = False
+        self.started = time.time()
+
+    @property
+    def ready(self) -> bool:
+        return self.model_loaded and self.index_loaded
+
+    def warm_up(self) -> None:
+        """Load the model and the index before the first request is accepted."""
+        r = self.retriever
+        r.encoder.load()
+        self.model_loaded = True
+        r.current_index()
+        self.index_loaded = True
+        r.encoder.encode_queries(["warm up"])  # first call allocates; keep it off the first request
+
+    # -- endpoints ----------------------------------------------------------------------
+
+    async def search(self, query: str, k: int, min_score: float | None) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        if not query.strip():
+            raise HTTPException(422, "query: the query is empty")
+        min_score = self.settings.min_score if min_score is None else min_score
+        if self.batcher is not None:
+            hits = await self.batcher.search(query, k, min_score)
+        else:
+            hits = await run_in_threadpool(self.retriever.search, query, k, min_score=min_score)
+        return {"results": [h.as_dict() for h in hits], "took_ms": _ms(t0)}
+
+    async def upsert(self, documents: list[dict[str, Any]]) -> dict[str, Any]:
+        """Committed to the database and in the published index when this returns."""
+        t0 = time.perf_counter()
+        report = await run_in_threadpool(lambda: self.retriever.ingest(documents, embed_first=True))
+        # The background worker may have published these changes before this request's
+        # own sync got the lock; either way the current version holds them now.
+        lag = await run_in_threadpool(self.retriever.lag)
+        return {"added": report.added, "updated": report.updated, "unchanged": report.unchanged,
+                "index_version": lag["index_version"], "took_ms": _ms(t0)}
+
+    async def get(self, doc_id: str) -> dict[str, Any]:
+        hit = await run_in_threadpool(self.retriever.get, doc_id)
+        return {"id": hit.id, "text": hit.text, "metadata": hit.metadata}
+
+    async def delete(self, doc_id: str) -> dict[str, Any]:
+        deleted, _missing = await run_in_threadpool(self.retriever.delete, [doc_id])
+        if not deleted:
+            raise NotFoundError(f"no document with id {doc_id!r}")
+        return {"id": doc_id, "deleted": True}
+
+    def _status(self) -> dict[str, Any]:
+        st: dict[str, Any] = self.retriever.status()
+        st["server"] = {
+            "api_version": API_VERSION,
+            "uptime_s": round(time.time() - self.started, 1),
+            "query_batching": self.batcher is not None,
+            "sync": self.sync_thread.state() if self.sync_thread is not None else {"running": False},
+        }
+        return st
+
+    async def status(self) -> dict[str, Any]:
+        return await run_in_threadpool(self._status)
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """(ready, body): model and index loaded, database reachable, and the sync lag."""
+        body: dict[str, Any] = {"model_loaded": self.model_loaded, "index_loaded": self.index_loaded}
+        try:
+            lag = await run_in_threadpool(self.retriever.lag)
+            body.update(pending_changes=lag["pending_changes"], lag_seconds=lag["lag_seconds"],
+                        index_version=lag["index_version"], database="ok")
+        except RetrievalError as exc:
+            body["database"] = str(exc)
+        t = self.sync_thread
+        body["sync_worker"] = "off" if t is None else ("running" if t.alive else "stopped")
+        ready = self.ready and body["database"] == "ok"
+        body["ready"] = ready
+        return ready, body
+
+    async def metrics_text(self) -> bytes:
+        vitals = await run_in_threadpool(self.retriever.vitals)
+        return self.metrics.render(vitals, self.ready)
