@@ -23,8 +23,8 @@ rebuilt), an index write that fails half-way with ENOSPC (the previous version k
 serving, the error is clear, nothing is lost), and a database locked by another writer
 for longer than the busy timeout (clear one-line error, nothing written, nothing lost).
 
-The fault-injection hook is a ``sitecustomize`` module written into the scratch folder
-and put on the child's ``PYTHONPATH``; it does nothing unless ``RETRIEVAL_CHAOS_*``
+The fault-injection hook is the ``sitecustomize`` module in ``retrieval/selftest/hook/``,
+put first on the children's ``PYTHONPATH``; it does nothing unless ``RETRIEVAL_CHAOS_*``
 variables ask for it, and it never changes what the code under test does, only when it
 pauses (step kills) or that one write fails (ENOSPC).
 
@@ -41,7 +41,6 @@ import os
 import random
 import shutil
 import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -57,7 +56,7 @@ OPERATIONS = ("ingest", "sync", "worker", "reindex")
 SPECIAL_CASES = ("truncated-index", "garbage-index", "garbage-manifest", "disk-full", "database-locked")
 
 # Where the sample texts come from: <repo>/../shared/data/catalog (generated texts when absent).
-CATALOG = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "catalog" / "catalog-100k.jsonl"
+CATALOG = Path(__file__).resolve().parents[3] / "shared" / "data" / "catalog" / "catalog-100k.jsonl"
 POOL_SIZE = 20_000  # catalog lines read: enough distinct texts for hundreds of iterations
 
 # Durable steps of one index publish seen by the hook (3 file fsyncs, 3 folder fsyncs,
@@ -66,99 +65,8 @@ PUBLISH_STEPS = 8
 
 HOOK_ENV = "RETRIEVAL_CHAOS_"  # not RETRIEVE_: those are settings and would be rejected
 
-_HOOK_SOURCE = r'''
-"""Fault injection for retrieval.chaos (inert unless RETRIEVAL_CHAOS_* is set)."""
-import builtins
-import errno
-import os
-import time
-
-_INDEX = os.environ.get("RETRIEVAL_CHAOS_INDEX_DIR")
-_PAUSE_AT = int(os.environ.get("RETRIEVAL_CHAOS_PAUSE_AT") or 0)
-_MARKER = os.environ.get("RETRIEVAL_CHAOS_MARKER")
-_ENOSPC = os.environ.get("RETRIEVAL_CHAOS_ENOSPC") == "1"
-_count = 0
-
-
-def _fd_path(fd):
-    try:
-        return os.readlink("/proc/self/fd/%d" % fd)
-    except OSError:
-        return ""
-
-
-def _under_index(path):
-    return bool(_INDEX) and os.path.abspath(os.fsdecode(path)).startswith(_INDEX)
-
-
-def _pausing(name, fn, path_of):
-    def wrapper(*args, **kwargs):
-        global _count
-        if _under_index(path_of(args)):
-            _count += 1
-            if _count == _PAUSE_AT and _MARKER:
-                # Say where we stopped, then wait for the SIGKILL.
-                tmp = _MARKER + ".tmp"
-                with builtins.open(tmp, "w") as fh:
-                    fh.write("%s #%d %s" % (name, _count, os.fsdecode(path_of(args))))
-                _rename(tmp, _MARKER)
-                time.sleep(3600)
-        return fn(*args, **kwargs)
-    return wrapper
-
-
-class _FullDisk:
-    """A file whose first write stores half the bytes, then fails like a full disk."""
-
-    def __init__(self, fh, path):
-        self._fh, self._path = fh, path
-
-    def write(self, data):
-        self._fh.write(bytes(data)[: max(1, len(data) // 2)])
-        self._fh.flush()
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self._path)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._fh.close()
-        return False
-
-    def __getattr__(self, name):
-        return getattr(self._fh, name)
-
-
-def _is_new_index_file(path):
-    p = os.fsdecode(path)
-    return _under_index(p) and "/.tmp-" in p and os.path.basename(p).endswith(".faiss")
-
-
-_rename = os.rename
-if _INDEX and _PAUSE_AT:
-    os.fsync = _pausing("fsync", os.fsync, lambda a: _fd_path(a[0]))
-    os.rename = _pausing("rename", os.rename, lambda a: a[0])
-    os.replace = _pausing("replace", os.replace, lambda a: a[0])
-
-if _INDEX and _ENOSPC:
-    _open = builtins.open
-    _write = os.write
-
-    def open(file, mode="r", *args, **kwargs):  # noqa: A001
-        fh = _open(file, mode, *args, **kwargs)
-        if isinstance(file, (str, bytes, os.PathLike)) and ("w" in mode or "a" in mode) and _is_new_index_file(file):
-            return _FullDisk(fh, os.fsdecode(file))
-        return fh
-
-    def write(fd, data):
-        if _is_new_index_file(_fd_path(fd)):
-            _write(fd, bytes(data)[: max(1, len(data) // 2)])
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return _write(fd, data)
-
-    builtins.open = open
-    os.write = write
-'''
+# The fault-injection hook: a real module, put first on the children's PYTHONPATH.
+HOOK_DIR = Path(__file__).resolve().parent / "hook"
 
 
 @dataclass
@@ -238,7 +146,7 @@ class _Harness:
         self.report = report
         self.restart_mode = restart
         self.echo = echo
-        self.hook_dir = store_dir / "chaos-hook"
+        self.hook_dir = HOOK_DIR
         self.expected: dict[str, str] = {}  # external id -> latest text stored
         self.used_texts: set[str] = set()
         self.pool = _text_pool(rng)
@@ -250,8 +158,6 @@ class _Harness:
 
     def prepare(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.hook_dir.mkdir(exist_ok=True)
-        (self.hook_dir / "sitecustomize.py").write_text(_HOOK_SOURCE, encoding="utf-8")
         _write_config(self.dir / "config.yaml", self.settings)
         self.ingest_direct(self.new_docs(self.rng.randint(30, 60)))
         self.retriever.sync()
@@ -327,9 +233,9 @@ class _Harness:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
 
-    def run(self, args: Sequence[str], timeout: float = 600, **env: str) -> _Run:
+    def run(self, args: Sequence[str], timeout: float = 600, env: dict[str, str] | None = None) -> _Run:
         t0 = time.monotonic()
-        proc = self.spawn(args, **env)
+        proc = self.spawn(args, **(env or {}))
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -339,9 +245,19 @@ class _Harness:
         return _Run(proc.returncode, out, err, time.monotonic() - t0, False)
 
     def estimate(self, op: str) -> float:
+        """How long ``op`` runs, for aiming timed kills: its measured median, else a guess.
+
+        A worker never finishes by itself, so it has no measured run time; its busy part
+        (start-up, the backlog, the writes made while it runs) takes a few times as long
+        as one finished operation here, which scales the guess to this machine and model.
+        """
         seen = self.durations[op]
-        default = {"worker": 12.0}.get(op, 8.0)
-        return statistics.median(seen[-7:]) if seen else default
+        if seen:
+            return statistics.median(seen[-7:])
+        if op == "worker":
+            finished = [d for other in OPERATIONS if other != "worker" for d in self.durations[other][-7:]]
+            return max(2.0, 3 * statistics.median(finished)) if finished else 12.0
+        return 8.0
 
     def run_and_kill(self, op: str, args: Sequence[str], plan: str,
                      during: Sequence[tuple[float, Callable[[], None]]] = ()) -> _Run:
@@ -390,7 +306,7 @@ class _Harness:
         if self.restart_mode == "in-process":
             try:
                 self.retriever.sync()
-            except Exception as exc:  # noqa: BLE001 - any failure here is a finding
+            except Exception as exc:
                 self.fail(f"{label}: sync after the kill failed: {exc!r}")
                 return False
             return True
@@ -409,7 +325,8 @@ class _Harness:
         """Database, index and searches agree with what was reported stored."""
         r = self.retriever
         with r.store.read() as conn:
-            rows = {d.external_id: (d.id, d.text) for d in r.store.docs_by_ids(conn, list(map(int, r.store.all_ids(conn)))).values()}
+            docs = r.store.docs_by_ids(conn, list(map(int, r.store.all_ids(conn))))
+            rows = {d.external_id: (d.id, d.text) for d in docs.values()}
         lost = [i for i, t in self.expected.items() if i not in rows or rows[i][1] != t]
         if lost:
             self.report.documents_lost += len(lost)
@@ -432,7 +349,7 @@ class _Harness:
             self.fail(f"{label}: {verify['pending']} changes still pending after `retrieve sync`")
         try:
             version = r.index_store.load()
-        except Exception as exc:  # noqa: BLE001 - an index that does not load is the finding
+        except Exception as exc:
             self.fail(f"{label}: the index does not load: {exc}")
             return
         if version is None:
@@ -537,7 +454,7 @@ class _Harness:
         problems: list[str] = []
         try:
             getattr(self, "case_" + name.replace("-", "_"))(problems)
-        except Exception as exc:  # noqa: BLE001 - reported as the case's failure
+        except Exception as exc:
             problems.append(f"raised {exc!r}")
         self.report.special_cases[name] = "ok" if not problems else "; ".join(problems)
         for p in problems:
@@ -579,7 +496,10 @@ class _Harness:
         self._corrupt_and_recover(problems, garbage, "index.faiss")
 
     def case_garbage_manifest(self, problems: list[str]) -> None:
-        self._corrupt_and_recover(problems, lambda p: p.write_bytes(b"\x00garbage{"), "manifest.json")
+        def garbage(p: Path) -> None:
+            p.write_bytes(b"\x00garbage{")
+
+        self._corrupt_and_recover(problems, garbage, "manifest.json")
 
     def case_disk_full(self, problems: list[str]) -> None:
         self.retriever.sync()
@@ -590,7 +510,7 @@ class _Harness:
         docs = self.change_set(30)
         path = self.dir / "chaos-ingest.jsonl"
         path.write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in docs.items()), encoding="utf-8")
-        run = self.run(["ingest", str(path)], **{HOOK_ENV + "ENOSPC": "1"})
+        run = self.run(["ingest", str(path)], env={HOOK_ENV + "ENOSPC": "1"})
         if run.returncode == 0:
             problems.append("the ingest succeeded: the disk-full fault was not injected (has the index writer changed?)")
             self.expected.update(docs)
@@ -609,7 +529,7 @@ class _Harness:
             version = self.retriever.index_store.load()
             if version is None or version.manifest.version != old:
                 problems.append("the previous version does not load")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             problems.append(f"the previous version does not load: {exc}")
         # The documents were committed before the publish failed: they are stored, and a
         # search finds them already (exactly, from the pending changes).
@@ -626,15 +546,11 @@ class _Harness:
         docs = self.change_set(20)
         path = self.dir / "chaos-ingest.jsonl"
         path.write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in docs.items()), encoding="utf-8")
-        db_path = self.settings.database_url.removeprefix("sqlite:///")
         before = {k: self.expected.get(k) for k in docs}
-        blocker = sqlite3.connect(db_path, timeout=30, isolation_level=None)
-        try:
-            blocker.execute("BEGIN IMMEDIATE")
-            run = self.run(["ingest", str(path)], RETRIEVE_BUSY_TIMEOUT_MS="500")
-        finally:
-            blocker.execute("ROLLBACK")
-            blocker.close()
+        from retrieval.store.db import hold_write_lock
+
+        with hold_write_lock(self.settings.database_url):
+            run = self.run(["ingest", str(path)], env={"RETRIEVE_BUSY_TIMEOUT_MS": "500"})
         err_lines = [line for line in run.stderr.strip().splitlines() if line.strip()]
         if run.returncode == 0:
             problems.append("the ingest succeeded while another writer held the lock")
@@ -646,7 +562,8 @@ class _Harness:
                 problems.append("a traceback instead of a one-line error")
             with self.retriever.store.read() as conn:
                 ids = list(map(int, self.retriever.store.all_ids(conn)))
-                now = {d.external_id: d.text for d in self.retriever.store.docs_by_ids(conn, ids).values() if d.external_id in docs}
+                stored = self.retriever.store.docs_by_ids(conn, ids)
+                now = {d.external_id: d.text for d in stored.values() if d.external_id in docs}
             written = [k for k in docs if now.get(k) != before[k]]
             if written:
                 problems.append(f"{len(written)} documents were written although the ingest failed")
@@ -708,9 +625,9 @@ def scratch_settings(store_dir: str | os.PathLike[str], base: Settings | None = 
 
 def worker_available() -> bool:
     """Whether this version of retrieval has the `retrieve worker` command."""
-    from retrieval.cli import cli
+    import importlib.util
 
-    return "worker" in cli.commands
+    return importlib.util.find_spec("retrieval.worker") is not None
 
 
 def run_chaos(

@@ -1,0 +1,17 @@
+"""Crash safety shown by real kills: the harness behind `retrieve selftest --crash`,
+``scripts/chaos.py`` and ``tests/test_chaos.py`` (see :mod:`retrieval.selftest.harness`),
+and its fault-injection hook (``hook/sitecustomize.py``)."""
+
+from retrieval.selftest.harness import (
+    HOOK_DIR,
+    OPERATIONS,
+    SPECIAL_CASES,
+    ChaosReport,
+    remove_scratch,
+    run_chaos,
+    scratch_settings,
+    worker_available,
+)
+
+__all__ = ["HOOK_DIR", "OPERATIONS", "SPECIAL_CASES", "ChaosReport", "remove_scratch", "run_chaos",
+           "scratch_settings", "worker_available"]
