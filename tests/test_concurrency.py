@@ -1,4 +1,6 @@
-"""Concurrent writers serialise safely; readers keep answering and never see a half state."""
+"""Concurrent writers serialise safely; readers keep answering and never see a half state.
+
+The stores use the test encoder (hash-384): these tests are about locks and snapshots."""
 
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ def test_concurrent_ingest_processes_and_a_reader(make_retriever, tmp_path: Path
         "RETRIEVE_DATABASE_URL": reader.settings.database_url,
         "RETRIEVE_INDEX_DIR": reader.settings.index_dir,
         "RETRIEVE_PROGRESS": "false",
+        "RETRIEVE_MODEL": reader.settings.model,
     }
     files = [write_jsonl(tmp_path / f"{p}.jsonl", _catalog_like(p, 150)) for p in ("a", "b", "c")]
     procs = [
@@ -47,7 +50,7 @@ def test_concurrent_ingest_processes_and_a_reader(make_retriever, tmp_path: Path
                 hits = reader.search("frying pan", k=3)
                 assert hits and hits[0].id == "seed"
                 seen_counts.append(reader.status()["documents"])
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     thread = threading.Thread(target=read_loop)
@@ -72,7 +75,7 @@ def test_sync_and_reindex_racing_in_processes_leave_one_consistent_index(make_re
     r = make_retriever()
     r.ingest(_catalog_like("x", 60), sync=False)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RETRIEVE_DATABASE_URL": r.settings.database_url,
-           "RETRIEVE_INDEX_DIR": r.settings.index_dir, "RETRIEVE_PROGRESS": "false"}
+           "RETRIEVE_INDEX_DIR": r.settings.index_dir, "RETRIEVE_PROGRESS": "false", "RETRIEVE_MODEL": r.settings.model}
     cmds = [["sync"], ["reindex"], ["sync"]]
     procs = [subprocess.Popen([sys.executable, "-m", "retrieval", *c, "--json"], env=env, cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in cmds]

@@ -1,4 +1,4 @@
-"""A cold `retrieve search` encodes its query in a forked child (retrieval.prefetch) and
+"""A cold `retrieve search` encodes its query in a forked child (retrieval.cli.prefetch) and
 answers exactly what the in-process path answers; when the child cannot help, the
 parent encodes as usual."""
 
@@ -27,11 +27,11 @@ def _run(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProc
 
 
 @pytest.fixture
-def env(store_env: dict[str, str], tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def env(real_store_env: dict[str, str], tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     data = write_jsonl(tmp_path / "seed.jsonl", [{"id": f"d{i}", "text": t} for i, t in enumerate(SEED)])
     assert CliRunner().invoke(cli, ["ingest", str(data)]).exit_code == 0
     # The session's export cache, so that the child finds the exported model.
-    return {**os.environ, **store_env, "HF_HUB_OFFLINE": "1",
+    return {**os.environ, **real_store_env, "HF_HUB_OFFLINE": "1",
             "XDG_CACHE_HOME": str(tmp_path_factory.getbasetemp() / "xdg-cache")}
 
 
@@ -58,9 +58,33 @@ def test_without_the_child_the_parent_encodes(env: dict[str, str], tmp_path: Pat
     off = _run({**env, "RETRIEVAL_PREFETCH": "0"}, tmp_path, "-v", "search", QUERY, "-k", "1", "--json")
     assert off.returncode == 0, off.stderr
     assert "forked child" not in off.stderr and _results(off.stdout)[0][0] == "d1"
-    # A child that finds no export (an empty cache) skips; the parent exports and answers.
-    cold = _run({**env, "XDG_CACHE_HOME": str(tmp_path / "empty-cache")}, tmp_path, "-v", "search", QUERY, "-k", "1",
-                "--json")
+
+
+def test_a_child_without_an_export_skips_and_the_parent_answers(env: dict[str, str], tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from retrieval.cli.prefetch import SKIPPED, _child
+    from retrieval.config import load_settings
+
+    # The child's decision, in this process: with an empty cache it skips before building
+    # an encoder (which would export, importing torch, in the child).
+    empty = tmp_path / "empty-cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(empty))
+    read_fd, write_fd = os.pipe()
+    try:
+        assert _child(load_settings(), QUERY, write_fd) == SKIPPED
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+    assert not empty.exists() or not any(empty.rglob("*.onnx"))  # nothing was exported
+
+    # A real cold process whose child cannot help (the test encoder needs none): the
+    # parent encodes and answers, and says so.
+    folder = tmp_path / "hashed"
+    hashed = {**env, "RETRIEVE_MODEL": "hash-384", "RETRIEVE_DATABASE_URL": f"sqlite:///{folder / 'r.db'}",
+              "RETRIEVE_INDEX_DIR": str(folder / "index")}
+    data = write_jsonl(tmp_path / "seed2.jsonl", [{"id": f"d{i}", "text": t} for i, t in enumerate(SEED)])
+    assert _run(hashed, tmp_path, "ingest", str(data)).returncode == 0
+    cold = _run(hashed, tmp_path, "-v", "search", "running shoes", "-k", "1", "--json")
     assert cold.returncode == 0, cold.stderr
     assert "in-process (the child skipped or failed)" in cold.stderr and _results(cold.stdout)[0][0] == "d1"
 

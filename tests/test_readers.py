@@ -535,7 +535,7 @@ def test_non_utf8_jsonl(tmp_path: Path) -> None:
 
 def test_non_utf8_column_counts_bytes(tmp_path: Path) -> None:
     # "é" is two bytes, so the bad byte after it is at byte column 3.
-    path = write(tmp_path, "notes.txt", "ok\n".encode() + "é".encode() + b"\xff\nnext\n")
+    path = write(tmp_path, "notes.txt", b"ok\n" + "é".encode() + b"\xff\nnext\n")
     records, invalid = read_records([path])
     assert [r.text for r in records] == ["ok", "next"]
     assert reasons(invalid) == [("2", "text is not valid UTF-8 (byte 0xff at column 3)")]

