@@ -106,7 +106,7 @@ def main() -> int:
 
     sys.path.insert(0, str(REPO))
     from retrieval.embed import create_encoder
-    from retrieval.embed.onnx import plan
+    from retrieval.embed.choice import plan
     from retrieval.embed.model import resolve_model
 
     with open(CATALOG, encoding="utf-8") as fh:
@@ -125,8 +125,8 @@ def main() -> int:
         for setting in settings:
             backend, precision = setting.split("/")
             chosen = plan(info, backend, precision)
-            runs_as[setting] = (chosen["backend"], chosen["precision"], chosen["model_key"])
-            key = chosen["model_key"]
+            runs_as[setting] = (chosen.backend, chosen.precision, chosen.model_key)
+            key = chosen.model_key
             if key not in stores:
                 stores[key] = work / f"store-{len(stores)}"
                 log(f"building a {args.docs}-document store for {key} with {setting}")

@@ -46,7 +46,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import httpx  # noqa: E402
+import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CATALOG = REPO.parent / "shared" / "data" / "catalog" / "catalog-100k.jsonl"
@@ -227,7 +227,7 @@ def run_all(folder: Path, variants: list[str], queries: list[str], docs: list[di
     try:
         for v in variants:
             servers[v] = Server(folder, batching=v == "batched", key=key)
-        for v, server in servers.items():  # warm-up
+        for server in servers.values():  # warm-up
             asyncio.run(_load(server.url, key, queries, docs, clients=args.clients, seconds=2,
                               max_requests=args.max_requests, write_batch=0))
         runs: dict[str, dict[str, list[dict[str, Any]]]] = {v: {p: [] for p in PHASES} for v in variants}

@@ -161,11 +161,11 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=300)
     args = ap.parse_args()
     result = {"throughput": part_throughput(args.docs), "reindex_latency": part_reindex_latency(args.reindex_docs, args.queries)}
-    t, l = result["throughput"], result["reindex_latency"]
+    t, lat = result["throughput"], result["reindex_latency"]
     print(f"worker {t['worker_docs_per_s']} docs/s vs ingest {t['ingest_docs_per_s']} docs/s "
-          f"(ratio {t['worker_vs_ingest']}); search p50/p99 idle {l['idle_search_vectors']['p50_ms']}/"
-          f"{l['idle_search_vectors']['p99_ms']} ms, during reindex {l['during_reindex_search_vectors']['p50_ms']}/"
-          f"{l['during_reindex_search_vectors']['p99_ms']} ms", file=sys.stderr)
+          f"(ratio {t['worker_vs_ingest']}); search p50/p99 idle {lat['idle_search_vectors']['p50_ms']}/"
+          f"{lat['idle_search_vectors']['p99_ms']} ms, during reindex {lat['during_reindex_search_vectors']['p50_ms']}/"
+          f"{lat['during_reindex_search_vectors']['p99_ms']} ms", file=sys.stderr)
     print(json.dumps(result))
 
 

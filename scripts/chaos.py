@@ -32,8 +32,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from retrieval.chaos import OPERATIONS, SPECIAL_CASES, remove_scratch, run_chaos
     from retrieval.config import load_settings
+    from retrieval.selftest import OPERATIONS, SPECIAL_CASES, remove_scratch, run_chaos
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=50, help="kills to make (default 50)")

@@ -30,7 +30,7 @@ import json
 import os
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(encoder, "precision", "fp32") != "fp32":
         fp32 = settings.with_overrides("eval_report", precision="fp32")
         variants.append(("fp32", fp32, encoder_for(fp32)))
-    model_path = getattr(encoder, "info").path or settings.model
+    model_path = encoder.info.path or settings.model
     naive_model = SentenceTransformer(model_path, device="cpu")
 
     rows: list[dict[str, Any]] = []
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     report = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "HF_HUB_OFFLINE=1 python scripts/eval_report.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine(),
         "versions": {"sentence-transformers": sentence_transformers.__version__, "torch": torch.__version__,

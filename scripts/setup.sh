@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
 # Set up a virtual environment in .venv with everything retrieval and its tests need.
 # torch is installed first, pinned: a bare requirement would pull a multi-GB CUDA build.
+# Running it again is quick: the installs are skipped while pyproject.toml and this
+# script are unchanged (the package itself is installed editable, so code changes need
+# no reinstall).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet "torch==2.13.0"
-.venv/bin/python -m pip install --quiet -e ".[test]"
+stamp=".venv/.retrieval-setup"
+want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1) $(.venv/bin/python -V 2>&1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    .venv/bin/python -m pip install --quiet --upgrade pip
+    .venv/bin/python -m pip install --quiet "torch==2.13.0"
+    .venv/bin/python -m pip install --quiet -e ".[test]"
+    echo "$want" > "$stamp"
+fi
 # Byte-compile the package as a regular install does (an editable install leaves that to
 # the first import, which some environments forbid): a cold `retrieve search` then never
 # compiles its own source.
