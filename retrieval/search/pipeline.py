@@ -22,15 +22,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sqlalchemy import Connection
 
 from retrieval.embed.base import Encoder
 from retrieval.index.faiss_index import IndexVersion, set_search_threads
 from retrieval.search.hits import Hit
 from retrieval.store.repository import Store, StoredDocument
 from retrieval.vectors import ensure_vectors
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 
 @dataclass(frozen=True)
