@@ -48,6 +48,12 @@ _BAD_BYTE = re.compile("[\udc80-\udcff]")
 _JSON_WS = re.compile(r"[ \t\n\r]*")
 
 
+def _skip_ws(text: str, pos: int) -> int:
+    """The position of the first non-whitespace character at or after ``pos``."""
+    match = _JSON_WS.match(text, pos)
+    return match.end() if match else pos
+
+
 @dataclass(frozen=True)
 class Record:
     """One valid document: its id, the text to embed, and metadata to return."""
@@ -386,7 +392,7 @@ def _parse_json(text: str, name: str, builder: _Builder) -> list[Record | Invali
             return [Invalid(f"{name}:{line}", pos_map.utf8_reason(err.pos, line))]
         return [Invalid(f"{name}:{err.lineno}", f"malformed JSON: {err.msg} (column {err.colno})")]
 
-    pos = _JSON_WS.match(text).end()  # type: ignore[union-attr]
+    pos = _skip_ws(text, 0)
     if pos == len(text) or text[pos] != "[":
         try:
             value = _LENIENT.decode(text)
@@ -398,7 +404,7 @@ def _parse_json(text: str, name: str, builder: _Builder) -> list[Record | Invali
 
     # (start offset, end offset, value or the reason it was rejected)
     elements: list[tuple[int, int, Any]] = []
-    pos = _JSON_WS.match(text, pos + 1).end()  # type: ignore[union-attr]
+    pos = _skip_ws(text, pos + 1)
     if text.startswith("]", pos):
         pos += 1
     else:
@@ -418,15 +424,15 @@ def _parse_json(text: str, name: str, builder: _Builder) -> list[Record | Invali
                 line = pos_map.line_of(start)
                 return [Invalid(f"{name}:{line}", "malformed JSON: nested too deeply")]
             elements.append((start, pos, value))
-            pos = _JSON_WS.match(text, pos).end()  # type: ignore[union-attr]
+            pos = _skip_ws(text, pos)
             if text.startswith(",", pos):
-                pos = _JSON_WS.match(text, pos + 1).end()  # type: ignore[union-attr]
+                pos = _skip_ws(text, pos + 1)
                 continue
             if text.startswith("]", pos):
                 pos += 1
                 break
             return malformed(json.JSONDecodeError("Expecting ',' delimiter", text, pos))
-    pos = _JSON_WS.match(text, pos).end()  # type: ignore[union-attr]
+    pos = _skip_ws(text, pos)
     if pos != len(text):
         return malformed(json.JSONDecodeError("Extra data", text, pos))
 

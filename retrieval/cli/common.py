@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import update_wrapper
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 
@@ -58,7 +58,7 @@ def pass_retriever(f: F) -> F:
         ctx.call_on_close(retriever.close)
         return ctx.invoke(f, retriever, *args, **kwargs)
 
-    return update_wrapper(wrapper, f)  # type: ignore[return-value]
+    return cast(F, update_wrapper(wrapper, f))
 
 
 # -- output -------------------------------------------------------------------------------

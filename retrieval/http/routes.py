@@ -4,10 +4,12 @@ and answers."""
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at
 # run time, and the request models are this application's (see schemas.make_schemas).
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 
 from retrieval.http.schemas import (
     ERRORS,
@@ -15,28 +17,43 @@ from retrieval.http.schemas import (
     DeleteResponse,
     DocumentOut,
     Schemas,
+    SearchRequest,
     SearchResponse,
+    UpsertRequest,
     UpsertResponse,
 )
 from retrieval.http.service import Service
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def body_model(model: type[BaseModel]) -> Callable[[F], F]:
+    """Have FastAPI parse an endpoint's ``body`` with ``model``: this application's
+    subclass of the declared type, carrying the limits from its settings."""
+
+    def apply(endpoint: F) -> F:
+        endpoint.__annotations__["body"] = model
+        return endpoint
+
+    return apply
+
 
 def add_routes(app: FastAPI, service: Service, schemas: Schemas, require_key: Any) -> None:
     protected = [Depends(require_key)]
-    SearchRequest = schemas.SearchRequest  # noqa: N806 - a class, named as one
-    UpsertRequest = schemas.UpsertRequest  # noqa: N806
 
     @app.post("/v1/search", response_model=SearchResponse, dependencies=protected, responses=ERRORS, tags=["search"])
-    async def search(body: SearchRequest) -> Any:  # type: ignore[valid-type]
+    @body_model(schemas.SearchRequest)
+    async def search(body: SearchRequest) -> Any:
         """The ``k`` documents closest in meaning to ``query``, best first."""
-        return await service.search(body.query, body.k, body.min_score)  # type: ignore[attr-defined]
+        return await service.search(body.query, body.k, body.min_score)
 
     @app.post("/v1/documents", response_model=UpsertResponse, dependencies=protected, responses=ERRORS,
               tags=["documents"])
-    async def upsert(body: UpsertRequest) -> Any:  # type: ignore[valid-type]
+    @body_model(schemas.UpsertRequest)
+    async def upsert(body: UpsertRequest) -> Any:
         """Add or replace documents. When the response arrives they are committed to the
         database and in the published index."""
-        docs = [{"id": d.id, "text": d.text, "metadata": d.metadata} for d in body.documents]  # type: ignore[attr-defined]
+        docs = [{"id": d.id, "text": d.text, "metadata": d.metadata} for d in body.documents]
         return await service.upsert(docs)
 
     @app.get("/v1/documents/{doc_id:path}", response_model=DocumentOut, dependencies=protected, responses=NOT_FOUND,

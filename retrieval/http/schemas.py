@@ -7,7 +7,7 @@ made per application by :func:`make_schemas`, and the OpenAPI schema states ever
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from retrieval.config import Settings
 
@@ -49,35 +49,53 @@ class ErrorResponse(BaseModel):
     request_id: str
 
 
+class DocumentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=1024, pattern=r"\S", description="Your id for the document.")
+    text: str = Field(min_length=1, pattern=r"\S", description="The text that is embedded and searched.")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Any JSON object, returned with results.")
+
+
+class SearchRequest(BaseModel):
+    """A search; :func:`make_schemas` gives each application a subclass with its limits."""
+
+    model_config = ConfigDict(extra="forbid")
+    query: str
+    k: int
+    min_score: float | None = None
+
+
+class UpsertRequest(BaseModel):
+    """A batch upsert; :func:`make_schemas` gives each application a subclass with its limits."""
+
+    model_config = ConfigDict(extra="forbid")
+    documents: list[DocumentIn]
+
+
 @dataclass(frozen=True)
 class Schemas:
     """The request models of one application (their limits are its settings')."""
 
-    SearchRequest: type[BaseModel]
-    DocumentIn: type[BaseModel]
-    UpsertRequest: type[BaseModel]
+    SearchRequest: type[SearchRequest]
+    UpsertRequest: type[UpsertRequest]
 
 
 def make_schemas(s: Settings) -> Schemas:
-    class SearchRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        query: str = Field(min_length=1, max_length=s.max_query_chars, description="The text to search for.")
-        k: int = Field(s.search_k, ge=1, le=s.max_k, description="How many results (at most max_k).")
-        min_score: float | None = Field(None, ge=-1.0, le=1.0, allow_inf_nan=False,
-                                        description="Leave out results with a lower cosine similarity.")
-
-    class DocumentIn(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        id: str = Field(min_length=1, max_length=1024, pattern=r"\S", description="Your id for the document.")
-        text: str = Field(min_length=1, pattern=r"\S", description="The text that is embedded and searched.")
-        metadata: dict[str, Any] = Field(default_factory=dict, description="Any JSON object, returned with results.")
-
-    class UpsertRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        documents: list[DocumentIn] = Field(min_length=1, max_length=s.max_batch,
-                                            description="Documents to add or replace (matched by id).")
-
-    return Schemas(SearchRequest, DocumentIn, UpsertRequest)
+    search = create_model(
+        "SearchRequest",
+        __base__=SearchRequest,
+        query=(str, Field(min_length=1, max_length=s.max_query_chars, description="The text to search for.")),
+        k=(int, Field(s.search_k, ge=1, le=s.max_k, description="How many results (at most max_k).")),
+        min_score=(float | None, Field(None, ge=-1.0, le=1.0, allow_inf_nan=False,
+                                       description="Leave out results with a lower cosine similarity.")),
+    )
+    upsert = create_model(
+        "UpsertRequest",
+        __base__=UpsertRequest,
+        documents=(list[DocumentIn], Field(min_length=1, max_length=s.max_batch,
+                                           description="Documents to add or replace (matched by id).")),
+    )
+    return Schemas(search, upsert)
 
 
 # Error bodies the OpenAPI schema documents for every protected route.
