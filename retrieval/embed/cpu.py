@@ -31,7 +31,9 @@ KNOWN = ("bf16", "avx512", "avx2", "amx", "vnni")
 
 # Which /proc/cpuinfo flags (x86) or Features (ARM) give each feature.
 _FLAGS = {
-    "bf16": ("avx512_bf16", "amx_bf16", "bf16"),  # "bf16": ARMv8.6 BFloat16 (Features line)
+    # x86 only: OpenVINO's bf16 path is measured (and the quality gate run) on these; an
+    # ARM CPU's "bf16" Features flag is not taken as support until it is measured too.
+    "bf16": ("avx512_bf16", "amx_bf16"),
     "avx512": ("avx512f",),
     "avx2": ("avx2",),
     "amx": ("amx_tile",),
