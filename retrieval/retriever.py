@@ -214,7 +214,7 @@ class Retriever:
         Vectors of a write that then fails are unused embeddings, which `retrieve
         compact` removes.
         """
-        t0, started = time.perf_counter(), time.monotonic()
+        t0 = time.perf_counter()
         docs: dict[str, NewDocument] = {}
         for d in documents:
             if isinstance(d, dict):
@@ -237,7 +237,7 @@ class Retriever:
         if sync and (counts.added or counts.updated):
             report.sync = self.sync()
         if self._encoder is not None:
-            report.setup_seconds = self._encoder.setup_since(started)
+            report.setup_seconds = self._encoder.setup_since(t0)
         report.seconds = time.perf_counter() - t0 - report.setup_seconds
         return report
 

@@ -37,7 +37,7 @@ class Encoder(ABC):
     fallback: str | None = None
     choice: Any = None
     # One-time preparation this encoder's construction cost (an ONNX export, say), and
-    # when it was built (time.monotonic()), so a caller can tell whether it paid for it.
+    # when it was built (time.perf_counter()), so a caller can tell whether it paid for it.
     setup_seconds: float = 0.0
     built_at: float = 0.0
 
@@ -85,7 +85,7 @@ class Encoder(ABC):
 
     def setup_since(self, started: float) -> float:
         """The one-time preparation time of this encoder if it was built after ``started``
-        (a ``time.monotonic()`` reading), else 0: the caller paid for it."""
+        (a ``time.perf_counter()`` reading), else 0: the caller paid for it."""
         return self.setup_seconds if self.built_at >= started else 0.0
 
 

@@ -58,7 +58,7 @@ def create_encoder(
         if encoder is None:
             encoder = _build(info, chosen, device=device, batch_size=batch_size, progress=progress, threads=threads,
                              explicit=explicit)
-            encoder.built_at = time.monotonic()
+            encoder.built_at = time.perf_counter()
             _CACHE[key] = encoder
     encoder.progress = progress
     return encoder
