@@ -413,6 +413,10 @@ class Retriever:
             "last_seq": manifest.last_seq if manifest else 0,
         }
 
+    def index_version(self) -> str | None:
+        """The name of the index version searches use now (reads one small file)."""
+        return self.index_store.current_name()
+
     def vitals(self) -> dict[str, Any]:
         """The figures a monitor polls: :meth:`lag`, documents and the index's size on disk."""
         return {**self.lag(), "documents": self.store.count_documents(), "index_bytes": self.index_store.disk_usage()}

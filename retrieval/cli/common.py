@@ -148,21 +148,6 @@ class _UserFormatter(logging.Formatter):
         return f"retrieve: {record.getMessage()}"
 
 
-class _StderrHandler(logging.StreamHandler):
-    """Writes to the current ``sys.stderr`` (which Click's test runner swaps per call)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-
-    @property
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value: Any) -> None:
-        pass
-
-
 _HANDLER_NAME = "retrieve-cli"
 
 
@@ -175,7 +160,9 @@ def setup_logging(verbose: bool, *, timestamps: bool = False) -> Callable[[], No
     for old in list(root.handlers):
         if old.get_name() == _HANDLER_NAME:
             root.removeHandler(old)
-    handler = _StderrHandler()
+    # This invocation's stderr (Click's test runner swaps it per call; the handler is
+    # made per call and removed when the command ends).
+    handler = logging.StreamHandler(sys.stderr)
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(_UserFormatter(verbose or timestamps))
     level = root.level

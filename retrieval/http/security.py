@@ -14,9 +14,6 @@ from starlette.exceptions import HTTPException
 from retrieval.config import Settings
 from retrieval.errors import ConfigError
 
-# Paths answered without an API key: probes must work before anyone has a key.
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
-
 
 def is_loopback(host: str) -> bool:
     """True when ``host`` only accepts connections from this machine."""

@@ -69,9 +69,8 @@ class Service:
         report = await run_in_threadpool(lambda: self.retriever.ingest(documents, embed_first=True))
         # The background worker may have published these changes before this request's
         # own sync got the lock; either way the current version holds them now.
-        lag = await run_in_threadpool(self.retriever.lag)
         return {"added": report.added, "updated": report.updated, "unchanged": report.unchanged,
-                "index_version": lag["index_version"], "took_ms": _ms(t0)}
+                "index_version": self.retriever.index_version(), "took_ms": _ms(t0)}
 
     async def get(self, doc_id: str) -> dict[str, Any]:
         hit = await run_in_threadpool(self.retriever.get, doc_id)
