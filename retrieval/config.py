@@ -22,7 +22,7 @@ from typing import Any
 from retrieval.errors import ConfigError
 
 ENV_PREFIX = "RETRIEVE_"
-INDEX_TYPES = ("flat", "hnsw")
+INDEX_TYPES = ("auto", "flat", "hnsw")
 BACKENDS = ("auto", "torch", "onnx", "openvino")
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 DEVICES = ("cpu", "cuda", "mps", "auto")
@@ -40,9 +40,18 @@ class Settings:
     backend: str = "auto"
     precision: str = "auto"
     threads: int | None = None
-    index_type: str = "flat"
+    index_type: str = "auto"
+    hnsw_min_docs: int = 20_000
     hnsw_m: int = 32
+    hnsw_ef_construction: int = 100
     hnsw_ef_search: int = 128
+    min_recall: float = 0.98
+    merge_segments_per_tier: int = 10
+    merge_max_at_once: int = 10
+    merge_floor_docs: int = 1000
+    merge_max_tombstones: float = 0.2
+    merge_threads: int = 1
+    merge_inline_max_docs: int = 1000
     search_threads: int = 1
     search_k: int = 5
     max_k: int = 1000
@@ -89,9 +98,18 @@ class Settings:
             raise ConfigError(f"threads: must be at least 1, got {self.threads}")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise ConfigError(f"device: must be one of {', '.join(DEVICES)} or cuda:N, got {self.device!r}")
-        for name in ("batch_size", "search_threads", "search_k", "max_k", "max_query_chars", "hnsw_m", "hnsw_ef_search"):
+        for name in ("batch_size", "search_threads", "search_k", "max_k", "max_query_chars", "hnsw_m", "hnsw_ef_search",
+                     "hnsw_ef_construction", "hnsw_min_docs", "merge_max_at_once", "merge_floor_docs", "merge_threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.min_recall <= 1:
+            raise ConfigError(f"min_recall: must be in (0, 1], got {self.min_recall}")
+        if self.merge_segments_per_tier < 2:
+            raise ConfigError(f"merge_segments_per_tier: must be at least 2, got {self.merge_segments_per_tier}")
+        if not 0 < self.merge_max_tombstones < 1:
+            raise ConfigError(f"merge_max_tombstones: must be in (0, 1), got {self.merge_max_tombstones}")
+        if self.merge_inline_max_docs < 0:
+            raise ConfigError(f"merge_inline_max_docs: must not be negative, got {self.merge_inline_max_docs}")
         if self.search_k > self.max_k:
             raise ConfigError(f"search_k ({self.search_k}) is larger than max_k ({self.max_k})")
         if self.worker_poll_interval <= 0:

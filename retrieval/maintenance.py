@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from retrieval.errors import IndexCorruptError
+from retrieval.index.segments import LegacyIndexFound
 
 log = logging.getLogger("retrieval.maintenance")
 
@@ -21,10 +22,13 @@ class ReindexDecision:
 
 
 def reindex_needed(retriever: Any) -> ReindexDecision:
-    """Whether a full rebuild is worth it now, and why (or why not)."""
+    """Whether a full rebuild is worth it now, and why (or why not). Merges the policy
+    asks for are not a reason: they run segment by segment (:meth:`Retriever.merge`)."""
     settings = retriever.settings
     try:
         version = retriever.index_store.load()
+    except LegacyIndexFound:
+        return ReindexDecision(False, "the index is in the single-file format; it is converted on first use")
     except IndexCorruptError as exc:
         return ReindexDecision(True, f"the index is damaged ({exc})")
     if version is None:
@@ -33,15 +37,13 @@ def reindex_needed(retriever: Any) -> ReindexDecision:
     configured = retriever.encoder.model_key
     if m.model_key != configured:
         return ReindexDecision(True, f"the configured model changed ({m.model_key} -> {configured})")
-    if m.index_type != settings.index_type:
-        return ReindexDecision(True, f"the configured index type changed ({m.index_type} -> {settings.index_type})")
-    graph_m = version.hnsw_m
-    if graph_m is not None and graph_m != settings.hnsw_m:
-        return ReindexDecision(True, f"hnsw_m changed ({graph_m} -> {settings.hnsw_m})")
-    # Exact indexes remove vectors physically on every sync, and HNSW versions are rebuilt
-    # whenever a document changes, so neither accumulates removed entries; no index type
-    # here is trained, so none drifts.
-    return ReindexDecision(False, f"the index is current ({m.count} documents, {m.model_key}, {m.index_type})")
+    graphs = {s.hnsw_m for s in m.segments if s.kind == "hnsw"}
+    if graphs and graphs != {settings.hnsw_m}:
+        return ReindexDecision(True, f"hnsw_m changed ({', '.join(map(str, sorted(graphs)))} -> {settings.hnsw_m})")
+    # Segments of the wrong type for index_type, or with many dead rows, are rewritten by
+    # merges; no segment type here is trained, so none drifts.
+    return ReindexDecision(False, f"the index is current ({m.count} documents in {len(m.segments)} segments, "
+                                  f"{m.model_key}, {m.index_type})")
 
 
 def reclaimable(retriever: Any) -> dict[str, int]:
@@ -65,9 +67,13 @@ def collect_garbage(retriever: Any, *, other_models: bool = False) -> dict[str, 
     return {"embeddings": removed, "changes": pruned}
 
 
-def compact(retriever: Any) -> dict[str, int]:
-    """Reclaim everything reclaimable, including the SQLite file's free pages."""
-    freed_index = retriever.index_store.collect_garbage(keep=1)
+def compact(retriever: Any) -> dict[str, Any]:
+    """Run every merge the policy asks for, then reclaim everything reclaimable, including
+    the SQLite file's free pages."""
+    merges = retriever.merge()
+    with retriever._sync_lock():
+        freed_index = retriever.index_store.collect_garbage(keep=1)
     removed = collect_garbage(retriever, other_models=True)
     retriever.store.vacuum()
-    return {"embeddings_removed": removed["embeddings"], "changes_removed": removed["changes"], "index_bytes_freed": freed_index}
+    return {"embeddings_removed": removed["embeddings"], "changes_removed": removed["changes"], "index_bytes_freed": freed_index,
+            "merges": [m.as_dict() for m in merges], "merge_reports": merges}

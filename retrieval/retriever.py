@@ -27,12 +27,13 @@ from retrieval.errors import (
     NotFoundError,
     RetrievalError,
 )
-from retrieval.index.faiss_index import IndexStore, IndexVersion, ids_digest
+from retrieval.index.policy import MergePolicy
+from retrieval.index.segments import MERGE_LOCK, SYNC_LOCK, BuildOptions, IndexStore, IndexVersion, LegacyIndexFound
 from retrieval.search import pipeline
 from retrieval.search.hits import Hit
 from retrieval.store import db
 from retrieval.store.repository import NewDocument, Store, content_hash
-from retrieval.sync import SyncReport, full_build, incremental
+from retrieval.sync import MergeReport, SyncReport, convert_legacy, full_build, incremental, merge, plan_merges
 from retrieval.vectors import embed_missing
 
 log = logging.getLogger("retrieval")
@@ -84,8 +85,16 @@ class VerifyReport:
         return dict(self.__dict__)
 
 
-def _index_kw(settings: Settings) -> dict[str, Any]:
-    return {"hnsw_m": settings.hnsw_m, "hnsw_ef_search": settings.hnsw_ef_search}
+def build_options(settings: Settings, *, threads: int | None = None) -> BuildOptions:
+    """How this store builds segments, from its settings."""
+    return BuildOptions(index_type=settings.index_type, hnsw_min_docs=settings.hnsw_min_docs, hnsw_m=settings.hnsw_m,
+                        ef_construction=settings.hnsw_ef_construction, ef_search=settings.hnsw_ef_search,
+                        min_recall=settings.min_recall, threads=threads)
+
+
+def merge_policy(settings: Settings) -> MergePolicy:
+    return MergePolicy(segments_per_tier=settings.merge_segments_per_tier, max_merge_at_once=settings.merge_max_at_once,
+                       floor_docs=settings.merge_floor_docs, max_tombstones=settings.merge_max_tombstones)
 
 
 class Retriever:
@@ -152,7 +161,18 @@ class Retriever:
         from filelock import FileLock
 
         Path(self.settings.index_dir).mkdir(parents=True, exist_ok=True)
-        return FileLock(str(Path(self.settings.index_dir) / ".sync.lock"))
+        return FileLock(str(Path(self.settings.index_dir) / SYNC_LOCK))
+
+    def _load(self) -> IndexVersion | None:
+        """The current generation, converting a single-file index (format 1) on first sight."""
+        try:
+            return self.index_store.load()
+        except LegacyIndexFound:
+            with self._sync_lock():
+                try:
+                    return self.index_store.load()
+                except LegacyIndexFound as legacy:
+                    return convert_legacy(self.index_store, legacy.name, build_options(self.settings))
 
     def current_index(self) -> IndexVersion:
         """The current index version, reloaded when another process published a newer one,
@@ -162,19 +182,19 @@ class Retriever:
             if self._loaded is not None and name == self._loaded_name:
                 return self._loaded
             try:
-                version = self.index_store.load()
+                version = self._load()
             except IndexCorruptError as exc:
                 log.warning("%s; rebuilding the index from the stored embeddings", exc)
                 version = None
                 self._rebuild()
-                version = self.index_store.load()
+                version = self._load()
             if version is None:
                 if self._has_documents():
                     log.warning("no index in %s; building it from the stored embeddings", self.settings.index_dir)
                 self._rebuild()
-                version = self.index_store.load()
+                version = self._load()
             assert version is not None
-            self._loaded, self._loaded_name = version, version.manifest.version
+            self._loaded, self._loaded_name = version, version.manifest.filename
             if (self._encoder is not None and self._encoder.model_key != version.manifest.model_key
                     and "auto" in (self.settings.backend, self.settings.precision)):
                 # Another process reindexed with other vectors (say bf16): with ``auto``,
@@ -189,11 +209,11 @@ class Retriever:
         with self._sync_lock():
             # Another process may have rebuilt it while we waited for the lock.
             try:
-                if self.index_store.load() is not None:
+                if self._load() is not None:
                     return SyncReport()
             except IndexCorruptError:
                 pass
-            return full_build(self.store, self.index_store, self.encoder, self.settings.index_type, **_index_kw(self.settings))
+            return full_build(self.store, self.index_store, self.encoder, build_options(self.settings))
 
     def _check_model(self, version: IndexVersion) -> None:
         if version.manifest.model_key != self.encoder.model_key:
@@ -294,27 +314,73 @@ class Retriever:
             raise NotFoundError(f"no document with id {external_id!r}")
         return Hit(doc.external_id, 1.0, doc.text, doc.metadata, doc.id)
 
-    def sync(self, *, max_changes: int | None = None) -> SyncReport:
-        """Apply pending changes to the index and publish a new version.
+    def sync(self, *, max_changes: int | None = None, inline_merges: bool = True) -> SyncReport:
+        """Apply pending changes to the index as a new segment and publish a new generation.
 
-        ``max_changes`` bounds the change-log entries applied in this version.
+        ``max_changes`` bounds the change-log entries applied in this generation. Merges
+        of at most ``merge_inline_max_docs`` live rows then run inline (unless
+        ``inline_merges`` is off: the worker runs them in the background instead).
         """
+        opts = build_options(self.settings)
         with self._sync_lock():
             try:
-                base = self.index_store.load()
+                base = self._load()
             except IndexCorruptError as exc:
                 log.warning("%s; rebuilding the index from the stored embeddings", exc)
                 base = None
             if base is None:
-                report = full_build(self.store, self.index_store, self.encoder, self.settings.index_type,
-                                    **_index_kw(self.settings))
+                report = full_build(self.store, self.index_store, self.encoder, opts)
             else:
                 self._check_model(base)
-                report = incremental(
-                    self.store, self.index_store, self.encoder, base, max_changes=max_changes, **_index_kw(self.settings)
-                )
+                report = incremental(self.store, self.index_store, self.encoder, base, opts, max_changes=max_changes)
             self._adopt(report)
+        if inline_merges and self.settings.merge_inline_max_docs and report.published is not None:
+            for done in self.merge(max_docs=self.settings.merge_inline_max_docs, wait=False):
+                report.merges.append(done.as_dict())
+                report.segments = done.segments_after
         return report
+
+    def pending_merges(self) -> list[Any]:
+        """The merges the policy asks for now (reads one manifest)."""
+        version = self.current_index()
+        return plan_merges(version, merge_policy(self.settings), build_options(self.settings))
+
+    def merge(self, *, max_docs: int | None = None, wait: bool = True, threads: int | None = None,
+              stop: Any = None, progress: Any = None) -> list[MergeReport]:
+        """Run the merges the policy asks for, one after another, until none is left.
+
+        ``max_docs`` skips merges of more live rows (inline merges stay cheap); ``wait``
+        waits for a merge another process runs instead of returning; ``threads`` bounds the
+        FAISS threads a build uses; ``stop`` (an Event) ends the loop between merges.
+        Searches go on throughout; syncs wait only for each manifest switch.
+        """
+        from filelock import FileLock, Timeout
+
+        Path(self.settings.index_dir).mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(Path(self.settings.index_dir) / MERGE_LOCK))
+        try:
+            lock.acquire(timeout=-1 if wait else 0)
+        except Timeout:
+            return []
+        done: list[MergeReport] = []
+        opts = build_options(self.settings, threads=threads)
+        policy = merge_policy(self.settings)
+        try:
+            while stop is None or not stop.is_set():
+                version = self._load()
+                plans = [p for p in plan_merges(version, policy, opts) if max_docs is None or p.live <= max_docs]
+                if not plans:
+                    break
+                report = merge(self.index_store, plans[0], opts, self._sync_lock, progress=progress)
+                current = self.index_store.read_manifest()
+                report.segments_after = len(current.segments) if current else 0
+                done.append(report)
+                if report.abandoned:
+                    log.info("merge abandoned: %s", report.abandoned)
+                    break
+        finally:
+            lock.release()
+        return done
 
     def _adopt(self, report: SyncReport) -> None:
         """Serve the version this process just published without reading it back from disk,
@@ -322,8 +388,8 @@ class Retriever:
         version = report.published
         if version is not None and version.manifest.model_key == self.encoder.model_key:
             with self._lock:
-                if self.index_store.current_name() == version.manifest.version:
-                    self._loaded, self._loaded_name = version, version.manifest.version
+                if self.index_store.current_name() == version.manifest.filename:
+                    self._loaded, self._loaded_name = version, version.manifest.filename
 
     def reindex(self, model: str | None = None) -> SyncReport:
         """Rebuild the index from stored vectors (re-embedding nothing that is stored).
@@ -337,7 +403,7 @@ class Retriever:
 
             encoder = encoder_for(self.settings, model=model)
         with self._sync_lock():
-            report = full_build(self.store, self.index_store, encoder, self.settings.index_type, **_index_kw(self.settings))
+            report = full_build(self.store, self.index_store, encoder, build_options(self.settings))
         self._adopt(report)
         return report
 
@@ -455,6 +521,9 @@ class Retriever:
             "model_matches_index": manifest is None or manifest.model_key == model_key,
             "index_type": manifest.index_type if manifest else self.settings.index_type,
             "index_version": lag["index_version"],
+            "segments": [_segment_status(s) for s in manifest.segments] if manifest else [],
+            "last_merge": manifest.last_merge if manifest else None,
+            "pending_merges": [p.describe() for p in plan_merges_for(manifest, self.settings)],
             "database_bytes": db.file_size(self.settings.database_url),
             "index_bytes": self.index_store.disk_usage(),
             "lag_seconds": round(lag["lag_seconds"], 1),
@@ -467,18 +536,25 @@ class Retriever:
         }
 
     def verify(self) -> VerifyReport:
-        """Check that the index agrees exactly with the database.
+        """Check that the index agrees exactly with the database, and every segment file
+        with its checksum.
 
         Differences explained by changes not yet synced are reported as pending, not drift.
         """
         problems: list[str] = []
         version = self.current_index()
         m = version.manifest
+        for view in version.views:
+            try:
+                self.index_store.check_segment_file(view.meta)
+            except IndexCorruptError as exc:
+                problems.append(str(exc))
+            if len(view.segment.ids) > 1 and not np.all(np.diff(view.segment.ids) > 0):
+                problems.append(f"segment {view.meta.name}: its ids are not strictly ascending")
         index_ids = version.ids
-        if ids_digest(index_ids) != m.ids_digest:
-            problems.append("index ids do not match the manifest's ids digest")
-        if len(np.unique(index_ids)) != len(index_ids):
-            problems.append("index holds duplicate ids")
+        unique, counts = np.unique(index_ids, return_counts=True)
+        for i in unique[counts > 1][:20]:
+            problems.append(f"document {int(i)} is live in more than one segment")
         vectors = version.vectors()
         with self.store.read() as conn:
             max_seq = self.store.max_seq(conn)
@@ -499,3 +575,15 @@ class Retriever:
             elif not np.allclose(vectors[in_index[i]], vec, atol=1e-6):
                 problems.append(f"document {i}: the indexed vector is not the embedding of its current text")
         return VerifyReport(ok=not problems, documents=len(in_db), indexed=len(in_index), pending=len(pending), problems=problems)
+
+
+def _segment_status(meta: Any) -> dict[str, Any]:
+    return {"name": meta.name, "type": meta.kind, "documents": meta.live, "rows": meta.rows,
+            "tombstones": round(meta.tombstone_fraction, 4), "recall": meta.recall, "ef_search": meta.ef_search,
+            "exact_by_guard": meta.exact_by_guard, "origin": meta.origin, "bytes": meta.faiss.bytes}
+
+
+def plan_merges_for(manifest: Any, settings: Settings) -> list[Any]:
+    if manifest is None:
+        return []
+    return merge_policy(settings).plan(manifest.segments, build_options(settings))

@@ -1,25 +1,39 @@
-"""Keep the FAISS index in step with the database by replaying the change log.
+"""Keep the segmented index in step with the database by replaying the change log.
 
 A sync reads, in one database snapshot, the highest change-log sequence and the current
 rows of every document changed since the index's ``last_seq``. It embeds the texts that
-have no stored vector for the model (each distinct text once), stores those vectors,
-removes the changed ids from a copy of the index, adds back the ones that still exist,
-and publishes a new version recording the snapshot's sequence. Vectors are committed
-in chunks before the index is published, so a crash at any point repeats at most the
-chunk in flight and never leaves the index claiming a change it does not hold.
+have no stored vector for the model (each distinct text once), stores those vectors, and
+publishes a new manifest generation holding:
+
+* one new segment with the changed documents' current vectors;
+* new tombstone files for the segments that held their old rows (a delete is a tombstone
+  only; a segment left with no live row is dropped);
+* the snapshot's sequence as ``last_seq``.
+
+No existing segment is rewritten, so a sync costs what changed. Vectors are committed in
+chunks before the index is published, so a crash at any point repeats at most the chunk
+in flight and never leaves the index claiming a change it does not hold.
+
+A merge (:func:`merge`) replaces some segments by one, built from their live rows. It
+reads and builds without the sync lock and takes it only to switch the manifest, carrying
+over the tombstones that syncs added to its inputs meanwhile.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from retrieval.embed.base import Encoder
-from retrieval.index.faiss_index import IndexStore, IndexVersion, apply_changes, build_index
+from retrieval.index.policy import Merge, MergePolicy
+from retrieval.index.segments import BuildOptions, IndexStore, IndexVersion, Manifest, SegmentMeta, read_legacy
 from retrieval.store.repository import Store
 from retrieval.vectors import EmbedStats, ensure_vectors
 
@@ -28,7 +42,7 @@ log = logging.getLogger("retrieval.sync")
 
 @dataclass
 class SyncReport:
-    changes: int = 0  # distinct documents changed since the previous version
+    changes: int = 0  # distinct documents changed since the previous generation
     embedded: int = 0  # distinct texts sent to the encoder
     reused: int = 0  # documents whose vector was already stored
     added: int = 0
@@ -37,8 +51,11 @@ class SyncReport:
     version: str | None = None
     last_seq: int = 0
     seconds: float = 0.0
+    bytes_written: int = 0  # under index_dir, by this sync
+    segments: int = 0  # in the generation it published
     stages: dict[str, float] = field(default_factory=dict)
-    # The version this sync published (in memory), so the caller can serve it at once.
+    merges: list[dict[str, Any]] = field(default_factory=list)  # run inline after the sync
+    # The generation this sync published (opened), so the caller can serve it at once.
     published: IndexVersion | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
@@ -53,10 +70,21 @@ class SyncReport:
         self.stages["embed"] = self.stages.get("embed", 0.0) + stats.seconds
         return ids, matrix
 
+    def finish(self, index_store: IndexStore, version: IndexVersion, written_before: int, t0: float) -> SyncReport:
+        self.published = version
+        self.version = version.manifest.version
+        self.last_seq = version.manifest.last_seq
+        self.segments = len(version.manifest.segments)
+        self.bytes_written = index_store.bytes_written - written_before
+        self.seconds = time.perf_counter() - t0
+        return self
 
-def full_build(store: Store, index_store: IndexStore, encoder: Encoder, index_type: str, **index_kw: Any) -> SyncReport:
-    """Build a new index from every document (embedding only what was never embedded)."""
+
+def full_build(store: Store, index_store: IndexStore, encoder: Encoder, opts: BuildOptions) -> SyncReport:
+    """Build a new index from every document (embedding only what was never embedded):
+    one segment, typed by its size."""
     t0 = time.perf_counter()
+    written = index_store.bytes_written
     report = SyncReport(full=True)
     with store.read() as conn:
         last_seq = store.max_seq(conn)
@@ -64,62 +92,178 @@ def full_build(store: Store, index_store: IndexStore, encoder: Encoder, index_ty
     report.stages["read"] = time.perf_counter() - t0
     ids, matrix = report.vectors_for(store, encoder, docs)
     t1 = time.perf_counter()
-    index = build_index(encoder.dim, index_type, ids=ids, vectors=matrix, **index_kw)
-    version = index_store.publish(index, model_key=encoder.model_key, index_type=index_type, last_seq=last_seq)
-    report.published = version
+    generation = index_store.next_generation()
+    segments: tuple[SegmentMeta, ...] = ()
+    if len(ids):
+        segments = (index_store.write_segment(ids, matrix, opts=opts, origin="build", generation=generation),)
+    manifest = Manifest(generation=generation, model_key=encoder.model_key, dim=encoder.dim, index_type=opts.index_type,
+                        last_seq=last_seq, segments=segments, created_at=time.time(), lineage=uuid.uuid4().hex)
+    version = index_store.commit(manifest)
     report.stages["index"] = time.perf_counter() - t1
     report.changes = report.added = len(ids)
-    report.version = version.manifest.version
-    report.last_seq = last_seq
-    report.seconds = time.perf_counter() - t0
-    log.info("full build: %d documents, %d embedded, version %s", len(ids), report.embedded, report.version)
+    report.finish(index_store, version, written, t0)
+    log.info("full build: %d documents, %d embedded, generation %s", len(ids), report.embedded, report.version)
     return report
 
 
-def incremental(
-    store: Store,
-    index_store: IndexStore,
-    encoder: Encoder,
-    base: IndexVersion,
-    *,
-    max_changes: int | None = None,
-    **index_kw: Any,
-) -> SyncReport:
-    """Apply the change log after ``base``'s sequence and publish a new version.
+def incremental(store: Store, index_store: IndexStore, encoder: Encoder, base: IndexVersion, opts: BuildOptions, *,
+                max_changes: int | None = None) -> SyncReport:
+    """Apply the change log after ``base``'s sequence as one new segment plus tombstones.
 
-    ``max_changes`` bounds the change-log entries applied in one version (the worker
+    ``max_changes`` bounds the change-log entries applied in one generation (the worker
     publishes a large backlog in several steps, so searches see progress early).
     """
     t0 = time.perf_counter()
-    report = SyncReport(last_seq=base.manifest.last_seq, version=base.manifest.version)
+    written = index_store.bytes_written
+    m = base.manifest
+    report = SyncReport(last_seq=m.last_seq, version=m.version, segments=len(m.segments))
     with store.read() as conn:
         last_seq = store.max_seq(conn)
         if max_changes is not None:
-            last_seq = min(last_seq, base.manifest.last_seq + max_changes)
-        if last_seq <= base.manifest.last_seq:
+            last_seq = min(last_seq, m.last_seq + max_changes)
+        if last_seq <= m.last_seq:
             report.seconds = time.perf_counter() - t0
             return report
-        changed = store.changed_ids(conn, base.manifest.last_seq, last_seq)
+        changed = store.changed_ids(conn, m.last_seq, last_seq)
         present = store.docs_by_ids(conn, changed)
     report.stages["read"] = time.perf_counter() - t0
     rows = [(d.id, d.text, d.content_hash) for d in present.values()]
     ids, matrix = report.vectors_for(store, encoder, rows)
     t1 = time.perf_counter()
-    changed_arr = np.asarray(changed, dtype=np.int64)
-    in_index = np.isin(changed_arr, base.ids)
-    index_type = base.manifest.index_type
-    if index_type == "hnsw" and in_index.any():
-        # HNSW cannot remove vectors: rebuild from stored vectors (no re-embedding).
-        return full_build(store, index_store, encoder, index_type, **index_kw)
-    index = apply_changes(base.index, remove=changed_arr[in_index], add_ids=ids, add_vectors=matrix)
-    version = index_store.publish(index, model_key=encoder.model_key, index_type=index_type, last_seq=last_seq)
-    report.published = version
+    generation = index_store.next_generation()
+    changed_arr = np.unique(np.asarray(changed, dtype=np.int64))
+    segments: list[SegmentMeta] = []
+    was_indexed: list[int] = []
+    for view in base.views:
+        hit = view.segment.rows_of(changed_arr)
+        hit = hit[~view.dead[hit]]
+        meta = view.meta
+        if len(hit):
+            was_indexed.extend(int(i) for i in view.segment.ids[hit])
+            dead = view.dead.copy()
+            dead[hit] = True
+            if int(dead.sum()) == meta.rows:
+                continue  # nothing left alive: drop the segment, no tombstone file needed
+            meta = index_store.with_dead(meta, dead, generation)
+        segments.append(meta)
+    if len(ids):
+        segments.append(index_store.write_segment(ids, matrix, opts=opts, origin="sync", generation=generation))
+    manifest = Manifest(generation=generation, model_key=m.model_key, dim=m.dim, index_type=opts.index_type,
+                        last_seq=last_seq, segments=tuple(segments), created_at=time.time(), last_merge=m.last_merge,
+                        lineage=m.lineage)
+    version = index_store.commit(manifest)
     report.stages["index"] = time.perf_counter() - t1
     report.changes = len(changed)
-    report.removed = int(in_index.sum()) - sum(1 for i in changed_arr[in_index] if int(i) in present)
+    report.removed = sum(1 for i in was_indexed if i not in present)
     report.added = len(ids)
-    report.version = version.manifest.version
-    report.last_seq = last_seq
-    report.seconds = time.perf_counter() - t0
-    log.info("sync: %d changes, %d embedded, version %s", report.changes, report.embedded, report.version)
+    report.finish(index_store, version, written, t0)
+    log.info("sync: %d changes, %d embedded, generation %s, %d segments, %d bytes written",
+             report.changes, report.embedded, report.version, report.segments, report.bytes_written)
     return report
+
+
+def convert_legacy(index_store: IndexStore, name: str, opts: BuildOptions) -> IndexVersion:
+    """Turn a single-file (format 1) version into one exact segment, without re-embedding.
+
+    The merge policy later rebuilds it as HNSW when ``index_type`` wants that for its size.
+    """
+    meta, ids, vectors = read_legacy(index_store.root, name)
+    generation = index_store.next_generation()
+    segments = (index_store.write_segment(ids, vectors, opts=opts, origin="convert", generation=generation, kind="flat"),
+                ) if len(ids) else ()
+    manifest = Manifest(generation=generation, model_key=str(meta["model_key"]), dim=int(meta["dim"]),
+                        index_type=opts.index_type, last_seq=int(meta["last_seq"]), segments=segments,
+                        created_at=time.time(), lineage=uuid.uuid4().hex)
+    version = index_store.commit(manifest)
+    log.warning("converted index version %s (single-file format, %d vectors) into segments at %s; nothing was re-embedded",
+                name, len(ids), manifest.version)
+    return version
+
+
+@dataclass
+class MergeReport:
+    reason: str
+    inputs: int
+    rows_in: int
+    live: int
+    carried_tombstones: int = 0
+    kind: str = ""
+    recall: float | None = None
+    ef_search: int | None = None
+    seconds: float = 0.0
+    bytes_written: int = 0
+    version: str | None = None
+    abandoned: str | None = None  # why the result was not published
+    segments_after: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def merge(index_store: IndexStore, plan: Merge, opts: BuildOptions, sync_lock: Callable[[], AbstractContextManager[Any]],
+          *, progress: Callable[[str], None] | None = None) -> MergeReport:
+    """Replace the segments of ``plan`` by one built from their live rows.
+
+    Reading and building run without ``sync_lock`` (syncs go on publishing); the switch
+    takes it, re-reads the current generation and tombstones the merged rows of every
+    document a sync changed meanwhile, so nothing changed during the merge comes back.
+    """
+    t0 = time.perf_counter()
+    written = index_store.bytes_written
+    base = index_store.load()
+    if base is None:
+        return MergeReport(plan.reason, 0, 0, 0, abandoned="there is no index")
+    views = [v for v in base.views if v.meta.name in plan.names]
+    report = MergeReport(plan.reason, len(views), sum(v.meta.rows for v in views), sum(v.live for v in views))
+    if len(views) != len(plan.names):
+        report.abandoned = "the segments changed before the merge started"
+        return report
+    if progress:
+        progress(f"merging {plan.describe()}")
+    for v in views:
+        index_store.check_segment_file(v.meta)  # a merge input is checked in full before it is read
+    ids = np.concatenate([v.segment.ids[~v.dead] for v in views]) if views else np.empty(0, np.int64)
+    merged: SegmentMeta | None = None
+    if len(ids):
+        vectors = np.concatenate([v.segment.vectors()[~v.dead] for v in views])
+        merged = index_store.write_segment(ids, vectors, opts=opts, origin="merge", generation=base.manifest.generation)
+        del vectors
+        report.kind, report.recall, report.ef_search = merged.kind, merged.recall, merged.ef_search
+    with sync_lock():
+        current = index_store.load()
+        if current is None or current.manifest.lineage != base.manifest.lineage:
+            report.abandoned = "the index was rebuilt meanwhile"
+            return report
+        now = {v.meta.name: v for v in current.views}
+        generation = index_store.next_generation()
+        newly_dead = [v.segment.ids[now[v.meta.name].dead & ~v.dead] for v in views if v.meta.name in now]
+        # A segment that became fully dead meanwhile was dropped by the sync: all its rows died.
+        newly_dead += [v.segment.ids[~v.dead] for v in views if v.meta.name not in now]
+        carried = np.unique(np.concatenate(newly_dead)) if newly_dead else np.empty(0, np.int64)
+        segments = [m for m in current.manifest.segments if m.name not in plan.names]
+        if merged is not None:
+            seg = index_store.open_segment(merged)
+            rows = seg.rows_of(carried)
+            report.carried_tombstones = len(rows)
+            if len(rows) < merged.rows:
+                if len(rows):
+                    dead = np.zeros(merged.rows, bool)
+                    dead[rows] = True
+                    merged = index_store.with_dead(merged, dead, generation)
+                segments.append(merged)
+        report.seconds = time.perf_counter() - t0
+        last = {"at": time.time(), "reason": plan.reason, "inputs": len(views), "rows": report.live,
+                "kind": report.kind or None, "seconds": round(report.seconds, 3)}
+        manifest = Manifest(generation=generation, model_key=current.manifest.model_key, dim=current.manifest.dim,
+                            index_type=opts.index_type, last_seq=current.manifest.last_seq, segments=tuple(segments),
+                            created_at=time.time(), last_merge=last, lineage=current.manifest.lineage)
+        version = index_store.commit(manifest)
+    report.version = version.manifest.version
+    report.bytes_written = index_store.bytes_written - written
+    log.info("merged %s into %s (%s, %d tombstones carried) in %.2fs", plan.describe(), report.version,
+             report.kind or "dropped", report.carried_tombstones, report.seconds)
+    return report
+
+
+def plan_merges(version: IndexVersion | None, policy: MergePolicy, opts: BuildOptions) -> list[Merge]:
+    return policy.plan(version.manifest.segments, opts) if version is not None else []

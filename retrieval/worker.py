@@ -108,6 +108,10 @@ class Worker:
         self.synced_changes = 0
         self.last_sync_at: float | None = None
         self.last_error: str | None = None
+        self.merging: str | None = None  # the merge running now
+        self.merges_done = 0
+        self.last_merge: dict[str, Any] | None = None
+        self._merge_thread: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -138,6 +142,8 @@ class Worker:
                          poll_interval=self.poll_interval, max_batch=self.max_batch))
             next_reindex = self.schedule.next_after(time.time())
             next_gc = time.time() + self.gc_every
+            self._merge_thread = threading.Thread(target=self._merge_loop, name="merges", daemon=True)
+            self._merge_thread.start()
             while True:
                 had_work = self._cycle()
                 now = time.time()
@@ -165,7 +171,7 @@ class Worker:
     def _cycle(self) -> bool:
         """One sync step; True when it applied changes (so poll again at once)."""
         try:
-            report = self.retriever.sync(max_changes=self.max_batch)
+            report = self.retriever.sync(max_changes=self.max_batch, inline_merges=False)
         except RetrievalError as exc:
             self.last_error = str(exc)
             log.error(_kv(event="sync_failed", error=str(exc)))
@@ -180,6 +186,33 @@ class Worker:
                          removed=report.removed, version=report.version, last_seq=report.last_seq, seconds=report.seconds))
             return True
         return False
+
+    def _merge_loop(self) -> None:
+        """Run the merges the policy asks for, in the background, with a bounded number of
+        FAISS threads: searches and syncs go on meanwhile."""
+        threads = self.retriever.settings.merge_threads
+        while not self.stop_event.is_set():
+            try:
+                done = self.retriever.merge(wait=False, threads=threads, stop=self.stop_event, progress=self._merge_started)
+            except RetrievalError as exc:
+                log.error(_kv(event="merge_failed", error=str(exc)))
+                done = []
+            except Exception as exc:  # a merge is an optimisation: never take the worker down
+                log.exception(_kv(event="merge_failed", error=f"{type(exc).__name__}: {exc}"))
+                done = []
+            self.merging = None
+            for report in done:
+                self.merges_done += 0 if report.abandoned else 1
+                self.last_merge = report.as_dict()
+                log.info(_kv(event="merged", reason=report.reason, inputs=report.inputs, rows=report.live, kind=report.kind,
+                             recall=report.recall, ef_search=report.ef_search, carried=report.carried_tombstones,
+                             segments=report.segments_after, seconds=report.seconds, abandoned=report.abandoned))
+            self.stop_event.wait(self.poll_interval if done else max(self.poll_interval, 2.0))
+
+    def _merge_started(self, what: str) -> None:
+        self.merging = what
+        self._write_state()
+        log.info(_kv(event="merge_started", merge=what))
 
     def _scheduled_reindex(self) -> None:
         from retrieval.maintenance import reindex_needed
@@ -196,7 +229,8 @@ class Worker:
 
         try:
             removed = collect_garbage(self.retriever)
-            self.retriever.index_store.collect_garbage()
+            with self.retriever._sync_lock():
+                self.retriever.index_store.collect_garbage()
         except RetrievalError as exc:
             log.warning(_kv(event="gc_failed", error=str(exc)))
             return
@@ -216,8 +250,11 @@ class Worker:
             "cycles": self.cycles,
             "changes_applied": self.synced_changes,
             "last_error": self.last_error,
+            "merging": self.merging,
+            "merges_done": self.merges_done,
+            "last_merge": self.last_merge,
             "stopped": stopped,
         }
-        tmp = self.index_dir / f".{STATE_FILE}.{os.getpid()}.tmp"
+        tmp = self.index_dir / f".{STATE_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"
         tmp.write_text(json.dumps(state))
         os.replace(tmp, self.index_dir / STATE_FILE)

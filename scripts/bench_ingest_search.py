@@ -257,7 +257,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from retrieval.config import load_settings
     from retrieval.embed import create_encoder
     from retrieval.embed.sentence_transformers import SentenceTransformerEncoder
-    from retrieval.index.faiss_index import IndexStore
+    from retrieval.index.segments import IndexStore
     from retrieval.retriever import Retriever
     from retrieval.store.repository import Store
 
@@ -343,7 +343,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         watch.wrap(encoder, "encode", "encode")
         watch.wrap(store, "upsert", "upsert")
         watch.wrap(store, "add_embeddings", "store_vectors")
-        watch.wrap(index_store, "publish", "publish")
+        watch.wrap(index_store, "commit", "publish")
         retriever = Retriever(settings, store, index_store, encoder)
         try:
             # -- 2. first ingest ------------------------------------------------------
@@ -445,12 +445,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     retriever.search_vectors(one, K)
                     without_enc.append(time.perf_counter() - t0)
                     t0 = time.perf_counter()
-                    version.index.search(one, K)
+                    version.search(one, K)
                     faiss_only.append(time.perf_counter() - t0)
             search = {
                 "queries": len(queries),
                 "k": K,
-                "index_size": int(version.index.ntotal),
+                "index_size": int(version.count),
                 "index_type": version.manifest.index_type,
                 "torch_threads": torch.get_num_threads(),
                 "with_encoding_ms": percentiles_ms(with_enc),

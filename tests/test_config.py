@@ -16,7 +16,7 @@ from retrieval.errors import ConfigError
 def test_defaults(tmp_path: Path) -> None:
     s = load_settings(environ={}, cwd=tmp_path)
     assert s.database_url == "sqlite:///data/retrieval.db"
-    assert s.model == "all-MiniLM-L6-v2" and s.index_type == "flat" and s.search_k == 5
+    assert s.model == "all-MiniLM-L6-v2" and s.index_type == "auto" and s.search_k == 5
     assert all(src == "default" for _, _, src in s.describe())
 
 
@@ -46,7 +46,7 @@ def test_precedence_flag_env_explicit_file_local_file_default(tmp_path: Path) ->
         ("bach_size: 3\n", {}, "unknown setting 'bach_size'"),
         ("batch_size: many\n", {}, "batch_size in ./config.yaml: expected an integer, got string 'many'"),
         ("progress: 3\n", {}, "progress in ./config.yaml: expected true or false, got integer 3"),
-        ("index_type: ivf\n", {}, "index_type: must be one of flat, hnsw"),
+        ("index_type: ivf\n", {}, "index_type: must be one of auto, flat, hnsw"),
         ("- a list\n", {}, "expected a mapping of settings"),
         ("a: [unclosed\n", {}, "not valid YAML"),
         ("", {"RETRIEVE_BATCH_SIZE": "x"}, "batch_size in env RETRIEVE_BATCH_SIZE: expected an integer"),

@@ -14,12 +14,17 @@ from click.testing import CliRunner
 
 from conftest import SEED
 from retrieval.cli import cli
-from retrieval.index.faiss_index import INDEX_FILE
+
+
+def _manifest(store: Path) -> dict[str, Any]:
+    name = (store / "index" / "CURRENT").read_text().strip()
+    return json.loads((store / "index" / "manifests" / name).read_text())
 
 
 def _current_file(store: Path) -> Path:
-    name = (store / "index" / "CURRENT").read_text().strip()
-    return store / "index" / "versions" / name / INDEX_FILE
+    """The current generation's largest segment file."""
+    seg = max(_manifest(store)["segments"], key=lambda s: s["rows"])
+    return store / "index" / seg["faiss"]["path"]
 
 
 @pytest.fixture
@@ -37,7 +42,7 @@ def _fresh(make_retriever, store: Path) -> Any:
     return make_retriever(store)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "delete_file", "delete_dir", "delete_all"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "delete_file", "delete_dir", "manifest", "delete_all"])
 def test_damaged_index_is_rebuilt_from_stored_embeddings(seeded, make_retriever, damage: str,
                                                          caplog: pytest.LogCaptureFixture) -> None:
     _, store, calls = seeded
@@ -50,6 +55,9 @@ def test_damaged_index_is_rebuilt_from_stored_embeddings(seeded, make_retriever,
         path.unlink()
     elif damage == "delete_dir":
         shutil.rmtree(path.parent)
+    elif damage == "manifest":
+        name = (store / "index" / "CURRENT").read_text().strip()
+        (store / "index" / "manifests" / name).write_text('{"generation": 1}')
     else:
         shutil.rmtree(store / "index")
     r = _fresh(make_retriever, store)
@@ -63,18 +71,31 @@ def test_damaged_index_is_rebuilt_from_stored_embeddings(seeded, make_retriever,
     assert r.status()["indexed"] == 4
 
 
-def test_publishing_keeps_old_versions_loadable_and_collects_garbage(seeded) -> None:
+def test_publishing_keeps_old_generations_loadable_and_collects_garbage(seeded) -> None:
     r, store, _ = seeded
     for i in range(4):
         r.ingest([{"id": f"extra{i}", "text": f"Extra product number {i}"}])
-    versions = [p for p in (store / "index" / "versions").iterdir() if not p.name.startswith(".")]
-    assert len(versions) == 2  # keep_index_versions
+    manifests = sorted(p.name for p in (store / "index" / "manifests").iterdir() if not p.name.startswith("."))
+    assert len(manifests) == 2  # keep_index_versions
     current = (store / "index" / "CURRENT").read_text().strip()
-    assert current in {p.name for p in versions}
-    manifest = json.loads((store / "index" / "versions" / current / "manifest.json").read_text())
-    assert manifest["count"] == 8 and manifest["dim"] == 384 and manifest["metric"] == "inner_product"
+    assert current == manifests[-1]
+    manifest = _manifest(store)
+    assert sum(s["rows"] - s["dead"] for s in manifest["segments"]) == 8
+    assert manifest["dim"] == 384 and manifest["metric"] == "inner_product" and manifest["format"] == 2
     assert manifest["model_key"].startswith("hash-384|384|")
-    assert manifest["index_type"] == "flat" and manifest["last_seq"] == r.status()["max_seq"]
+    assert manifest["index_type"] == "auto" and manifest["last_seq"] == r.status()["max_seq"]
+    # Every file the kept manifests name is there with its size; nothing else is left.
+    named = set()
+    for name in manifests:
+        m = json.loads((store / "index" / "manifests" / name).read_text())
+        for seg in m["segments"]:
+            for ref in (seg["faiss"], seg["ids"], seg["tombstones"]):
+                if ref:
+                    named.add(ref["path"])
+                    assert (store / "index" / ref["path"]).stat().st_size == ref["bytes"]
+    on_disk = {str(p.relative_to(store / "index")) for d in ("segments", "tombstones")
+               for p in (store / "index" / d).glob("*") if (store / "index" / d).is_dir()}
+    assert on_disk == named
 
 
 def test_a_long_lived_reader_sees_new_versions(seeded, make_retriever) -> None:
@@ -112,7 +133,7 @@ def test_model_mismatch_is_refused_and_reindex_model_switches(store_env, tmp_pat
     hits = json.loads(runner.invoke(cli, ["--model", other, "search", "--json", "-k", "4", "running shoes for jogging"]).output)
     assert len(hits["results"]) == 4 and hits["results"][0]["id"] == "d1"
     # The new model really is in use: the index holds its 256-dimensional vectors.
-    manifest = json.loads((_current_file(tmp_path / "store").parent / "manifest.json").read_text())
+    manifest = _manifest(tmp_path / "store")
     assert manifest["dim"] == 256 and manifest["model_key"] == status["index_model_key"]
     assert "retrieve reindex" in runner.invoke(cli, ["search", "shoes"]).output
     # Switching back reuses the stored vectors of the first model: nothing is re-embedded.
@@ -125,27 +146,27 @@ def test_a_failed_index_write_keeps_the_previous_version(seeded, make_retriever,
     import errno
 
     from retrieval.errors import IndexWriteError
-    from retrieval.index import faiss_index
+    from retrieval.index import segments
 
     r, store, _ = seeded
     before = (store / "index" / "CURRENT").read_text()
-    real = faiss_index._write_durable
+    real = segments._write_durable
     calls = {"n": 0}
 
     def failing(path, data):  # type: ignore[no-untyped-def]
         calls["n"] += 1
-        if path.name == INDEX_FILE:
+        if path.name.endswith(".faiss"):
             real(path, data[: len(data) // 2])  # half written, then the disk is full
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, data)
 
-    monkeypatch.setattr(faiss_index, "_write_durable", failing)
+    monkeypatch.setattr(segments, "_write_durable", failing)
     with pytest.raises(IndexWriteError) as info:
         r.ingest([{"id": "new", "text": "A cast iron frying pan"}])
-    assert "No space left on device" in str(info.value) and "previous version keeps serving" in str(info.value)
-    monkeypatch.setattr(faiss_index, "_write_durable", real)
+    assert "No space left on device" in str(info.value) and "previous index generation keeps serving" in str(info.value)
+    monkeypatch.setattr(segments, "_write_durable", real)
     assert (store / "index" / "CURRENT").read_text() == before
-    assert not [p for p in (store / "index" / "versions").iterdir() if p.name.startswith(".tmp-")]
+    assert not [p for p in (store / "index").rglob(".tmp-*")]
     # The document is stored (the database is the truth) and found; the next sync indexes it.
     reader = make_retriever(store)
     assert reader.search("frying pan", k=1)[0].id == "new"

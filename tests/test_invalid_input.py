@@ -14,14 +14,15 @@ from retrieval.cli import cli
 
 
 def _snapshot(store: Path) -> tuple[list[tuple], str, str]:
-    """Every row of every table, the current index version and its file's digest."""
+    """Every row of every table, the current index generation and a digest of every index file."""
     con = sqlite3.connect(store / "retrieval.db")
     rows = []
     for table in ("documents", "embeddings", "changes"):
         rows.append(tuple(con.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()))
     con.close()
     current = (store / "index" / "CURRENT").read_text()
-    digest = hashlib.sha256((store / "index" / "versions" / current.strip() / "index.faiss").read_bytes()).hexdigest()
+    files = sorted(p for p in (store / "index").rglob("*") if p.is_file() and "lock" not in p.name)
+    digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in files)).hexdigest()
     return rows, current, digest
 
 

@@ -83,14 +83,17 @@ def test_reindex_if_needed_explains_itself(store_env, tmp_path: Path) -> None:
     assert result.exit_code == 0 and result.output.startswith("No reindex needed: the index is current (4 documents")
     changed = runner.invoke(cli, ["--index-type", "hnsw", "reindex", "--if-needed"])
     assert changed.exit_code == 0, changed.output
-    assert "Reindexing: the configured index type changed (flat -> hnsw)" in changed.output
-    assert "Reindexed 4 documents (0 embedded)" in changed.output
+    # A new index type is a merge, segment by segment, from the stored vectors.
+    assert changed.output.startswith("No reindex needed"), changed.output
+    assert "Merged 1 segments (type, 4 documents) into one hnsw segment, recall@10 1.000" in changed.output
     st = json.loads(runner.invoke(cli, ["--index-type", "hnsw", "status", "--json"]).output)
-    assert st["index_type"] == "hnsw"
+    assert st["index_type"] == "hnsw" and [s["type"] for s in st["segments"]] == ["hnsw"]
     hits = json.loads(runner.invoke(cli, ["--index-type", "hnsw", "search", "--json", "running shoes for jogging"]).output)
     assert hits["results"][0]["id"] == "d1"
     again = runner.invoke(cli, ["--index-type", "hnsw", "reindex", "--if-needed"])
-    assert again.output.startswith("No reindex needed")
+    assert again.output.startswith("No reindex needed") and "Merged" not in again.output
+    model = runner.invoke(cli, ["--model", "hash-256", "reindex", "--if-needed"])
+    assert model.output.startswith("Reindexing: the configured model changed"), model.output
 
 
 def test_hnsw_index_stays_consistent_through_updates_and_deletes(make_retriever) -> None:

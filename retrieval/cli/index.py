@@ -65,7 +65,8 @@ def reindex(retriever: Any, new_model: str | None, if_needed: bool, as_json: boo
 
     With --model, every document is embedded with the new model into a new index; the
     old index keeps answering searches until the new one is complete. With --if-needed
-    (for schedules), it rebuilds only when that is worth it, and says why or why not.
+    (for schedules), it rebuilds only when that is worth it, and says why or why not;
+    otherwise it runs the segment merges the merge policy asks for.
 
     \b
         retrieve reindex
@@ -79,8 +80,10 @@ def reindex(retriever: Any, new_model: str | None, if_needed: bool, as_json: boo
 
         decision = reindex_needed(retriever)
         if not decision.needed:
-            emit(as_json, {"reindexed": False, "reason": decision.reason},
-                 lambda: [f"No reindex needed: {decision.reason}."])
+            pending = retriever.pending_merges()
+            merges = retriever.merge() if pending else []
+            emit(as_json, {"reindexed": False, "reason": decision.reason, "merges": [m.as_dict() for m in merges]},
+                 lambda: [f"No reindex needed: {decision.reason}.", *_merge_lines(merges)])
             return
         click.echo(f"Reindexing: {decision.reason}.", err=as_json)
     t0 = time.perf_counter()
@@ -97,12 +100,26 @@ def reindex(retriever: Any, new_model: str | None, if_needed: bool, as_json: boo
     emit(as_json, report.as_dict(), lines)
 
 
+def _merge_lines(merges: list[Any]) -> list[str]:
+    out = []
+    for m in merges:
+        if m.abandoned:
+            out.append(f"Merge ({m.reason}) abandoned: {m.abandoned}.")
+            continue
+        kind = m.kind or "dropped"
+        recall = f", recall@10 {m.recall:.3f} at efSearch {m.ef_search}" if m.recall is not None and m.kind == "hnsw" else ""
+        out.append(f"Merged {m.inputs} segments ({m.reason}, {m.live} documents) into one {kind} segment{recall} "
+                   f"in {m.seconds:.1f}s; {m.segments_after} segments now.")
+    return out
+
+
 @click.command()
 @json_option
 @pass_retriever
 def compact(retriever: Any, as_json: bool) -> None:
-    """Give space back: unused embeddings (deleted documents, old texts, other models),
-    applied change-log rows, old index versions, and the database file's free pages.
+    """Merge index segments as the merge policy asks, then give space back: unused
+    embeddings (deleted documents, old texts, other models), applied change-log rows,
+    index files no generation uses, and the database file's free pages.
 
     \b
         retrieve compact
@@ -111,10 +128,12 @@ def compact(retriever: Any, as_json: bool) -> None:
 
     before = retriever.status()
     result = run_compact(retriever)
+    merges = result.pop("merge_reports")
     after = retriever.status()
     result["database_bytes_before"] = before["database_bytes"]
     result["database_bytes_after"] = after["database_bytes"]
     emit(as_json, result, lambda: [
+        *_merge_lines(merges),
         f"Removed {result['embeddings_removed']} unused embeddings and {result['changes_removed']} applied "
         f"change-log rows; database {size(before['database_bytes'])} -> {size(after['database_bytes'])}, "
         f"index versions freed {size(result['index_bytes_freed'])}."

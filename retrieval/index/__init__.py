@@ -1,5 +1,6 @@
-"""The FAISS index: derived data, versioned on disk, replaced atomically."""
+"""The FAISS index: derived data in immutable segments, switched by manifest generations."""
 
-from retrieval.index.faiss_index import IndexStore, IndexVersion, Manifest, build_index
+from retrieval.index.policy import Merge, MergePolicy
+from retrieval.index.segments import BuildOptions, IndexStore, IndexVersion, Manifest, SegmentMeta
 
-__all__ = ["IndexStore", "IndexVersion", "Manifest", "build_index"]
+__all__ = ["BuildOptions", "IndexStore", "IndexVersion", "Manifest", "Merge", "MergePolicy", "SegmentMeta"]

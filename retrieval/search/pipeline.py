@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from retrieval.embed.base import Encoder
-from retrieval.index.faiss_index import IndexVersion, set_search_threads
+from retrieval.index.segments import IndexVersion, set_search_threads
 from retrieval.search.hits import Hit
 from retrieval.store.repository import Store, StoredDocument
 from retrieval.vectors import ensure_vectors
