@@ -163,6 +163,14 @@ class Retriever:
         Path(self.settings.index_dir).mkdir(parents=True, exist_ok=True)
         return FileLock(str(Path(self.settings.index_dir) / SYNC_LOCK))
 
+    def merge_lock(self) -> Any:
+        """The lock a merge holds from reading its inputs to its manifest switch: one merge
+        at a time per store, and garbage collection leaves the segment it is writing alone."""
+        from filelock import FileLock
+
+        Path(self.settings.index_dir).mkdir(parents=True, exist_ok=True)
+        return FileLock(str(Path(self.settings.index_dir) / MERGE_LOCK))
+
     def _load(self) -> IndexVersion | None:
         """The current generation, converting a single-file index (format 1) on first sight."""
         try:
@@ -354,10 +362,9 @@ class Retriever:
         FAISS threads a build uses; ``stop`` (an Event) ends the loop between merges.
         Searches go on throughout; syncs wait only for each manifest switch.
         """
-        from filelock import FileLock, Timeout
+        from filelock import Timeout
 
-        Path(self.settings.index_dir).mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(Path(self.settings.index_dir) / MERGE_LOCK))
+        lock = self.merge_lock()
         try:
             lock.acquire(timeout=-1 if wait else 0)
         except Timeout:

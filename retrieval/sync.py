@@ -202,7 +202,8 @@ class MergeReport:
 
 def merge(index_store: IndexStore, plan: Merge, opts: BuildOptions, sync_lock: Callable[[], AbstractContextManager[Any]],
           *, progress: Callable[[str], None] | None = None) -> MergeReport:
-    """Replace the segments of ``plan`` by one built from their live rows.
+    """Replace the segments of ``plan`` by one built from their live rows. The caller holds
+    the store's merge lock (:meth:`Retriever.merge_lock`).
 
     Reading and building run without ``sync_lock`` (syncs go on publishing); the switch
     takes it, re-reads the current generation and tombstones the merged rows of every

@@ -1,5 +1,6 @@
-"""A stateful property test: random sequences of ingest, update, delete, sync, reindex and
-search against a plain dict of what the store should hold.
+"""A stateful property test: random sequences of ingest, update, delete, sync, reindex,
+merge (alone, and with a write committed and synced while the merge builds) and search
+against a plain dict of what the store should hold.
 
 After every step the database must hold exactly the model's documents, `verify` must
 find no drift (and nothing pending once synced), and a search must return the top-k of
@@ -62,15 +63,20 @@ class StoreMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.folder = Path(tempfile.mkdtemp(prefix="retrieve-state-"))
+        # Tiny tiers and no inline merges: merges happen only in the merge rules, often.
         values = {"database_url": f"sqlite:///{self.folder / 'retrieval.db'}", "index_dir": str(self.folder / "index"),
-                  "progress": False, "model": HASH}
+                  "progress": False, "model": HASH, "merge_segments_per_tier": 2, "merge_max_at_once": 3,
+                  "merge_floor_docs": 1, "merge_inline_max_docs": 0}
         self.retriever = Retriever.from_settings(load_settings(overrides=values, environ={}, cwd=self.folder))
+        # Another process's view of the same store: it writes while a merge runs.
+        self.other = Retriever.from_settings(load_settings(overrides=values, environ={}, cwd=self.folder))
         self.encoder = create_encoder(HASH, progress=False)  # the store's encoder (cached)
         self.model: dict[str, str] = {}
         self.unsynced = False  # a write was committed without a sync since the last publish
 
     def teardown(self) -> None:
         self.retriever.close()
+        self.other.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
     # -- writes -----------------------------------------------------------------------
@@ -113,6 +119,37 @@ class StoreMachine(RuleBasedStateMachine):
     def reindex(self) -> None:
         report = self.retriever.reindex()
         assert report.added == len(self.model)
+        self.unsynced = False
+
+    @rule()
+    def merge(self) -> None:
+        """Every merge the policy asks for; afterwards it asks for none."""
+        self.retriever.merge()
+        assert self.retriever.pending_merges() == []
+
+    @rule(docs=st.dictionaries(ids, texts, min_size=1, max_size=3), gone=st.lists(ids, max_size=2, unique=True))
+    def merge_while_writing(self, docs: dict[str, str], gone: list[str]) -> None:
+        """A merge whose inputs change while it builds: another writer updates and deletes
+        documents (and syncs) between the merge's build and its manifest switch."""
+        from retrieval.retriever import build_options
+        from retrieval.sync import merge
+
+        r = self.retriever
+        plans = r.pending_merges()
+        if not plans:
+            return
+
+        def lock_after_a_write() -> Any:
+            self.other.ingest([{"id": k, "text": v} for k, v in docs.items()])
+            self.other.delete(gone)
+            return r._sync_lock()
+
+        with r.merge_lock():
+            report = merge(r.index_store, plans[0], build_options(r.settings), lock_after_a_write)
+        assert report.abandoned is None
+        self.model.update(docs)
+        for i in gone:
+            self.model.pop(i, None)
         self.unsynced = False
 
     # -- reads ------------------------------------------------------------------------

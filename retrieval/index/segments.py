@@ -599,7 +599,7 @@ class IndexStore:
         with open(path, "rb") as fh:
             header = fh.read(4)
         if header != HEADERS.get(meta.kind):
-            raise IndexCorruptError(f"index segment {meta.faiss.path} is not a FAISS {meta.kind} index (bad header)")
+            raise IndexCorruptError(f"index segment {meta.faiss.path} is not a FAISS {meta.kind} index (bad header: corrupt)")
         try:
             index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
         except RuntimeError as exc:

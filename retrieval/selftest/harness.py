@@ -1,6 +1,7 @@
 """Crash safety shown by real kills.
 
-:func:`run_chaos` starts ``retrieve ingest``, ``sync``, ``worker`` or ``reindex`` as a real
+:func:`run_chaos` starts ``retrieve ingest``, ``sync``, ``worker``, ``reindex`` or
+``compact`` (the merge operation: it merges the segments that syncs made) as a real
 process on a scratch store, kills it with SIGKILL at a random moment, restarts
 (``retrieve sync``) and checks what a user relies on:
 
@@ -16,7 +17,8 @@ Kill moments are drawn three ways, so that kills land everywhere: *early* (inter
 start, imports, model loading), *timed* (uniform over the operation's observed run time:
 mostly reading and embedding), and *step* (a fault-injection hook pauses the process
 just before its n-th durable step of an index publish -- an fsync, a rename or the
-pointer switch -- and the kill lands there).
+pointer switch -- and the kill lands there). Kills that land while the child holds the
+merge lock (a merge in ``compact`` or in the worker's background thread) are counted.
 
 Then the special cases: an index file truncated or filled with garbage (detected and
 rebuilt), an index write that fails half-way with ENOSPC (the previous version keeps
@@ -30,7 +32,7 @@ pauses (step kills) or that one write fails (ENOSPC).
 
 >>> report = run_chaos("/tmp/chaos-store", iterations=20, seed=7)   # doctest: +SKIP
 >>> report.ok, report.kills                                         # doctest: +SKIP
-(True, {'ingest': 5, 'sync': 5, 'worker': 5, 'reindex': 5})
+(True, {'ingest': 4, 'sync': 4, 'worker': 4, 'reindex': 4, 'merge': 4})
 """
 
 from __future__ import annotations
@@ -52,16 +54,21 @@ from typing import Any
 
 from retrieval.config import Settings, load_settings
 
-OPERATIONS = ("ingest", "sync", "worker", "reindex")
+OPERATIONS = ("ingest", "sync", "worker", "reindex", "merge")
 SPECIAL_CASES = ("truncated-index", "garbage-index", "garbage-manifest", "disk-full", "database-locked")
 
 # Where the sample texts come from: <repo>/../shared/data/catalog (generated texts when absent).
 CATALOG = Path(__file__).resolve().parents[3] / "shared" / "data" / "catalog" / "catalog-100k.jsonl"
 POOL_SIZE = 20_000  # catalog lines read: enough distinct texts for hundreds of iterations
 
-# Durable steps of one index publish seen by the hook (3 file fsyncs, 3 folder fsyncs,
-# 1 rename, 1 replace); a step kill pauses before one of them.
-PUBLISH_STEPS = 8
+# Durable steps of one index publish seen by the hook: each file written (segment, ids,
+# tombstones, manifest) is an fsync, a read-back, a rename and a folder fsync, then the
+# pointer's fsync, replace and folder fsync; a step kill pauses before one of them.
+PUBLISH_STEPS = 15
+
+# Merge settings of the scratch store: small tiers, and no merges inline in syncs, so that
+# `retrieve compact` (the merge operation) and the worker always have merges to run.
+MERGE_SETTINGS = {"merge_segments_per_tier": 3, "merge_max_at_once": 3, "merge_floor_docs": 20, "merge_inline_max_docs": 0}
 
 HOOK_ENV = "RETRIEVAL_CHAOS_"  # not RETRIEVE_: those are settings and would be rejected
 
@@ -77,6 +84,7 @@ class ChaosReport:
     seed: int
     iterations: int = 0
     kills: dict[str, int] = field(default_factory=dict)  # per operation
+    kills_during_merge: int = 0  # kills that landed while the child held the merge lock
     kill_plans: dict[str, int] = field(default_factory=dict)  # early / timed / step
     finished_before_kill: int = 0  # attempts whose process was done before the kill (retried)
     documents_lost: int = 0
@@ -106,6 +114,7 @@ class ChaosReport:
         lines = [f"{'operation':<12} {'kills':>5}"]
         lines += [f"{op:<12} {n:>5}" for op, n in self.kills.items()]
         lines.append(f"{'total':<12} {self.total_kills:>5}")
+        lines.append(f"{'during a merge':<12} {self.kills_during_merge:>5}")
         lines.append("")
         lines.append("kill moments: " + ", ".join(f"{k} {v}" for k, v in sorted(self.kill_plans.items())))
         lines.append(f"runs finished before their kill (retried): {self.finished_before_kill}")
@@ -132,6 +141,7 @@ class _Run:
     seconds: float
     killed: bool
     where: str = ""  # for step kills: the step it was paused at
+    merging: bool = False  # the child held the merge lock when it was killed
 
     def tail(self, n: int = 600) -> str:
         return (self.stderr.strip() or self.stdout.strip())[-n:]
@@ -292,12 +302,13 @@ class _Harness:
                 break
             time.sleep(0.01)
         killed = proc.poll() is None
+        merging = killed and _merge_lock_held(Path(self.settings.index_dir))
         if killed:
             proc.send_signal(signal.SIGKILL)
         out, err = proc.communicate()
         for _, action in actions:  # writes planned after the process ended still happen
             action()
-        return _Run(None if killed else proc.returncode, out, err, time.monotonic() - t0, killed, where)
+        return _Run(None if killed else proc.returncode, out, err, time.monotonic() - t0, killed, where, merging)
 
     # -- checks -----------------------------------------------------------------------
 
@@ -383,14 +394,17 @@ class _Harness:
         label = f"iteration {n} ({op})"
         self.delete_some()
         for attempt in range(3):
-            plan = self.rng.choices(["early", "timed", "step"], weights=[15, 55, 30])[0]
+            weights = [10, 30, 60] if op == "merge" else [15, 55, 30]
+            plan = self.rng.choices(["early", "timed", "step"], weights=weights)[0]
             if attempt:
                 plan = "timed"  # the process outran its kill: aim inside its measured run time
             touched, run = self.attempt(op, plan, label)
             if run.killed:
                 self.report.kills[op] = self.report.kills.get(op, 0) + 1
+                self.report.kills_during_merge += int(run.merging)
                 self.report.kill_plans[plan] = self.report.kill_plans.get(plan, 0) + 1
-                self.echo(f"{label}: killed after {run.seconds:.1f}s ({plan}{': ' + run.where if run.where else ''})")
+                self.echo(f"{label}: killed after {run.seconds:.1f}s ({plan}{': ' + run.where if run.where else ''}"
+                          f"{', merging' if run.merging else ''})")
                 break
             self.report.finished_before_kill += 1
             self.durations[op].append(run.seconds)
@@ -416,6 +430,18 @@ class _Harness:
             docs = self.change_set(self.rng.randint(20, 200))
             self.ingest_direct(docs)
             return list(docs), self.run_and_kill(op, ["sync"], plan)
+        if op == "merge":
+            # Syncs of small change sets make segments; `retrieve compact` merges them.
+            touched: list[str] = []
+            for _ in range(self.rng.randint(2, 4)):
+                docs = self.change_set(self.rng.randint(10, 60))
+                self.ingest_direct(docs)
+                self.retriever.sync(inline_merges=False)
+                touched += list(docs)
+            later = self.change_set(self.rng.randint(5, 30))
+            touched += list(later)
+            during = [(self.rng.uniform(0.2, self.estimate(op)), lambda d=later: self.ingest_direct(d))]
+            return touched, self.run_and_kill(op, ["compact"], plan, during)
         if op == "reindex":
             docs = self.change_set(self.rng.randint(0, 80)) if self.rng.random() < 0.5 else {}
             if docs:
@@ -462,9 +488,15 @@ class _Harness:
         self.echo(f"special case {name}: {self.report.special_cases[name]}")
 
     def _current_file(self, filename: str) -> Path:
-        name = self.retriever.index_store.current_name()
-        assert name is not None, "no index version to damage"
-        return Path(self.settings.index_dir) / "versions" / name / filename
+        """The current manifest ("manifest.json") or its largest segment file ("index.faiss")."""
+        store = self.retriever.index_store
+        name = store.current_name()
+        assert name is not None, "no index generation to damage"
+        if filename == "manifest.json":
+            return store.manifests_dir / name
+        manifest = store.read_manifest(name)
+        assert manifest is not None and manifest.segments, "no segment to damage"
+        return store.root / max(manifest.segments, key=lambda s: s.rows).faiss.path
 
     def _corrupt_and_recover(self, problems: list[str], damage: Callable[[Path], None], filename: str) -> None:
         self.retriever.sync()
@@ -504,9 +536,9 @@ class _Harness:
     def case_disk_full(self, problems: list[str]) -> None:
         self.retriever.sync()
         old = self.retriever.index_store.current_name()
-        versions = Path(self.settings.index_dir) / "versions"
-        # Folders left by writers killed earlier stay until garbage collection (an hour).
-        crashed_before = {p.name for p in versions.glob(".tmp-*")}
+        index_dir = Path(self.settings.index_dir)
+        # Files left by writers killed earlier stay until garbage collection (an hour).
+        crashed_before = {str(p) for p in index_dir.rglob(".tmp-*")}
         docs = self.change_set(30)
         path = self.dir / "chaos-ingest.jsonl"
         path.write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in docs.items()), encoding="utf-8")
@@ -522,12 +554,12 @@ class _Harness:
             problems.append(f"a traceback instead of a one-line error: {err.splitlines()[-1][:300]!r}")
         if self.retriever.index_store.current_name() != old:
             problems.append("CURRENT moved to a version whose write failed")
-        leftovers = sorted({p.name for p in versions.glob(".tmp-*")} - crashed_before)
+        leftovers = sorted({str(p) for p in index_dir.rglob(".tmp-*")} - crashed_before)
         if leftovers:
             problems.append(f"the half-written version was left behind: {leftovers}")
         try:
             version = self.retriever.index_store.load()
-            if version is None or version.manifest.version != old:
+            if version is None or version.manifest.filename != old:
                 problems.append("the previous version does not load")
         except Exception as exc:
             problems.append(f"the previous version does not load: {exc}")
@@ -618,9 +650,25 @@ def scratch_settings(store_dir: str | os.PathLike[str], base: Settings | None = 
     """``base`` (default: built-in defaults) pointed at a scratch store in ``store_dir``."""
     folder = Path(store_dir).resolve()
     base = base or load_settings(environ={}, cwd=folder)
-    values = {"database_url": f"sqlite:///{folder / 'retrieval.db'}", "index_dir": str(folder / "index"), "progress": False}
+    values: dict[str, Any] = {"database_url": f"sqlite:///{folder / 'retrieval.db'}", "index_dir": str(folder / "index"),
+                              "progress": False, **MERGE_SETTINGS}
     values.update(overrides)
     return base.with_overrides("chaos", **values)
+
+
+def _merge_lock_held(index_dir: Path) -> bool:
+    from filelock import FileLock, Timeout
+
+    path = index_dir / ".merge.lock"
+    if not path.exists():
+        return False
+    probe = FileLock(str(path))
+    try:
+        probe.acquire(timeout=0)
+    except Timeout:
+        return True
+    probe.release()
+    return False
 
 
 def worker_available() -> bool:
