@@ -492,7 +492,17 @@ class Retriever:
 
     def vitals(self) -> dict[str, Any]:
         """The figures a monitor polls: :meth:`lag`, documents and the index's size on disk."""
-        return {**self.lag(), "documents": self.store.count_documents(), "index_bytes": self.index_store.disk_usage()}
+        from retrieval.worker import read_state
+
+        manifest = self.index_store.read_manifest()
+        segments = manifest.segments if manifest else ()
+        rows = sum(s.rows for s in segments)
+        worker = read_state(self.settings.index_dir) or {}
+        last_merge = (manifest.last_merge or {}) if manifest else {}
+        return {**self.lag(), "documents": self.store.count_documents(), "index_bytes": self.index_store.disk_usage(),
+                "segments": len(segments), "tombstone_fraction": sum(s.dead for s in segments) / rows if rows else 0.0,
+                "merging": bool(worker.get("running") and worker.get("merging")),
+                "merges_done": int(worker.get("merges_done") or 0), "last_merge_at": last_merge.get("at")}
 
     def status(self) -> dict[str, Any]:
         """Counts, model, index version and sizes; loads neither the model nor torch."""

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Crash safety shown by real kills: `retrieve ingest`, `sync`, `worker` and `reindex` are
-started as processes on a scratch store and killed with SIGKILL at random moments; after
+"""Crash safety shown by real kills: `retrieve ingest`, `sync`, `worker`, `reindex` and
+`compact` (segment merges) are started as processes on a scratch store and killed with
+SIGKILL at random moments (kills while the child holds the merge lock are counted); after
 each kill `retrieve sync` runs and the store is checked (nothing lost, no drift, the index
 loads, searches find every stored document's latest text). Then the special cases: a
 truncated or garbage index file, a disk full half-way through an index write, and a

@@ -16,7 +16,8 @@ def status_rows(st: dict[str, Any]) -> list[tuple[str, Any]]:
         ("indexed", st["indexed"]),
         ("pending changes", st["pending_changes"]),
         ("model", f"{st['model']}  [{st['model_key']}]"),
-        ("index", f"{st['index_type']}, version {st['index_version'] or '(none yet)'}"),
+        ("index", f"{st['index_type']}, generation {st['index_version'] or '(none yet)'}, "
+                  f"{len(st['segments'])} segments"),
         ("database", f"{st['database']}  ({size(st['database_bytes'])})"),
         ("index folder", f"{st['index_dir']}  ({size(st['index_bytes'])})"),
     ]
@@ -31,6 +32,22 @@ def status_rows(st: dict[str, Any]) -> list[tuple[str, Any]]:
     else:
         rows.append(("worker", "not running" + (f" (last: pid {w['pid']}, last sync {w['last_sync']})" if w else "")))
     rows.append(("lag", f"{st['pending_changes']} changes, {st['lag_seconds']:.0f} s"))
+    for seg in st["segments"]:
+        guard = ""
+        if seg["type"] == "hnsw":
+            guard = f", recall@10 {seg['recall']:.3f} at efSearch {seg['ef_search']}"
+        elif seg["exact_by_guard"]:
+            guard = ", kept exact by the recall guard"
+        rows.append(("  segment", f"{seg['type']:<5} {seg['documents']:>10,} documents, {seg['tombstones']:.1%} dead"
+                                   f"{guard} ({seg['origin']}, {size(seg['bytes'])})"))
+    if w and w.get("merging"):
+        rows.append(("merging", w["merging"]))
+    last = st.get("last_merge")
+    if last:
+        rows.append(("last merge", f"{last['reason']}: {last['inputs']} segments, {last['rows']:,} documents -> "
+                                   f"{last['kind'] or 'dropped'} in {last['seconds']:.1f}s"))
+    if st["pending_merges"]:
+        rows.append(("pending merges", f"{len(st['pending_merges'])} (the worker runs them; or `retrieve compact`)"))
     if not st["model_matches_index"]:
         rows.append(("WARNING", f"index was built with {st['index_model_key']}; run `retrieve reindex`"))
     return rows

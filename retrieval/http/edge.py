@@ -42,6 +42,13 @@ class Metrics:
                              registry=self.registry)
         self.lag = Gauge("retrieve_sync_lag_seconds", "Age of the oldest change not yet in the index.",
                          registry=self.registry)
+        self.segments = Gauge("retrieve_index_segments", "Segments in the current index generation.", registry=self.registry)
+        self.tombstones = Gauge("retrieve_index_tombstone_fraction", "Share of the segments' rows that are dead.",
+                                registry=self.registry)
+        self.merging = Gauge("retrieve_merge_running", "1 while the worker runs a segment merge.", registry=self.registry)
+        self.merges = Gauge("retrieve_merges_done", "Merges the running worker has published.", registry=self.registry)
+        self.last_merge = Gauge("retrieve_last_merge_timestamp_seconds", "When the last merge was published (epoch).",
+                                registry=self.registry)
         self.ready = Gauge("retrieve_ready", "1 when the model and the index are loaded.", registry=self.registry)
 
     def render(self, vitals: dict[str, Any], ready: bool) -> bytes:
@@ -53,6 +60,12 @@ class Metrics:
         self.index_bytes.set(vitals["index_bytes"])
         self.pending.set(vitals["pending_changes"])
         self.lag.set(vitals["lag_seconds"])
+        self.segments.set(vitals["segments"])
+        self.tombstones.set(vitals["tombstone_fraction"])
+        self.merging.set(1 if vitals["merging"] else 0)
+        self.merges.set(vitals["merges_done"])
+        if vitals["last_merge_at"] is not None:
+            self.last_merge.set(vitals["last_merge_at"])
         self.ready.set(1 if ready else 0)
         return bytes(generate_latest(self.registry))
 
