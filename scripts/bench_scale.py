@@ -97,10 +97,10 @@ def docs_for(base: list[str], start: int, n: int) -> list[dict[str, str]]:
 # -- storage ------------------------------------------------------------------------
 
 
-def env_for(folder: Path) -> dict[str, str]:
+def env_for(folder: Path, model: str = "hash-384", index_type: str = "flat") -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RETRIEVE_")}
     env.update({"RETRIEVE_DATABASE_URL": f"sqlite:///{folder / 'retrieval.db'}", "RETRIEVE_INDEX_DIR": str(folder / "index"),
-                "RETRIEVE_MODEL": "hash-384", "RETRIEVE_INDEX_TYPE": "flat", "RETRIEVE_PROGRESS": "false",
+                "RETRIEVE_MODEL": model, "RETRIEVE_INDEX_TYPE": index_type, "RETRIEVE_PROGRESS": "false",
                 "HF_HUB_OFFLINE": "1"})
     return env
 
@@ -206,8 +206,8 @@ def reader_follow(folder: Path, r: Any) -> dict[str, Any]:
             "segments_opened_per_generation": max(opened)}
 
 
-def cold_search(folder: Path, runs: int = 5) -> float:
-    env = env_for(folder)
+def cold_search(folder: Path, runs: int = 5, env: dict[str, str] | None = None) -> float:
+    env = env or env_for(folder)
     times = []
     for i in range(runs):
         t0 = time.perf_counter()
@@ -321,6 +321,11 @@ def storage(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         log(f"storage: batched ingest of {n:,} documents in batches of {args.batch:,}")
         r, ingest = batched_ingest(folder, base, n, args.batch)
         figures: dict[str, Any] = {"ingest": ingest}
+        # The first change after a merge unlinks the merged-away segment files and unmaps
+        # them (the previous generation kept them); the worker's next cycle pays that.
+        t0 = time.perf_counter()
+        r.ingest([{"id": "bench-after-merge", "text": "the first change after the last merge"}])
+        figures["first_change_after_merge_s"] = round(time.perf_counter() - t0, 4)
         log("  one-document add, update, delete")
         figures["one_document"] = one_document(folder, r, args.repeats, serial)
         log("  a long-lived reader following new generations")
@@ -343,10 +348,20 @@ def storage(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "reader_open": round(large["reader"]["open_new_generation_ms"]
                              / max(small["reader"]["open_new_generation_ms"], 1e-6), 2),
     }
-    if args.peers:
-        log(f"peers: {args.peer_docs:,} planted vectors")
-        result["peers"] = peers(args.peer_docs, args.repeats, work)
     return result
+
+
+def run_peers(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """:func:`peers` here, or in ``--peers-python`` (an environment with chromadb and
+    lancedb, kept apart from this project's)."""
+    log(f"peers: {args.peer_docs:,} planted vectors, one-document add and update")
+    if not args.peers_python:
+        return peers(args.peer_docs, args.repeats, work)
+    proc = subprocess.run([args.peers_python, __file__, "--peers-only", "--peer-docs", str(args.peer_docs),
+                           "--repeats", str(args.repeats), "--work", str(work)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": proc.stderr[-500:]}
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
 # -- search on real vectors -----------------------------------------------------------
@@ -410,15 +425,24 @@ def search_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from retrieval.store.repository import content_hash
 
     encoder, docs, dv, queries, qv = real_vectors(args)
+
+    def planted(folder: Path, n: int) -> Any:
+        shutil.rmtree(folder, ignore_errors=True)
+        r = Retriever.open(folder, index_type="auto", progress=False)
+        r._encoder = encoder
+        r.store.add_embeddings(encoder.model_key, encoder.dim, [(content_hash(t), v) for t, v in zip(docs[:n], dv[:n])])
+        for s in range(0, n, args.batch):
+            r.ingest([{"id": f"p{i}", "text": docs[i]} for i in range(s, min(n, s + args.batch))])
+            r.merge()
+        return r
+
+    # Cold `retrieve search` (real model, auto) at the small size and at this one.
+    small = planted(work / "store-search-small", min(args.small, len(docs)))
+    small.close()
+    cold_small = cold_search(work / "store-search-small", env=env_for(work / "store-search-small", "all-MiniLM-L6-v2", "auto"))
     folder = work / "store-search"
-    shutil.rmtree(folder, ignore_errors=True)
-    r = Retriever.open(folder, index_type="auto", progress=False)
-    r._encoder = encoder
-    r.store.add_embeddings(encoder.model_key, encoder.dim, [(content_hash(t), v) for t, v in zip(docs, dv)])
     t0 = time.perf_counter()
-    for s in range(0, len(docs), args.batch):
-        r.ingest([{"id": f"p{i}", "text": docs[i]} for i in range(s, min(len(docs), s + args.batch))])
-        r.merge()
+    r = planted(folder, len(docs))
     settle = time.perf_counter() - t0
     segments = r.status()["segments"]
     log(f"  auto settled in {settle:.0f}s: " + ", ".join(f"{s['type']} {s['documents']:,}" for s in segments))
@@ -430,7 +454,10 @@ def search_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     scores_exact, _ = exact.search(qv, k)
     kth = scores_exact[:, k - 1]
     out: dict[str, Any] = {"documents": len(docs), "queries": len(qv), "model_key": encoder.model_key,
-                           "segments": segments, "settle_seconds": round(settle, 1)}
+                           "segments": segments, "settle_seconds": round(settle, 1),
+                           "cold_search_s": {"small": cold_small, "large": cold_search(folder, env=env_for(
+                               folder, "all-MiniLM-L6-v2", "auto"))}}
+    out["cold_search_s"]["ratio"] = round(out["cold_search_s"]["large"] / out["cold_search_s"]["small"], 2)
 
     version = r.current_index()
     t_idx, res = timed(lambda q: version.search(q, k), qv)
@@ -498,12 +525,15 @@ def table(result: dict[str, Any]) -> str:
         if "serve" in g:
             lines.append(f"serve RSS at {g['ingest']['documents']:,}: {g['serve']['rss_bytes'] / 2**20:,.0f} MiB = "
                          f"{g['serve']['rss_over_vectors']:.2f}x the float32 vectors")
-        if "peers" in st:
-            lines.append(f"peers: {json.dumps(st['peers'])}")
+    if "peers" in result:
+        lines.append(f"peers at {result.get('peer_docs', '')}: {json.dumps(result['peers'])}")
     se = result.get("search")
     if se:
         lines.append(f"search on {se['documents']:,} real vectors ({se['model_key']}), {se['queries']} queries, k=10, 1 thread")
         lines.append("segments: " + ", ".join(f"{s['type']} {s['documents']:,}" for s in se["segments"]))
+        c = se["cold_search_s"]
+        lines.append(f"cold retrieve search (real model, auto): {c['small']:.3f} s at the small size, "
+                     f"{c['large']:.3f} s here ({c['ratio']:.2f}x)")
         for name in ("auto_index", "auto_pipeline", "monolithic_hnsw", "monolithic_at_equal_recall", "flat"):
             f = se.get(name)
             if f:
@@ -527,6 +557,8 @@ def main() -> int:
     parser.add_argument("--skip-search", action="store_true")
     parser.add_argument("--peers", action="store_true", help="also time Chroma and LanceDB (when installed)")
     parser.add_argument("--peer-docs", type=int, default=100_000)
+    parser.add_argument("--peers-python", help="interpreter of an environment with chromadb and lancedb")
+    parser.add_argument("--peers-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--rss-small", action="store_true", help="measure serve RSS at the small size too")
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--out", default=None, help="also write the JSON here")
@@ -535,9 +567,15 @@ def main() -> int:
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-scale-"))
     work.mkdir(parents=True, exist_ok=True)
+    if args.peers_only:
+        print(json.dumps(peers(args.peer_docs, args.repeats, work)))
+        return 0
     result: dict[str, Any] = {"machine": machine(), "command": " ".join(sys.argv)}
     if not args.skip_storage:
         result["storage"] = storage(args, work)
+    if args.peers:
+        result["peers"] = run_peers(args, work)
+        result["peer_docs"] = args.peer_docs
     if not args.skip_search:
         result["search"] = search_bench(args, work)
     print(table(result), file=sys.stderr)

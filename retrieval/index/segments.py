@@ -33,7 +33,7 @@ import shutil
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +119,12 @@ class SegmentMeta:
         return self.dead / self.rows if self.rows else 0.0
 
     def as_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # By hand: dataclasses.asdict deep-copies, and a manifest is written per sync.
+        out = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        for name in ("faiss", "ids", "tombstones"):
+            ref = out[name]
+            out[name] = {"path": ref.path, "bytes": ref.bytes, "sha256": ref.sha256} if ref is not None else None
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SegmentMeta:
@@ -162,7 +167,7 @@ class Manifest:
         return [f for s in self.segments for f in (s.faiss, s.ids, s.tombstones) if f is not None]
 
     def to_bytes(self) -> bytes:
-        body = asdict(self)
+        body = {f: getattr(self, f) for f in self.__dataclass_fields__}
         body["segments"] = [s.as_json() for s in self.segments]
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
         body["checksum"] = hashlib.sha256(canonical.encode()).hexdigest()
