@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.errors import RetrievalError, WorkerBusyError
+from retrieval.index.segments import lock_held
 
 log = logging.getLogger("retrieval.worker")
 
@@ -45,22 +46,8 @@ def read_state(index_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
         state = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    state["running"] = _lock_held(Path(index_dir) / LOCK_FILE)
+    state["running"] = lock_held(Path(index_dir) / LOCK_FILE)
     return state
-
-
-def _lock_held(path: Path) -> bool:
-    from filelock import FileLock, Timeout
-
-    if not path.exists():
-        return False
-    probe = FileLock(str(path))
-    try:
-        probe.acquire(timeout=0)
-    except Timeout:
-        return True
-    probe.release()
-    return False
 
 
 def parse_daily(value: str) -> tuple[int, int]:

@@ -794,11 +794,10 @@ class IndexStore:
         return sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file())
 
 
-def _merge_active(root: Path) -> bool:
-    """Whether a merge may be writing segment files now (its lock file is held)."""
+def lock_held(path: Path) -> bool:
+    """Whether another holder has the file lock at ``path`` now (probes without waiting)."""
     from filelock import FileLock, Timeout
 
-    path = root / MERGE_LOCK
     if not path.exists():
         return False
     probe = FileLock(str(path))
@@ -808,6 +807,11 @@ def _merge_active(root: Path) -> bool:
         return True
     probe.release()
     return False
+
+
+def _merge_active(root: Path) -> bool:
+    """Whether a merge may be writing segment files now (its lock file is held)."""
+    return lock_held(root / MERGE_LOCK)
 
 
 MERGE_LOCK = ".merge.lock"

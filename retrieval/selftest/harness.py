@@ -657,18 +657,9 @@ def scratch_settings(store_dir: str | os.PathLike[str], base: Settings | None = 
 
 
 def _merge_lock_held(index_dir: Path) -> bool:
-    from filelock import FileLock, Timeout
+    from retrieval.index.segments import MERGE_LOCK, lock_held
 
-    path = index_dir / ".merge.lock"
-    if not path.exists():
-        return False
-    probe = FileLock(str(path))
-    try:
-        probe.acquire(timeout=0)
-    except Timeout:
-        return True
-    probe.release()
-    return False
+    return lock_held(index_dir / MERGE_LOCK)
 
 
 def worker_available() -> bool:
