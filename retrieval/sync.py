@@ -227,7 +227,11 @@ def merge(index_store: IndexStore, plan: Merge, opts: BuildOptions, sync_lock: C
     merged: SegmentMeta | None = None
     if len(ids):
         vectors = np.concatenate([v.segment.vectors()[~v.dead] for v in views])
-        merged = index_store.write_segment(ids, vectors, opts=opts, origin="merge", generation=base.manifest.generation)
+        # Segments the recall guard kept exact stay exact when merged (their vectors do not
+        # suit HNSW, and a larger graph only does worse).
+        guarded = opts.kind_for(len(ids)) == "hnsw" and any(v.meta.exact_by_guard for v in views)
+        merged = index_store.write_segment(ids, vectors, opts=opts, origin="merge", generation=base.manifest.generation,
+                                           exact_by_guard=guarded)
         del vectors
         report.kind, report.recall, report.ef_search = merged.kind, merged.recall, merged.ef_search
     with sync_lock():

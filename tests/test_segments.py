@@ -251,3 +251,21 @@ def test_kills_during_merges_lose_nothing(tmp_path: Path) -> None:
                        restart="in-process", model=HASH)
     assert report.ok, report.table()
     assert report.kills.get("merge", 0) >= 5 and report.kills_during_merge >= 1, report.table()
+
+
+def test_segments_the_guard_kept_exact_stay_exact_when_merged(make_retriever) -> None:
+    """hash-384 vectors fail the guard on a degree-4 graph; merging such a segment with
+    new ones builds no graph again, and the policy does not ask to rebuild the result."""
+    r = make_retriever(index_type="hnsw", hnsw_m=4, hnsw_ef_search=1, merge_segments_per_tier=2, merge_floor_docs=10,
+                       merge_inline_max_docs=0, min_recall=0.999)
+    r.ingest(_docs(3000))
+    (first,) = r.status()["segments"]
+    if first["type"] == "hnsw":
+        pytest.skip("the guard met the target on this graph; nothing to carry")
+    assert first["exact_by_guard"] is True
+    r.ingest(_docs(3000, 3000))
+    done = r.merge()
+    assert done and all(m.kind == "flat" and m.recall is None for m in done)
+    (merged,) = r.status()["segments"]
+    assert merged["exact_by_guard"] is True and merged["documents"] == 6000 and merged["origin"] == "merge"
+    assert r.pending_merges() == [] and r.verify().ok

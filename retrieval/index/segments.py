@@ -649,14 +649,22 @@ class IndexStore:
         return FileRef(str(final.relative_to(self.root)), len(data), digest)
 
     def write_segment(self, ids: np.ndarray, vectors: np.ndarray, *, opts: BuildOptions, origin: str,
-                      generation: int, kind: str | None = None) -> SegmentMeta:
-        """Build and write a segment over ``vectors`` under ``ids`` (sorted by id here)."""
+                      generation: int, kind: str | None = None, exact_by_guard: bool = False) -> SegmentMeta:
+        """Build and write a segment over ``vectors`` under ``ids`` (sorted by id here).
+
+        ``exact_by_guard`` builds it exact and marks it as kept exact by the recall guard
+        (a merge of segments the guard already kept exact: HNSW recall only falls as a
+        segment grows, so trying again would build a graph to throw it away)."""
         faiss = _faiss()
         ids = np.asarray(ids, dtype=np.int64)
         order = np.argsort(ids, kind="stable")
         ids = ids[order]
         x = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32)[order])
-        built = build_faiss(x, opts, kind or opts.kind_for(len(ids)))
+        if exact_by_guard:
+            built = build_faiss(x, opts, "flat")
+            built.exact_by_guard = True
+        else:
+            built = build_faiss(x, opts, kind or opts.kind_for(len(ids)))
         name = f"s{generation:010d}-{uuid.uuid4().hex[:8]}"
         data = faiss.serialize_index(built.index).tobytes()
         faiss_ref = self._write_file(self.segments_dir, f"{name}.faiss", data)
