@@ -223,6 +223,10 @@ def test_metrics_and_probes(server: Server, client: httpx.Client) -> None:
     documents = [line for line in text.splitlines() if line.startswith("retrieve_documents ")]
     assert documents and float(documents[0].split()[1]) >= len(SEED_DOCS)
     assert "retrieve_sync_lag_seconds" in text and "retrieve_index_vectors" in text
+    segments = [line for line in text.splitlines() if line.startswith("retrieve_index_segments ")]
+    assert segments and float(segments[0].split()[1]) >= 1  # the sync worker may merge meanwhile: no equality
+    assert client.get("/v1/status").json()["segments"]
+    assert "retrieve_merge_running" in text and "retrieve_index_tombstone_fraction" in text
 
 
 # -- security and limits ---------------------------------------------------------------
