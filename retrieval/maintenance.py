@@ -76,4 +76,4 @@ def compact(retriever: Any) -> dict[str, Any]:
     removed = collect_garbage(retriever, other_models=True)
     retriever.store.vacuum()
     return {"embeddings_removed": removed["embeddings"], "changes_removed": removed["changes"], "index_bytes_freed": freed_index,
-            "merges": [m.as_dict() for m in merges], "merge_reports": merges}
+            "merges": [m.as_dict() for m in merges]}

@@ -33,7 +33,7 @@ from retrieval.search import pipeline
 from retrieval.search.hits import Hit
 from retrieval.store import db
 from retrieval.store.repository import NewDocument, Store, content_hash
-from retrieval.sync import MergeReport, SyncReport, convert_legacy, full_build, incremental, merge, plan_merges
+from retrieval.sync import MergeReport, SyncReport, convert_legacy, full_build, incremental, merge
 from retrieval.vectors import embed_missing
 
 log = logging.getLogger("retrieval")
@@ -350,8 +350,7 @@ class Retriever:
 
     def pending_merges(self) -> list[Any]:
         """The merges the policy asks for now (reads one manifest)."""
-        version = self.current_index()
-        return plan_merges(version, merge_policy(self.settings), build_options(self.settings))
+        return plan_merges_for(self.index_store.read_manifest(), self.settings)
 
     def merge(self, *, max_docs: int | None = None, wait: bool = True, threads: int | None = None,
               stop: Any = None, progress: Any = None) -> list[MergeReport]:
@@ -371,11 +370,11 @@ class Retriever:
             return []
         done: list[MergeReport] = []
         opts = build_options(self.settings, threads=threads)
-        policy = merge_policy(self.settings)
         try:
             while stop is None or not stop.is_set():
                 version = self._load()
-                plans = [p for p in plan_merges(version, policy, opts) if max_docs is None or p.live <= max_docs]
+                manifest = version.manifest if version is not None else None
+                plans = [p for p in plan_merges_for(manifest, self.settings) if max_docs is None or p.live <= max_docs]
                 if not plans:
                     break
                 report = merge(self.index_store, plans[0], opts, self._sync_lock, progress=progress)
@@ -601,6 +600,7 @@ def _segment_status(meta: Any) -> dict[str, Any]:
 
 
 def plan_merges_for(manifest: Any, settings: Settings) -> list[Any]:
+    """The merges the policy asks for in ``manifest`` (none without one)."""
     if manifest is None:
         return []
     return merge_policy(settings).plan(manifest.segments, build_options(settings))

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from retrieval.embed.base import Encoder
-from retrieval.index.policy import Merge, MergePolicy
+from retrieval.index.policy import Merge
 from retrieval.index.segments import BuildOptions, IndexStore, IndexVersion, Manifest, SegmentMeta, read_legacy
 from retrieval.store.repository import Store
 from retrieval.vectors import EmbedStats, ensure_vectors
@@ -269,6 +269,3 @@ def merge(index_store: IndexStore, plan: Merge, opts: BuildOptions, sync_lock: C
              report.kind or "dropped", report.carried_tombstones, report.seconds)
     return report
 
-
-def plan_merges(version: IndexVersion | None, policy: MergePolicy, opts: BuildOptions) -> list[Merge]:
-    return policy.plan(version.manifest.segments, opts) if version is not None else []

@@ -82,8 +82,9 @@ def reindex(retriever: Any, new_model: str | None, if_needed: bool, as_json: boo
         if not decision.needed:
             pending = retriever.pending_merges()
             merges = retriever.merge() if pending else []
-            emit(as_json, {"reindexed": False, "reason": decision.reason, "merges": [m.as_dict() for m in merges]},
-                 lambda: [f"No reindex needed: {decision.reason}.", *_merge_lines(merges)])
+            done = [m.as_dict() for m in merges]
+            emit(as_json, {"reindexed": False, "reason": decision.reason, "merges": done},
+                 lambda: [f"No reindex needed: {decision.reason}.", *_merge_lines(done)])
             return
         click.echo(f"Reindexing: {decision.reason}.", err=as_json)
     t0 = time.perf_counter()
@@ -100,16 +101,17 @@ def reindex(retriever: Any, new_model: str | None, if_needed: bool, as_json: boo
     emit(as_json, report.as_dict(), lines)
 
 
-def _merge_lines(merges: list[Any]) -> list[str]:
+def _merge_lines(merges: list[dict[str, Any]]) -> list[str]:
+    """One line per merge report (as :meth:`MergeReport.as_dict` gives it)."""
     out = []
     for m in merges:
-        if m.abandoned:
-            out.append(f"Merge ({m.reason}) abandoned: {m.abandoned}.")
+        if m["abandoned"]:
+            out.append(f"Merge ({m['reason']}) abandoned: {m['abandoned']}.")
             continue
-        kind = m.kind or "dropped"
-        recall = f", recall@10 {m.recall:.3f} at efSearch {m.ef_search}" if m.recall is not None and m.kind == "hnsw" else ""
-        out.append(f"Merged {m.inputs} segments ({m.reason}, {m.live} documents) into one {kind} segment{recall} "
-                   f"in {m.seconds:.1f}s; {m.segments_after} segments now.")
+        recall = (f", recall@10 {m['recall']:.3f} at efSearch {m['ef_search']}"
+                  if m["recall"] is not None and m["kind"] == "hnsw" else "")
+        out.append(f"Merged {m['inputs']} segments ({m['reason']}, {m['live']} documents) into one "
+                   f"{m['kind'] or 'dropped'} segment{recall} in {m['seconds']:.1f}s; {m['segments_after']} segments now.")
     return out
 
 
@@ -128,12 +130,11 @@ def compact(retriever: Any, as_json: bool) -> None:
 
     before = retriever.status()
     result = run_compact(retriever)
-    merges = result.pop("merge_reports")
     after = retriever.status()
     result["database_bytes_before"] = before["database_bytes"]
     result["database_bytes_after"] = after["database_bytes"]
     emit(as_json, result, lambda: [
-        *_merge_lines(merges),
+        *_merge_lines(result["merges"]),
         f"Removed {result['embeddings_removed']} unused embeddings and {result['changes_removed']} applied "
         f"change-log rows; database {size(before['database_bytes'])} -> {size(after['database_bytes'])}, "
         f"index versions freed {size(result['index_bytes_freed'])}."

@@ -215,16 +215,11 @@ class OpenSegment:
         pos, wanted = pos[inside], doc_ids[inside]
         return pos[self.ids[pos] == wanted].astype(np.int64, copy=False)
 
-    def vectors(self, rows: np.ndarray | None = None) -> np.ndarray:
-        """The float vectors of ``rows`` (all rows when None)."""
-        if rows is None:
-            if not self.rows:
-                return np.empty((0, self.index.d), np.float32)
-            return self.index.reconstruct_n(0, self.rows)
-        out = np.empty((len(rows), self.index.d), np.float32)
-        for j, r in enumerate(rows):
-            out[j] = self.index.reconstruct(int(r))
-        return out
+    def vectors(self) -> np.ndarray:
+        """The float vectors of every row."""
+        if not self.rows:
+            return np.empty((0, self.index.d), np.float32)
+        return self.index.reconstruct_n(0, self.rows)
 
 
 def _bits(dead: np.ndarray) -> np.ndarray:
@@ -247,9 +242,6 @@ class SegmentView:
     @property
     def live(self) -> int:
         return self.meta.live
-
-    def live_rows(self) -> np.ndarray:
-        return np.flatnonzero(~self.dead)
 
 
 def _selector_params(faiss: Any, kind: str, bitmap: np.ndarray | None, rows: int, ef: int | None) -> tuple[Any, Any]:
@@ -370,16 +362,15 @@ class BuiltIndex:
 
 def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """The k-th best exact score per query (the bar an approximate hit must reach)."""
-    kth = np.full(len(queries), np.inf, np.float32)
     best = np.full((len(queries), 0), -np.inf, np.float32)
     for start in range(0, len(vectors), 65_536):
-        s = queries @ vectors[start:start + 65_536].T
-        best = np.concatenate([best, s], axis=1)
+        best = np.concatenate([best, queries @ vectors[start:start + 65_536].T], axis=1)
         if best.shape[1] > k:
             best = -np.partition(-best, k - 1, axis=1)[:, :k]
     kk = min(k, best.shape[1])
-    kth = -np.partition(-best, kk - 1, axis=1)[:, kk - 1] if kk else kth
-    return kth
+    if not kk:
+        return np.full(len(queries), np.inf, np.float32)
+    return -np.partition(-best, kk - 1, axis=1)[:, kk - 1]
 
 
 def measure_recall(index: Any, vectors: np.ndarray, ef: int, queries: np.ndarray, kth: np.ndarray, k: int) -> float:
@@ -458,7 +449,7 @@ class IndexStore:
         self.keep = keep
         self.hnsw_ef_search = hnsw_ef_search
         self._open: dict[str, OpenSegment] = {}
-        self._tombs: dict[str, np.ndarray] = {}
+        self._tombs: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
         self._lock = threading.Lock()
         self.bytes_written = 0  # by this object, under root (for benchmarks and tests)
 
@@ -552,8 +543,7 @@ class IndexStore:
         views = []
         for meta in manifest.segments:
             seg = self.open_segment(meta)
-            dead = self._tombstones(meta)
-            allowed = _bits(~dead) if meta.dead else None
+            dead, allowed = self._tombstones(meta)
             views.append(SegmentView(seg, meta, dead, allowed))
         with self._lock:
             names = {m.name for m in manifest.segments}
@@ -572,9 +562,11 @@ class IndexStore:
                                     f"({len(data)} bytes, expected {ref.bytes}; truncated or corrupt)")
         return data
 
-    def _tombstones(self, meta: SegmentMeta) -> np.ndarray:
+    def _tombstones(self, meta: SegmentMeta) -> tuple[np.ndarray, np.ndarray | None]:
+        """(dead rows, packed bitmap of live rows) of the segment as ``meta`` has it; the
+        bitmap is None when no row is dead. Read once per tombstone file."""
         if meta.tombstones is None:
-            return np.zeros(meta.rows, bool)
+            return np.zeros(meta.rows, bool), None
         with self._lock:
             cached = self._tombs.get(meta.tombstones.path)
         if cached is not None:
@@ -585,9 +577,10 @@ class IndexStore:
             raise IndexCorruptError(f"index tombstones {meta.tombstones.path} mark {int(dead.sum())} rows, "
                                     f"the manifest says {meta.dead}")
         dead.setflags(write=False)
+        entry = (dead, _bits(~dead))
         with self._lock:
-            self._tombs[meta.tombstones.path] = dead
-        return dead
+            self._tombs[meta.tombstones.path] = entry
+        return entry
 
     def open_segment(self, meta: SegmentMeta) -> OpenSegment:
         with self._lock:
@@ -685,10 +678,6 @@ class IndexStore:
             return meta
         ref = self._write_file(self.tombstones_dir, f"{meta.name}.g{generation:010d}.del", _bits(dead).tobytes())
         return replace(meta, dead=n_dead, tombstones=ref)
-
-    def dead_rows(self, meta: SegmentMeta) -> np.ndarray:
-        """A writable copy of the segment's dead-row bitmap."""
-        return self._tombstones(meta).copy()
 
     def commit(self, manifest: Manifest) -> IndexVersion:
         """Write ``manifest`` and switch ``CURRENT`` to it, atomically; then collect garbage."""

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.config import Settings, load_settings
+from retrieval.index.segments import MERGE_LOCK, lock_held
 
 OPERATIONS = ("ingest", "sync", "worker", "reindex", "merge")
 SPECIAL_CASES = ("truncated-index", "garbage-index", "garbage-manifest", "disk-full", "database-locked")
@@ -302,7 +303,7 @@ class _Harness:
                 break
             time.sleep(0.01)
         killed = proc.poll() is None
-        merging = killed and _merge_lock_held(Path(self.settings.index_dir))
+        merging = killed and lock_held(Path(self.settings.index_dir) / MERGE_LOCK)
         if killed:
             proc.send_signal(signal.SIGKILL)
         out, err = proc.communicate()
@@ -654,12 +655,6 @@ def scratch_settings(store_dir: str | os.PathLike[str], base: Settings | None = 
                               "progress": False, **MERGE_SETTINGS}
     values.update(overrides)
     return base.with_overrides("chaos", **values)
-
-
-def _merge_lock_held(index_dir: Path) -> bool:
-    from retrieval.index.segments import MERGE_LOCK, lock_held
-
-    return lock_held(index_dir / MERGE_LOCK)
 
 
 def worker_available() -> bool:
