@@ -34,7 +34,8 @@ def test_upgrade_from_empty_to_head_check_and_downgrade(tmp_path: Path) -> None:
     con = sqlite3.connect(tmp_path / "m.db")
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     triggers = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
-    assert triggers == {"documents_log_insert", "documents_log_update", "documents_log_delete"}
+    assert triggers == {"documents_log_insert", "documents_log_update", "documents_log_delete",
+                        "documents_fts_insert", "documents_fts_delete", "documents_fts_update"}
     con.close()
 
     db.downgrade(engine, "base")

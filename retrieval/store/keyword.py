@@ -1,0 +1,205 @@
+"""Keyword search over the FTS5 index of revision 0002 (SQLite; PostgreSQL comes later).
+
+``documents_fts`` indexes ``documents.text`` with the ``porter unicode61
+remove_diacritics 2`` tokenizer (English stemming, case and diacritics folded) and is kept
+in step by triggers, so a keyword search sees exactly the documents of the caller's
+snapshot: a document is found the moment its write commits, whoever wrote it.
+
+User text never reaches FTS5's query syntax: :func:`fts_query` turns every term into an
+FTS5 string, so operators (AND, OR, NOT, NEAR, ``*``, ``^``, ``:``, ``-``, ``+``),
+quotes and brackets in a query are plain text, and the terms are joined with OR: a
+natural-language query ranks documents by BM25 over any of its terms.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Float, Integer, bindparam, column, func, literal, literal_column, select, table
+from sqlalchemy.sql.elements import ColumnElement
+
+from retrieval.store.models import Base
+
+# Markers FTS5's snippet() puts around matched terms; parse_snippet() turns them into offsets.
+SNIPPET_OPEN = "\x02"
+SNIPPET_CLOSE = "\x03"
+SNIPPET_ELLIPSIS = "…"
+SNIPPET_TOKENS = 16  # the most tokens snippet() returns
+
+# Distinct terms kept from one query: more add nothing to a natural-language query's
+# ranking and make FTS5 walk more posting lists. The rest are ignored.
+MAX_TERMS = 64
+
+# Common English words dropped from a query when it has any other term: FTS5 has no
+# stopword list, and with few documents (where BM25's IDF says little) a match on "the"
+# or "for" would count as much as one on "shoes". Words that are also nouns a query may
+# mean ("it", "us", "can", "will", "may") are kept.
+STOPWORDS = frozenset(
+    """
+    a about above after again against all am an and any are as at be because been before being
+    below between both but by did do does doing down during each few for from further had has
+    have having he her here hers herself him himself his how i if in into is its itself just me
+    more most my myself no nor not of off on once only or other our ours ourselves out over own
+    same she should so some such than that the their theirs them themselves then there these they
+    this those through to too under until up very was we were what when where which while who
+    whom why with would you your yours yourself yourselves
+    """.split()
+)
+
+
+def _is_token_char(ch: str) -> bool:
+    """Whether unicode61 (default options) keeps ``ch`` in a token: letters, digits,
+    private use; combining marks are kept too, so that a term's diacritics stay with it."""
+    cat = unicodedata.category(ch)
+    return cat[0] in "LNM" or cat == "Co"
+
+
+def _clean(text: str) -> str:
+    """Control characters and lone surrogates become spaces: SQLite reads a bound string
+    only up to a NUL (an unterminated FTS5 string), and a surrogate cannot be encoded."""
+    return "".join(" " if unicodedata.category(ch) in ("Cc", "Cs") else ch for ch in text)
+
+
+def _strip_edges(term: str) -> str:
+    start, end = 0, len(term)
+    while start < end and not _is_token_char(term[start]):
+        start += 1
+    while end > start and not _is_token_char(term[end - 1]):
+        end -= 1
+    return term[start:end]
+
+
+def query_terms(text: str) -> list[str]:
+    """The terms :func:`fts_query` searches for: whitespace-separated words of ``text``
+    without separator characters at their edges, distinct (ignoring case), without
+    English stopwords when any other term remains, at most :data:`MAX_TERMS`."""
+    terms: list[str] = []
+    seen: set[str] = set()
+    for raw in _clean(text).split():
+        term = _strip_edges(raw)
+        key = term.lower()
+        if not term or key in seen:
+            continue
+        seen.add(key)
+        terms.append(term)
+    content = [t for t in terms if t.lower() not in STOPWORDS]
+    return (content or terms)[:MAX_TERMS]
+
+
+def fts_query(text: str) -> str | None:
+    """A safe FTS5 MATCH expression for any user text, or None when it has no term.
+
+    Every term is an FTS5 string (``"..."``, an inner ``"`` doubled), so nothing in it is
+    an operator; a term the tokenizer splits further (``t-shirt``) is matched as a
+    phrase. The terms are joined with OR.
+    """
+    terms = query_terms(text)
+    if not terms:
+        return None
+    return " OR ".join('"' + term.replace('"', '""') + '"' for term in terms)
+
+
+@dataclass(frozen=True)
+class KeywordHit:
+    """One keyword match: the document's id, its score (``-bm25``, higher is better), and
+    a plain-text snippet with ``highlights``, (start, end) character offsets of the
+    matched terms in it (empty with ``snippets=False``)."""
+
+    id: int
+    score: float
+    snippet: str
+    highlights: tuple[tuple[int, int], ...]
+
+
+_MARKERS = re.compile(f"([{SNIPPET_OPEN}{SNIPPET_CLOSE}])")
+
+
+def parse_snippet(marked: str) -> tuple[str, tuple[tuple[int, int], ...]]:
+    """Split the output of FTS5 ``snippet()`` into plain text and highlight offsets.
+
+    A marker without its pair (the document's own text may hold a \\x02 or \\x03) is
+    dropped; offsets always lie within the returned text and never overlap.
+    """
+    parts: list[str] = []
+    spans: list[tuple[int, int]] = []
+    length = 0
+    start: int | None = None  # where the open highlight began
+    for piece in _MARKERS.split(marked):
+        if piece in (SNIPPET_OPEN, SNIPPET_CLOSE):
+            if start is not None and length > start:
+                spans.append((start, length))
+            start = length if piece == SNIPPET_OPEN else None
+        elif piece:
+            parts.append(piece)
+            length += len(piece)
+    if start is not None and length > start:
+        spans.append((start, length))
+    return "".join(parts), tuple(spans)
+
+
+_DOCS = Base.metadata.tables["documents"]
+_FTS = table("documents_fts", column("rowid", Integer))
+# The hidden column named as the table: the left side of MATCH, the first argument of
+# the auxiliary functions bm25() and snippet().
+_FTS_TABLE: ColumnElement[Any] = literal_column("documents_fts")
+_RANK = func.bm25(_FTS_TABLE, type_=Float).label("kw_rank")
+_SNIPPET = func.snippet(
+    _FTS_TABLE,
+    literal(0),
+    literal(SNIPPET_OPEN),
+    literal(SNIPPET_CLOSE),
+    literal(SNIPPET_ELLIPSIS),
+    literal(SNIPPET_TOKENS),
+).label("kw_snippet")
+_MATCHES = (
+    select(_DOCS.c.id, _RANK)
+    .select_from(_FTS.join(_DOCS, _DOCS.c.id == _FTS.c.rowid))
+    .where(_FTS_TABLE.bool_op("MATCH")(bindparam("kw_query")))
+    .order_by(_RANK, _DOCS.c.id)
+)
+_MATCHES_WITH_SNIPPETS = _MATCHES.add_columns(_SNIPPET)
+
+
+def keyword_available(conn: Connection) -> bool:
+    """Whether the database has the keyword index (SQLite at revision 0002 or later)."""
+    if conn.dialect.name != "sqlite":
+        return False
+    found = conn.exec_driver_sql(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'documents_fts'"
+    ).first()
+    return found is not None
+
+
+def keyword_search(
+    conn: Connection,
+    query: str,
+    limit: int,
+    *,
+    condition: ColumnElement[bool] | None = None,
+    snippets: bool = True,
+) -> list[KeywordHit]:
+    """The ``limit`` documents that best match ``query`` by BM25, best first (ties by id).
+
+    Runs on ``conn`` in its open transaction, so the hits agree with whatever else the
+    caller reads in that snapshot. ``condition`` (a boolean expression over the
+    ``documents`` table, such as a metadata filter) restricts the documents searched.
+    Returns [] for a query without terms and on databases other than SQLite.
+    """
+    if conn.dialect.name != "sqlite":
+        # TODO: PostgreSQL: a tsvector column on documents with a GIN index (a later
+        # revision), websearch_to_tsquery / ts_rank_cd, ts_headline for the snippet.
+        return []
+    match = fts_query(query)
+    if match is None or limit <= 0:
+        return []
+    stmt = _MATCHES_WITH_SNIPPETS if snippets else _MATCHES
+    if condition is not None:
+        stmt = stmt.where(condition)
+    hits: list[KeywordHit] = []
+    for row in conn.execute(stmt.limit(limit), {"kw_query": match}):
+        text, highlights = parse_snippet(row[2] or "") if snippets else ("", ())
+        hits.append(KeywordHit(int(row[0]), -float(row[1]), text, highlights))
+    return hits
