@@ -52,6 +52,7 @@ class Settings:
     merge_max_tombstones: float = 0.2
     merge_threads: int = 1
     merge_inline_max_docs: int = 1000
+    filter_exact_rows: int = 8192
     search_threads: int = 1
     search_k: int = 5
     max_k: int = 1000
@@ -99,7 +100,8 @@ class Settings:
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise ConfigError(f"device: must be one of {', '.join(DEVICES)} or cuda:N, got {self.device!r}")
         for name in ("batch_size", "search_threads", "search_k", "max_k", "max_query_chars", "hnsw_m", "hnsw_ef_search",
-                     "hnsw_ef_construction", "hnsw_min_docs", "merge_max_at_once", "merge_floor_docs", "merge_threads"):
+                     "hnsw_ef_construction", "hnsw_min_docs", "merge_max_at_once", "merge_floor_docs", "merge_threads",
+                     "filter_exact_rows"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if not 0 < self.min_recall <= 1:

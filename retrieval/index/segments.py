@@ -256,6 +256,14 @@ def _selector_params(faiss: Any, kind: str, bitmap: np.ndarray | None, rows: int
     return faiss.SearchParameters(sel=sel), sel
 
 
+# An HNSW segment scores a filter's matches exactly up to this many of its rows: reading
+# and scoring 8,192 vectors takes about as long as a filtered graph search at the
+# selectivity where the graph starts to need a wide efSearch (see scripts/bench_filters.py).
+EXACT_MAX_ROWS = 8192
+WIDEN_STEPS = 4  # efSearch x4 each time; then the allowed rows are scored exactly
+
+
+
 class IndexVersion:
     """One manifest generation, opened: what a search searches."""
 
@@ -279,13 +287,20 @@ class IndexVersion:
         return np.concatenate(parts) if parts else np.empty((0, self.manifest.dim), np.float32)
 
     def search(self, vectors: np.ndarray, k: int, *, exclude: np.ndarray | None = None,
-               ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+               allow: np.ndarray | None = None, ef_search: int | None = None,
+               exact_max: int = EXACT_MAX_ROWS) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (scores, ids) per query row over every segment, best first, ties by id,
         padded with id -1.
 
         Each segment is searched with a bitmap selector of its live rows, less the rows of
         ``exclude`` ids (documents changed since this generation), inside FAISS; an HNSW
         segment uses the efSearch its recall guard recorded (at least ``ef_search``).
+
+        ``allow`` (sorted ids, a filter's matches) restricts the search to those documents,
+        and the plan follows how many of a segment's rows they are: a flat segment is
+        searched with a selector of them (exact); in an HNSW segment up to ``exact_max`` of
+        them are scored exactly from their vectors, and more through the graph with a
+        selector, efSearch widened until every query has min(k, allowed) results.
         """
         faiss = _faiss()
         q = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -293,7 +308,29 @@ class IndexVersion:
         excl = np.unique(np.asarray(exclude, dtype=np.int64)) if exclude is not None and len(exclude) else None
         all_scores, all_ids = [], []
         for view in self.views:
+            if nq == 0:
+                break
             seg = view.segment
+            ef = view.meta.ef_search
+            if ef is not None and ef_search is not None:
+                ef = max(ef, ef_search)
+            if allow is not None:
+                rows = seg.rows_of(allow)
+                if len(rows):
+                    rows = rows[~view.dead[rows]]
+                if excl is not None and len(rows):
+                    rows = rows[~np.isin(seg.ids[rows], excl, assume_unique=True)]
+                if not len(rows):
+                    continue
+                if view.meta.kind != "flat" and len(rows) <= exact_max:
+                    scores, ids = _exact_rows(seg, rows, q, k)
+                else:
+                    chosen = np.zeros((seg.rows + 7) // 8, np.uint8)
+                    np.bitwise_or.at(chosen, rows >> 3, np.left_shift(1, rows & 7).astype(np.uint8))
+                    scores, ids = _search_widening(faiss, view, q, min(k, len(rows)), chosen, ef, rows)
+                all_scores.append(scores)
+                all_ids.append(ids)
+                continue
             bitmap = view.allowed
             live = view.live
             if excl is not None:
@@ -305,17 +342,12 @@ class IndexVersion:
                     np.bitwise_and.at(bitmap, rows >> 3, ~np.left_shift(1, rows & 7).astype(np.uint8))
                     live -= len(rows)
             n = min(k, live)
-            if n <= 0 or nq == 0:
+            if n <= 0:
                 continue
-            ef = view.meta.ef_search
-            if ef is not None and ef_search is not None:
-                ef = max(ef, ef_search)
             params, _sel = _selector_params(faiss, view.meta.kind, bitmap, seg.rows, ef)
             scores, rows_found = seg.index.search(q, n, params=params)
-            found = rows_found >= 0
-            ids = np.where(found, seg.ids[np.where(found, rows_found, 0)], -1)
             all_scores.append(scores)
-            all_ids.append(ids)
+            all_ids.append(_ids_of(seg, rows_found))
         if not all_scores:
             return np.empty((nq, 0), np.float32), np.empty((nq, 0), np.int64)
         scores = np.concatenate(all_scores, axis=1)
@@ -323,6 +355,39 @@ class IndexVersion:
         scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
         order = np.lexsort((ids, -scores), axis=1)[:, :k]
         return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+
+def _ids_of(seg: OpenSegment, rows_found: np.ndarray) -> np.ndarray:
+    found = rows_found >= 0
+    return np.where(found, seg.ids[np.where(found, rows_found, 0)], -1)
+
+
+def _exact_rows(seg: OpenSegment, rows: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top-k of ``rows`` for each query, scored from the segment's stored vectors."""
+    vecs = seg.index.reconstruct_batch(rows)
+    scores = np.asarray(q @ vecs.T, dtype=np.float32)
+    ids = np.broadcast_to(seg.ids[rows], scores.shape)
+    if scores.shape[1] > k:
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        return np.take_along_axis(scores, top, 1), np.take_along_axis(ids, top, 1)
+    return scores, np.ascontiguousarray(ids)
+
+
+def _search_widening(faiss: Any, view: SegmentView, q: np.ndarray, n: int, bitmap: np.ndarray, ef: int | None,
+                     rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A selector search of ``n`` results per query; an HNSW search that finds fewer (the
+    filter cut the graph's paths) is widened, and scored exactly as a last resort."""
+    seg = view.segment
+    # A selective filter leaves fewer allowed nodes near each graph path: search wider in
+    # proportion (up to 8x), as a filtered graph search needs to find as many neighbours.
+    ef = max(int((ef or 16) * min(8.0, seg.rows / max(len(rows), 1))), n)
+    for _ in range(WIDEN_STEPS if view.meta.kind == "hnsw" else 1):
+        params, _sel = _selector_params(faiss, view.meta.kind, bitmap, seg.rows, ef)
+        scores, rows_found = seg.index.search(q, n, params=params)
+        if view.meta.kind != "hnsw" or bool((rows_found >= 0).sum(axis=1).min() >= n):
+            return scores, _ids_of(seg, rows_found)
+        ef *= 4
+    return _exact_rows(seg, rows, q, n)
 
 
 # -- building segments ---------------------------------------------------------------

@@ -13,22 +13,26 @@ with the database at that moment, whatever the index version has caught up with:
    score first, ties by internal id, cut at k and ``min_score``;
 5. :func:`fetch_hits`: the winners' rows, from the same snapshot.
 
-Each candidate source returns :class:`Candidates`; that is the seam where more sources
-(keyword search), restrictions (metadata filters: an allowed set for the index search,
-a condition for the exact stage) and other merges (rank fusion) plug in.
+A metadata filter is evaluated first, in the same snapshot, into the sorted ids it
+allows: the index search gets them as an allow-list (see :meth:`IndexVersion.search` for
+the plan by selectivity), the backlog is cut to them, and keyword search applies the
+filter's SQL condition. Keyword mode ranks by the FTS5 index's BM25 (same snapshot, so
+never stale); hybrid mode fuses the dense and keyword rankings (:func:`_fuse`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from retrieval.embed.base import Encoder
-from retrieval.index.segments import IndexVersion, set_search_threads
+from retrieval.index.segments import EXACT_MAX_ROWS, IndexVersion, set_search_threads
 from retrieval.search.hits import Hit
+from retrieval.store.filters import Filter, compile_filter
+from retrieval.store.keyword import KeywordHit, keyword_search
 from retrieval.store.repository import Store, StoredDocument
 from retrieval.vectors import ensure_vectors
 
@@ -56,8 +60,8 @@ class Backlog:
     documents: dict[int, StoredDocument]  # the changed ones that still exist, current rows
 
 
-def backlog(store: Store, conn: Connection, version: IndexVersion) -> Backlog:
-    max_seq = store.max_seq(conn)
+def backlog(store: Store, conn: Connection, version: IndexVersion, *, max_seq: int | None = None) -> Backlog:
+    max_seq = store.max_seq(conn) if max_seq is None else max_seq
     if max_seq <= version.manifest.last_seq:
         return Backlog(np.empty(0, np.int64), {})
     changed = store.changed_ids(conn, version.manifest.last_seq, max_seq)
@@ -65,8 +69,9 @@ def backlog(store: Store, conn: Connection, version: IndexVersion) -> Backlog:
 
 
 def dense_candidates(version: IndexVersion, vectors: np.ndarray, k: int, *, exclude: np.ndarray,
-                     ef_search: int | None = None) -> Candidates:
-    scores, ids = version.search(vectors, k, exclude=exclude, ef_search=ef_search)
+                     allow: np.ndarray | None = None, ef_search: int | None = None,
+                     exact_rows: int = EXACT_MAX_ROWS) -> Candidates:
+    scores, ids = version.search(vectors, k, exclude=exclude, allow=allow, ef_search=ef_search, exact_max=exact_rows)
     return Candidates(scores, ids)
 
 
@@ -92,35 +97,161 @@ def merge(parts: Sequence[Candidates], k: int, min_score: float | None) -> list[
     return results
 
 
-def fetch_hits(store: Store, conn: Connection, ranked: list[list[tuple[float, int]]]) -> list[list[Hit]]:
+def fetch_hits(store: Store, conn: Connection, ranked: list[list[tuple[float, int]]], *,
+               extra: list[dict[int, dict[str, Any]]] | None = None, mode: str = "dense") -> list[list[Hit]]:
+    """The winners' rows, from the same snapshot; ``extra`` adds fields per query and id."""
     docs = store.docs_by_ids(conn, sorted({i for r in ranked for _, i in r}))
     hits: list[list[Hit]] = []
-    for r in ranked:
+    for qi, r in enumerate(ranked):
         row = []
         for score, i in r:
             d = docs.get(i)
             if d is None:  # cannot happen: the snapshot holds every candidate
                 continue
-            row.append(Hit(d.external_id, score, d.text, d.metadata, d.id))
+            more = extra[qi].get(i, {}) if extra is not None else {}
+            row.append(Hit(d.external_id, score, d.text, d.metadata, d.id, mode=mode, **more))
         hits.append(row)
     return hits
 
 
-def search(store: Store, version: IndexVersion, encoder: Callable[[], Encoder], vectors: np.ndarray, k: int, *,
-           min_score: float | None = None, ef_search: int | None = None, threads: int = 1) -> list[list[Hit]]:
-    """Run the pipeline for query ``vectors`` (one row per query) against ``version``.
+MODES = ("dense", "keyword", "hybrid")
+RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al., 2009)
+HYBRID_DEPTH = 100  # candidates taken from each list before fusing
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to search for: dense query ``vectors`` (one row per query; None in keyword
+    mode), the query ``texts`` (keyword and hybrid modes), and how."""
+
+    k: int
+    vectors: np.ndarray | None = None
+    texts: Sequence[str] | None = None
+    mode: str = "dense"
+    where: Filter | None = None
+    min_score: float | None = None
+    alpha: float | None = None  # hybrid: convex combination of normalised scores instead of RRF
+    exclude: Sequence[int] = ()  # internal ids never returned (the examples of a recommendation)
+    depth: int = HYBRID_DEPTH
+
+    @property
+    def queries(self) -> int:
+        return len(self.vectors) if self.vectors is not None else len(self.texts or ())
+
+
+def _dense_ranked(store: Store, conn: Connection, version: IndexVersion, encoder: Callable[[], Encoder],
+                  req: Request, pending: Backlog, allowed: np.ndarray | None, k: int,
+                  ef_search: int | None, exact_rows: int) -> list[list[tuple[float, int]]]:
+    assert req.vectors is not None
+    vectors = np.ascontiguousarray(req.vectors, dtype=np.float32)
+    exclude = pending.ids
+    if len(req.exclude):
+        exclude = np.union1d(exclude, np.asarray(req.exclude, dtype=np.int64))
+    documents = pending.documents
+    if documents and (allowed is not None or len(req.exclude)):
+        keep = set(allowed.tolist()) if allowed is not None else None
+        skip = set(req.exclude)
+        documents = {i: d for i, d in documents.items() if (keep is None or i in keep) and i not in skip}
+    parts = [
+        dense_candidates(version, vectors, k, exclude=exclude, allow=allowed, ef_search=ef_search,
+                         exact_rows=exact_rows),
+        exact_candidates(store, encoder, documents, vectors),
+    ]
+    return merge(parts, k, None)
+
+
+def _keyword_ranked(conn: Connection, req: Request, k: int) -> list[list[tuple[float, int, KeywordHit]]]:
+    assert req.texts is not None
+    condition = compile_filter(req.where, conn.dialect.name) if req.where is not None else None
+    skip = set(req.exclude)
+    out = []
+    for text in req.texts:
+        found = keyword_search(conn, text, k + len(skip), condition=condition)
+        out.append([(h.score, h.id, h) for h in found if h.id not in skip][:k])
+    return out
+
+
+def _fuse(dense: list[tuple[float, int]], keyword: list[tuple[float, int, KeywordHit]], k: int,
+          alpha: float | None) -> tuple[list[tuple[float, int]], dict[int, dict[str, Any]]]:
+    """One hybrid list: reciprocal rank fusion of the two rankings (or, with ``alpha``, a
+    convex combination of their min-max normalised scores), best first, ties by id."""
+    d_rank = {i: r for r, (_, i) in enumerate(dense, 1)}
+    k_rank = {h[1]: r for r, h in enumerate(keyword, 1)}
+    fused: dict[int, float] = {}
+    if alpha is None:
+        for i, r in d_rank.items():
+            fused[i] = fused.get(i, 0.0) + 1.0 / (RRF_K + r)
+        for i, r in k_rank.items():
+            fused[i] = fused.get(i, 0.0) + 1.0 / (RRF_K + r)
+    else:
+        def normalised(pairs: list[tuple[float, int]]) -> dict[int, float]:
+            if not pairs:
+                return {}
+            lo, hi = min(s for s, _ in pairs), max(s for s, _ in pairs)
+            return {i: (s - lo) / (hi - lo) if hi > lo else 1.0 for s, i in pairs}
+
+        dn = normalised(dense)
+        kn = normalised([(s, i) for s, i, _ in keyword])
+        for i in set(dn) | set(kn):
+            fused[i] = alpha * dn.get(i, 0.0) + (1 - alpha) * kn.get(i, 0.0)
+    ranked = sorted(((s, i) for i, s in fused.items()), key=lambda c: (-c[0], c[1]))[:k]
+    snippets = {h[1]: h[2] for h in keyword}
+    extra: dict[int, dict[str, Any]] = {}
+    for _, i in ranked:
+        e: dict[str, Any] = {"dense_rank": d_rank.get(i), "keyword_rank": k_rank.get(i)}
+        if i in snippets:
+            e["snippet"] = snippets[i].snippet
+            e["highlights"] = snippets[i].highlights
+        extra[i] = e
+    return ranked, extra
+
+
+def _cut(ranked: list[tuple[float, int]], min_score: float | None) -> list[tuple[float, int]]:
+    return ranked if min_score is None else [c for c in ranked if c[0] >= min_score]
+
+
+def run(store: Store, version: IndexVersion | None, encoder: Callable[[], Encoder], req: Request, *,
+        ef_search: int | None = None, threads: int = 1, exact_rows: int = EXACT_MAX_ROWS) -> list[list[Hit]]:
+    """Run the pipeline for ``req`` inside one read transaction.
 
     ``encoder`` is called only when a backlog document has no stored vector yet.
+    A filter is evaluated first, in the same snapshot (its matches cached by change-log
+    position, see :class:`~retrieval.store.repository.MatchCache`); every stage then sees
+    only the documents it allows.
     """
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if req.mode not in MODES:
+        raise ValueError(f"unknown search mode {req.mode!r}")
     set_search_threads(threads)
+    nq = req.queries
     with store.read() as conn:
-        pending = backlog(store, conn, version)
-        parts = [
-            dense_candidates(version, vectors, k, exclude=pending.ids, ef_search=ef_search),
-            exact_candidates(store, encoder, pending.documents, vectors),
-        ]
-        return fetch_hits(store, conn, merge(parts, k, min_score))
+        max_seq = store.max_seq(conn)
+        allowed = store.matching_ids(conn, req.where, max_seq=max_seq) if req.where is not None else None
+        if allowed is not None and not len(allowed):
+            return [[] for _ in range(nq)]
+        depth = req.k if req.mode != "hybrid" else max(req.k, req.depth)
+        dense: list[list[tuple[float, int]]] = []
+        if req.mode != "keyword":
+            assert version is not None
+            pending = backlog(store, conn, version, max_seq=max_seq)
+            dense = _dense_ranked(store, conn, version, encoder, req, pending, allowed, depth, ef_search, exact_rows)
+        if req.mode == "dense":
+            return fetch_hits(store, conn, [_cut(r, req.min_score) for r in dense])
+        keyword = _keyword_ranked(conn, req, depth)
+        if req.mode == "keyword":
+            extra = [{i: {"snippet": h.snippet, "highlights": h.highlights} for _, i, h in r} for r in keyword]
+            ranked = [_cut([(s, i) for s, i, _ in r], req.min_score) for r in keyword]
+            return fetch_hits(store, conn, ranked, extra=extra, mode="keyword")
+        fused = [_fuse(d, kw, req.k, req.alpha) for d, kw in zip(dense, keyword)]
+        return fetch_hits(store, conn, [_cut(r, req.min_score) for r, _ in fused], extra=[e for _, e in fused],
+                          mode="hybrid")
 
 
-__all__ = ["Backlog", "Candidates", "backlog", "dense_candidates", "exact_candidates", "fetch_hits", "merge", "search"]
+def search(store: Store, version: IndexVersion, encoder: Callable[[], Encoder], vectors: np.ndarray, k: int, *,
+           min_score: float | None = None, ef_search: int | None = None, threads: int = 1) -> list[list[Hit]]:
+    """Dense search for query ``vectors`` (one row per query) against ``version``."""
+    return run(store, version, encoder, Request(k, vectors=vectors, min_score=min_score), ef_search=ef_search,
+               threads=threads)
+
+
+__all__ = ["MODES", "Backlog", "Candidates", "Request", "backlog", "dense_candidates", "exact_candidates",
+           "fetch_hits", "merge", "run", "search"]

@@ -8,6 +8,9 @@ A document and its change-log rows are written in one transaction by the trigger
 from __future__ import annotations
 
 import hashlib
+import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +23,8 @@ from sqlalchemy.exc import OperationalError
 
 from retrieval.errors import StoreError
 from retrieval.store import db
+from retrieval.store.filters import Filter, compile_filter, field_expression, json_path
+from retrieval.store.filters import parse as parse_filter
 from retrieval.store.models import Base, Change, Document, Embedding
 
 CHUNK = 900  # bound parameters per IN (...): well under every SQLite build's limit
@@ -74,6 +79,51 @@ _CHANGED_IDS = (
 )
 
 
+_MIN_SEQ = select(func.min(Change.seq))
+
+
+class MatchCache:
+    """Which documents a filter matches, by filter, as of a change-log position.
+
+    A filter's matches change only when documents do, and every change is in the change
+    log: an entry made at position ``seq`` is brought to a later position by evaluating
+    the filter on the documents changed in between only, so a repeated filter costs what
+    changed, not O(store). Bounded by bytes; least recently used entries go first.
+    """
+
+    def __init__(self, max_bytes: int = 64 << 20, max_refresh: int = 20_000) -> None:
+        self.max_bytes = max_bytes
+        self.max_refresh = max_refresh  # more changes than this: evaluate from scratch
+        self._entries: OrderedDict[str, tuple[int, np.ndarray]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = self.refreshes = self.misses = 0
+
+    def get(self, key: str) -> tuple[int, np.ndarray] | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+            return entry
+
+    def put(self, key: str, seq: int, ids: np.ndarray) -> None:
+        if ids.nbytes > self.max_bytes:
+            return
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1].nbytes
+                if old[0] > seq:  # a reader with a newer snapshot got here first
+                    self._entries[key] = old
+                    self._bytes += old[1].nbytes
+                    return
+            self._entries[key] = (seq, ids)
+            self._bytes += ids.nbytes
+            while self._bytes > self.max_bytes and self._entries:
+                _, (_, gone) = self._entries.popitem(last=False)
+                self._bytes -= gone.nbytes
+
+
 def _doc(row: Any) -> StoredDocument:
     return StoredDocument(row[0], row[1], row[2], row[3] or {}, row[4])
 
@@ -84,6 +134,7 @@ class Store:
     def __init__(self, engine: Engine, url: str) -> None:
         self.engine = engine
         self.url = url
+        self.matches = MatchCache()
 
     @classmethod
     def open(cls, url: str, *, busy_timeout_ms: int = 30_000, migrate: bool = True) -> Store:
@@ -190,6 +241,15 @@ class Store:
             row = conn.execute(select(*_DOC_COLUMNS).where(Document.external_id == external_id)).first()
         return _doc(row) if row else None
 
+    def get_many(self, external_ids: Sequence[str]) -> dict[str, StoredDocument]:
+        """The stored documents among ``external_ids``, by external id."""
+        out: dict[str, StoredDocument] = {}
+        with self.read() as conn:
+            for part in _chunks(list(dict.fromkeys(external_ids))):
+                for row in conn.execute(select(*_DOC_COLUMNS).where(Document.external_id.in_(part))):
+                    out[row[1]] = _doc(row)
+        return out
+
     @staticmethod
     def docs_by_ids(conn: Connection, ids: Sequence[int]) -> dict[int, StoredDocument]:
         out: dict[int, StoredDocument] = {}
@@ -217,6 +277,83 @@ class Store:
     @staticmethod
     def all_ids(conn: Connection) -> np.ndarray:
         return np.fromiter(conn.scalars(select(Document.id).order_by(Document.id)), dtype=np.int64)
+
+    # -- metadata filters -------------------------------------------------------------
+
+    def _evaluate(self, conn: Connection, f: Filter, ids: Sequence[int] | None = None) -> np.ndarray:
+        cond = compile_filter(f, conn.dialect.name)
+        if ids is None:
+            rows = conn.execute(select(Document.id).where(cond)).scalars()
+            out = np.fromiter(rows, dtype=np.int64)
+        else:
+            parts = [np.fromiter(conn.execute(select(Document.id).where(Document.id.in_(part), cond)).scalars(),
+                                 dtype=np.int64) for part in _chunks(list(ids))]
+            out = np.concatenate(parts) if parts else np.empty(0, np.int64)
+        out.sort()
+        return out
+
+    def matching_ids(self, conn: Connection, where: Filter, *, max_seq: int | None = None) -> np.ndarray:
+        """The sorted ids of the documents ``where`` matches, in ``conn``'s snapshot.
+
+        ``max_seq`` is the snapshot's change-log position, when the caller has read it.
+        """
+        seq = self.max_seq(conn) if max_seq is None else max_seq
+        entry = self.matches.get(where.canonical)
+        if entry is not None and entry[0] == seq:
+            self.matches.hits += 1
+            return entry[1]
+        if entry is not None and entry[0] < seq and seq - entry[0] <= self.matches.max_refresh:
+            oldest = conn.scalar(_MIN_SEQ)
+            if oldest is not None and oldest <= entry[0] + 1:  # no pruned gap in between
+                changed = np.asarray(self.changed_ids(conn, entry[0], seq), dtype=np.int64)
+                if len(changed) <= self.matches.max_refresh:
+                    still = self._evaluate(conn, where, changed.tolist())
+                    ids = np.union1d(np.setdiff1d(entry[1], changed, assume_unique=True), still)
+                    self.matches.refreshes += 1
+                    self.matches.put(where.canonical, seq, ids)
+                    return ids
+        self.matches.misses += 1
+        ids = self._evaluate(conn, where)
+        self.matches.put(where.canonical, seq, ids)
+        return ids
+
+    def count_matching(self, where: Any) -> int:
+        f = parse_filter(where)
+        with self.read() as conn:
+            if f is None:
+                return int(conn.scalar(select(func.count()).select_from(Document)) or 0)
+            return len(self.matching_ids(conn, f))
+
+    def index_field(self, field: str, *, drop: bool = False) -> str:
+        """Create (or drop) an expression index on a metadata field that filters use often."""
+        f = parse_filter({field: {"$exists": True}})
+        assert f is not None and hasattr(f.root, "path")
+        path = f.root.path
+        name = "ix_meta_" + hashlib.sha1(json_path(path).encode()).hexdigest()[:10]
+        with self.write() as conn:
+            if conn.dialect.name != "sqlite":
+                raise StoreError(f"index-field is not available on {conn.dialect.name} yet")
+            if drop:
+                conn.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
+            else:
+                expr = str(field_expression(path).compile(conn, compile_kwargs={"literal_binds": True}))
+                conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {name} ON documents ({expr.replace('documents.', '')})")
+        return name
+
+    def field_indexes(self) -> list[dict[str, str]]:
+        """Expression indexes on metadata fields (made by :meth:`index_field`)."""
+        with self.read() as conn:
+            if conn.dialect.name != "sqlite":
+                return []
+            rows = conn.exec_driver_sql(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND name LIKE 'ix_meta_%' ORDER BY name"
+            ).all()
+        out = []
+        for name, sql in rows:
+            m = re.search(r"'\$((?:\.\"[^\"]*\")+)'", sql or "")
+            field = ".".join(re.findall(r'"([^"]*)"', m.group(1))) if m else "?"
+            out.append({"name": name, "field": field, "sql": sql})
+        return out
 
     # -- change log -------------------------------------------------------------------
 
