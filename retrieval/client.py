@@ -8,7 +8,7 @@ loads neither torch, FAISS nor SQLAlchemy.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from retrieval.errors import NotFoundError, ServiceError
@@ -22,9 +22,28 @@ class RemoteHit:
     score: float
     text: str
     metadata: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)  # mode, ranks, snippet, as sent
+
+    @property
+    def snippet(self) -> str | None:
+        return self.extra.get("snippet")
+
+    @property
+    def highlights(self) -> list[Any]:
+        return list(self.extra.get("highlights") or [])
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "score": self.score, "text": self.text, "metadata": self.metadata}
+        return {"id": self.id, "score": self.score, "text": self.text, "metadata": self.metadata, **self.extra}
+
+
+def hit_from_json(r: dict[str, Any]) -> RemoteHit:
+    """A result as the service sends it."""
+    extra: dict[str, Any] = {key: r[key] for key in ("mode", "dense_rank", "keyword_rank", "snippet", "highlights")
+                             if key in r}
+    if extra.get("mode") == "hybrid":  # the service leaves out a rank that is null
+        extra.setdefault("dense_rank", None)
+        extra.setdefault("keyword_rank", None)
+    return RemoteHit(r["id"], float(r["score"]), r["text"], r.get("metadata") or {}, extra)
 
 
 class RemoteSearcher:
@@ -69,20 +88,29 @@ class RemoteSearcher:
             raise ServiceError(f"the service at {self.url} did not answer JSON; is it a `retrieve serve` service?")
         return body
 
-    def search(self, query: str, k: int | None = None, *, min_score: float | None = None) -> list[RemoteHit]:
-        """The top-``k`` documents for ``query`` (the service's search_k when None)."""
-        payload: dict[str, Any] = {"query": query}
+    def search(self, query: str | None = None, k: int | None = None, *, min_score: float | None = None,
+               **options: Any) -> list[RemoteHit]:
+        """The top-``k`` documents for ``query`` (the service's search_k when None);
+        ``options`` are :meth:`retrieval.Retriever.search`'s (where, mode, alpha, plus, ...)."""
+        payload: dict[str, Any] = {"query": query} if query is not None else {}
         if k is not None:
             payload["k"] = k
         if min_score is not None:
             payload["min_score"] = min_score
+        for key, value in options.items():
+            if value is not None and value != () and value != [] and not (key == "mode" and value == "dense"):
+                payload[key] = list(value) if isinstance(value, tuple) else value
         body = self._post("/v1/search", payload)
-        return [RemoteHit(r["id"], float(r["score"]), r["text"], r.get("metadata") or {}) for r in body["results"]]
+        return [hit_from_json(r) for r in body["results"]]
+
+    def similar(self, external_id: str, k: int | None = None, *, min_score: float | None = None,
+                where: Any = None) -> list[RemoteHit]:
+        return self.search(None, k, min_score=min_score, where=where, like=[external_id])
 
     def search_many(self, queries: Sequence[str], k: int | None = None, *,
-                    min_score: float | None = None) -> list[list[RemoteHit]]:
+                    min_score: float | None = None, **options: Any) -> list[list[RemoteHit]]:
         """One request per query over one kept-alive connection (the service batches them)."""
-        return [self.search(q, k, min_score=min_score) for q in queries]
+        return [self.search(q, k, min_score=min_score, **options) for q in queries]
 
 
-__all__ = ["RemoteHit", "RemoteSearcher", "ServiceError"]
+__all__ = ["RemoteHit", "hit_from_json", "RemoteSearcher", "ServiceError"]

@@ -27,14 +27,17 @@ from retrieval.errors import (
     NotFoundError,
     RetrievalError,
 )
+from retrieval.filters import Filter
+from retrieval.filters import parse as parse_filter
 from retrieval.index.policy import MergePolicy
 from retrieval.index.segments import MERGE_LOCK, SYNC_LOCK, BuildOptions, IndexStore, IndexVersion, LegacyIndexFound
 from retrieval.search import pipeline
 from retrieval.search.hits import Hit
 from retrieval.store import db
+from retrieval.store.keyword import keyword_problems, rebuild_keyword_index
 from retrieval.store.repository import NewDocument, Store, content_hash
 from retrieval.sync import MergeReport, SyncReport, convert_legacy, full_build, incremental, merge
-from retrieval.vectors import embed_missing
+from retrieval.vectors import embed_missing, ensure_vectors
 
 log = logging.getLogger("retrieval")
 
@@ -408,6 +411,8 @@ class Retriever:
             from retrieval.embed import encoder_for
 
             encoder = encoder_for(self.settings, model=model)
+        with self.store.write() as conn:  # derived data too: rebuilt from the documents
+            rebuild_keyword_index(conn)
         with self._sync_lock():
             report = full_build(self.store, self.index_store, encoder, build_options(self.settings))
         self._adopt(report)
@@ -434,19 +439,111 @@ class Retriever:
             self._check_query(q, k)
         return k, min_score, self.current_index()
 
-    def search(self, query: str, k: int | None = None, *, min_score: float | None = None) -> list[Hit]:
-        """The top-``k`` documents for ``query`` by cosine similarity, best first."""
-        return self.search_many([query], k, min_score=min_score)[0]
+    def search(self, query: str | None = None, k: int | None = None, *, min_score: float | None = None,
+               where: Any = None, mode: str = "dense", alpha: float | None = None,
+               plus: Sequence[str] = (), minus: Sequence[str] = (), like: Sequence[str] = (),
+               unlike: Sequence[str] = (), include_examples: bool = False) -> list[Hit]:
+        """The top-``k`` documents for ``query``, best first.
 
-    def search_many(self, queries: Sequence[str], k: int | None = None, *, min_score: float | None = None) -> list[list[Hit]]:
-        """Search several queries at once (encoded in batches)."""
-        k, min_score, version = self._search_args(queries, k, min_score)
+        ``mode``: ``dense`` (cosine similarity, the default), ``keyword`` (BM25 over the
+        FTS5 index) or ``hybrid`` (reciprocal rank fusion of both; with ``alpha``, a
+        convex combination of their normalised scores, ``alpha`` weighing the dense one).
+        ``where`` is a metadata filter (:mod:`retrieval.store.filters`); the result has
+        min(k, matching documents) hits.
+
+        Vector arithmetic (dense mode): the query vector is the normalised sum of the
+        vectors of ``query``, the ``plus`` texts and the stored ``like`` documents (by
+        external id), less those of the ``minus`` texts and ``unlike`` documents. The
+        example documents are left out of the results unless ``include_examples``.
+        """
+        if mode not in pipeline.MODES:
+            raise RetrievalError(f"unknown search mode {mode!r}; use one of {', '.join(pipeline.MODES)}")
+        if alpha is not None and not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
+            raise RetrievalError(f"alpha must be between 0 and 1, got {alpha!r}")
+        f = parse_filter(where)
+        arithmetic = bool(plus or minus or like or unlike)
+        if arithmetic and mode != "dense":
+            raise RetrievalError("--plus, --minus, --like and --unlike work in dense mode only")
+        if query is None and not arithmetic:
+            raise RetrievalError("the query is empty")
+        k = self.settings.search_k if k is None else k
+        min_score = self.settings.min_score if min_score is None else min_score
+        query, plus, minus = _text(query), [_text(t) for t in plus], [_text(t) for t in minus]
+        for q in (*([query] if query is not None else []), *plus, *minus):
+            self._check_query(q, k)
+        if not arithmetic:
+            assert query is not None
+            return self._run([query], k, min_score, f, mode, alpha)[0]
+        version = self.current_index()
+        self._check_model(version)
+        vector, exclude = self._arithmetic(query, plus, minus, like, unlike)
+        req = pipeline.Request(k, vectors=vector, where=f, min_score=min_score,
+                               exclude=() if include_examples else exclude)
+        return self._pipeline(version, req)[0]
+
+    def similar(self, external_id: str, k: int | None = None, *, where: Any = None,
+                min_score: float | None = None) -> list[Hit]:
+        """The documents nearest to a stored document, from its stored vector (nothing is
+        re-embedded when it has one), itself left out."""
+        return self.search(None, k, where=where, min_score=min_score, like=[external_id])
+
+    def _arithmetic(self, query: str | None, plus: Sequence[str], minus: Sequence[str], like: Sequence[str],
+                    unlike: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+        """The normalised query vector of a recommendation, and the examples' internal ids."""
+        positive = [*([query] if query is not None else []), *plus]
+        texts = [*positive, *minus]
+        encoded = self.encoder.encode_queries(texts) if texts else np.empty((0, self.encoder.dim), np.float32)
+        total = encoded[: len(positive)].sum(axis=0) - encoded[len(positive):].sum(axis=0)
+        examples: list[int] = []
+        if like or unlike:
+            docs = self.store.get_many([*like, *unlike])
+            missing = [e for e in (*like, *unlike) if e not in docs]
+            if missing:
+                raise NotFoundError(f"no document with id {missing[0]!r}")
+            rows = [(d.id, d.text, d.content_hash) for d in docs.values()]
+            ids, matrix = ensure_vectors(self.store, self.encoder, rows)
+            by_id = dict(zip(ids.tolist(), matrix))
+            for e in like:
+                total = total + by_id[docs[e].id]
+            for e in unlike:
+                total = total - by_id[docs[e].id]
+            examples = [docs[e].id for e in (*like, *unlike)]
+        norm = float(np.linalg.norm(total))
+        if not np.isfinite(norm) or norm < 1e-6:
+            raise RetrievalError("the positive and negative examples cancel out: there is no direction to search")
+        return np.asarray(total / norm, dtype=np.float32).reshape(1, -1), examples
+
+    def _pipeline(self, version: IndexVersion | None, req: pipeline.Request) -> list[list[Hit]]:
+        return pipeline.run(self.store, version, lambda: self.encoder, req, ef_search=self.settings.hnsw_ef_search,
+                            threads=self.settings.search_threads, exact_rows=self.settings.filter_exact_rows)
+
+    def _run(self, queries: Sequence[str], k: int, min_score: float | None, where: Filter | None, mode: str,
+             alpha: float | None) -> list[list[Hit]]:
+        if mode == "keyword":
+            return self._pipeline(None, pipeline.Request(k, texts=list(queries), mode=mode, where=where,
+                                                         min_score=min_score))
+        version = self.current_index()
         self._check_model(version)
         vectors = self.encoder.encode_queries(list(queries)) if queries else np.empty((0, version.manifest.dim), np.float32)
-        return self.search_vectors(vectors, k, min_score=min_score, version=version)
+        req = pipeline.Request(k, vectors=vectors, texts=list(queries), mode=mode, where=where, min_score=min_score,
+                               alpha=alpha)
+        return self._pipeline(version, req)
+
+    def search_many(self, queries: Sequence[str], k: int | None = None, *, min_score: float | None = None,
+                    where: Any = None, mode: str = "dense", alpha: float | None = None) -> list[list[Hit]]:
+        """Search several queries at once (encoded in batches)."""
+        if mode not in pipeline.MODES:
+            raise RetrievalError(f"unknown search mode {mode!r}; use one of {', '.join(pipeline.MODES)}")
+        f = parse_filter(where)
+        k = self.settings.search_k if k is None else k
+        min_score = self.settings.min_score if min_score is None else min_score
+        queries = [_text(q) for q in queries]
+        for q in queries:
+            self._check_query(q, k)
+        return self._run(queries, k, min_score, f, mode, alpha)
 
     def search_encoded(self, query: str, vector: np.ndarray, model_key: str, k: int | None = None, *,
-                       min_score: float | None = None) -> list[Hit] | None:
+                       min_score: float | None = None, where: Any = None) -> list[Hit] | None:
         """:meth:`search` with the query already encoded (by :mod:`retrieval.prefetch`).
 
         None when ``model_key`` is not the current index's: the caller searches normally.
@@ -454,10 +551,11 @@ class Retriever:
         k, min_score, version = self._search_args([query], k, min_score)
         if version.manifest.model_key != model_key or vector.shape != (1, version.manifest.dim):
             return None
-        return self.search_vectors(vector, k, min_score=min_score, version=version)[0]
+        return self.search_vectors(vector, k, min_score=min_score, version=version, where=where)[0]
 
     def search_vectors(
-        self, vectors: np.ndarray, k: int, *, min_score: float | None = None, version: IndexVersion | None = None
+        self, vectors: np.ndarray, k: int, *, min_score: float | None = None, version: IndexVersion | None = None,
+        where: Any = None,
     ) -> list[list[Hit]]:
         """Search with query vectors, consistent with the database at this moment.
 
@@ -467,8 +565,8 @@ class Retriever:
         (see :mod:`retrieval.search.pipeline`).
         """
         version = version or self.current_index()
-        return pipeline.search(self.store, version, lambda: self.encoder, vectors, k, min_score=min_score,
-                               ef_search=self.settings.hnsw_ef_search, threads=self.settings.search_threads)
+        return self._pipeline(version, pipeline.Request(k, vectors=vectors, min_score=min_score,
+                                                        where=parse_filter(where)))
 
     # -- inspection -------------------------------------------------------------------
 
@@ -578,6 +676,7 @@ class Retriever:
             rows = [r for batch in self.store.iter_docs(conn) for r in batch]
             hashes = {doc_id: content_hash(text_) for doc_id, text_, _ in rows}
             stored = self.store.embeddings_for(conn, m.model_key, set(hashes.values()))
+            problems.extend(keyword_problems(conn))
         in_index = {int(i): pos for pos, i in enumerate(index_ids)}
         in_db = set(hashes)
         for i in sorted(set(in_index) - in_db - pending):
@@ -591,6 +690,13 @@ class Retriever:
             elif not np.allclose(vectors[in_index[i]], vec, atol=1e-6):
                 problems.append(f"document {i}: the indexed vector is not the embedding of its current text")
         return VerifyReport(ok=not problems, documents=len(in_db), indexed=len(in_index), pending=len(pending), problems=problems)
+
+
+def _text(query: Any) -> Any:
+    """A query with lone surrogates (which no encoder or database takes) replaced."""
+    if isinstance(query, str) and any("\ud800" <= ch <= "\udfff" for ch in query):
+        return query.encode("utf-8", "replace").decode("utf-8")
+    return query
 
 
 def _segment_status(meta: Any) -> dict[str, Any]:

@@ -325,16 +325,42 @@ def test_unexpected_errors_answer_500_without_details() -> None:
     assert response.headers["x-request-id"] == body["request_id"]
 
 
+# -- filters, modes, more like this ------------------------------------------------------
+
+
+def test_search_where_modes_and_similar(client: httpx.Client) -> None:
+    only = search(client, "shoes", k=4, where={"n": {"$in": [0, 3]}})
+    assert sorted(r["id"] for r in only) == ["seed-0", "seed-3"]
+    assert search(client, "shoes", k=4, where={"n": {"$gt": 99}}) == []
+    bad = client.post("/v1/search", json={"query": "shoes", "where": {"n": {"$lt": "x", "$between": 1}}})
+    assert bad.status_code == 400 and bad.json()["error"] == "invalid_filter"
+    assert "n.$between: unknown operator" in bad.json()["message"]
+    kw = search(client, "running shoes", k=3, mode="keyword")
+    assert [r["id"] for r in kw] == [SHOES] and kw[0]["mode"] == "keyword" and kw[0]["highlights"]
+    assert kw[0]["snippet"][slice(*kw[0]["highlights"][0])].lower() in ("running", "shoes")
+    hy = search(client, "running shoes", k=4, mode="hybrid")
+    assert hy[0]["id"] == SHOES and hy[0]["keyword_rank"] == 1 and "dense_rank" in hy[0]
+    assert all(r["mode"] == "hybrid" for r in hy)
+    for hostile in ['"', "NEAR(", "a OR NOT", "*", "中文", "😀"]:
+        for mode in ("keyword", "hybrid"):
+            assert client.post("/v1/search", json={"query": hostile, "mode": mode}).status_code == 200
+    assert client.post("/v1/search", json={"query": "x", "mode": "sparse"}).status_code == 422
+    similar = client.get(f"/v1/documents/{SHOES}/similar", params={"k": 2}).json()["results"]
+    assert len(similar) == 2 and SHOES not in [r["id"] for r in similar]
+    assert client.get("/v1/documents/nope/similar").status_code == 404
+    assert client.post("/v1/search", json={"k": 2}).status_code == 422  # no query and no example
+
+
 # -- the CLI against the service -------------------------------------------------------
 
 
 def test_search_server_prints_like_a_local_search(server: Server, client: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
     from retrieval.cli import cli
     from retrieval.cli.search import print_hits
-    from retrieval.client import RemoteHit
+    from retrieval.client import hit_from_json
 
     monkeypatch.setenv("RETRIEVE_API_KEY", KEY)
-    expected_hits = [RemoteHit(r["id"], r["score"], r["text"], r["metadata"]) for r in search(client, "running shoes for jogging", k=2)]
+    expected_hits = [hit_from_json(r) for r in search(client, "running shoes for jogging", k=2)]
     runner = CliRunner()
     with runner.isolation() as (out, _err, *_):
         print_hits(expected_hits)
@@ -447,3 +473,4 @@ def test_sigterm_publishes_pending_work_and_exits(server: Server) -> None:
         status = after.status()
     assert status["pending_changes"] == 0 and status["indexed"] == status["documents"]
     assert status["worker"]["stopped"] is True and status["worker"]["running"] is False
+

@@ -141,4 +141,34 @@ def compact(retriever: Any, as_json: bool) -> None:
     ])
 
 
-COMMANDS = [sync, verify, reindex, compact]
+@click.command("index-field")
+@click.argument("field", required=False)
+@click.option("--drop", is_flag=True, help="Drop the field's index instead.")
+@json_option
+@pass_retriever
+def index_field(retriever: Any, field: str | None, drop: bool, as_json: bool) -> None:
+    """Index a metadata FIELD that filters use often (a database expression index).
+
+    Without FIELD, list the indexed fields. A dotted FIELD reaches a nested value.
+
+    \b
+        retrieve index-field category
+        retrieve index-field specs.brand
+        retrieve index-field category --drop
+        retrieve index-field
+    """
+    if field is None:
+        if drop:
+            raise click.UsageError("--drop needs a FIELD")
+        fields = retriever.store.field_indexes()
+        emit(as_json, {"indexes": fields},
+             lambda: [f"{f['field']}  ({f['name']})" for f in fields] or ["No metadata field is indexed."])
+        return
+    t0 = time.perf_counter()
+    name = retriever.store.index_field(field, drop=drop)
+    took = time.perf_counter() - t0
+    emit(as_json, {"field": field, "index": name, "dropped": drop, "seconds": round(took, 3)},
+         lambda: [f"{'Dropped' if drop else 'Indexed'} metadata field {field} ({name}) in {took:.2f}s."])
+
+
+COMMANDS = [sync, verify, reindex, compact, index_field]

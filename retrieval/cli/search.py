@@ -19,13 +19,45 @@ log = logging.getLogger("retrieval")
 QUERY_BATCH = 256
 
 
+def _marked(snippet: str, highlights: Iterable[Any]) -> str:
+    """A snippet with its matched terms in [brackets] (bold on a terminal)."""
+    out, last = [], 0
+    for start, end in highlights:
+        out.append(snippet[last:start])
+        out.append(click.style(f"[{snippet[start:end]}]", bold=True))
+        last = end
+    out.append(snippet[last:])
+    return " ".join("".join(out).split())
+
+
 def hit_lines(hits: Iterable[Any]) -> list[str]:
-    """How a search's results print: rank, score, id, text and metadata, one line each."""
+    """How a search's results print: rank, score, id, text (or the keyword snippet, matched
+    terms marked) and metadata, one line each; hybrid results add each list's rank."""
     lines = []
     for rank, hit in enumerate(hits, 1):
         meta = f"  {json.dumps(hit.metadata, ensure_ascii=False)}" if hit.metadata else ""
-        lines.append(f"{rank:>2}. {hit.score:.4f}  {hit.id}  {shorten(hit.text)}{meta}")
+        snippet = getattr(hit, "snippet", None)
+        body = _marked(snippet, getattr(hit, "highlights", ())) if snippet else shorten(hit.text)
+        ranks = ""
+        if getattr(hit, "mode", None) == "hybrid" or (getattr(hit, "extra", {}) or {}).get("mode") == "hybrid":
+            d = hit.dense_rank if hasattr(hit, "dense_rank") else hit.extra.get("dense_rank")
+            kw = hit.keyword_rank if hasattr(hit, "keyword_rank") else hit.extra.get("keyword_rank")
+            ranks = f"  (dense #{d or '-'}, keyword #{kw or '-'})"
+        lines.append(f"{rank:>2}. {hit.score:.4f}  {hit.id}  {body}{meta}{ranks}")
     return lines or ["No results."]
+
+
+def where_option(f: Any) -> Any:
+    return click.option("--where", "where", multiple=True, metavar="FILTER",
+                        help="Metadata filter: JSON such as '{\"price\": {\"$lt\": 100}}', or a shorthand "
+                             "category=footwear, 'price<100', 'tag!=x'. Repeat to AND them.")(f)
+
+
+def parse_where(items: tuple[str, ...]) -> dict[str, Any] | None:
+    from retrieval.filters import from_cli
+
+    f = from_cli(items)
+    return json.loads(f.canonical) if f is not None else None
 
 
 def print_hits(hits: Iterable[Any]) -> None:
@@ -42,22 +74,46 @@ def print_hits(hits: Iterable[Any]) -> None:
               help="Batch mode: one query per line (or JSONL with id and text); one JSON line per query.")
 @click.option("--server", envvar="RETRIEVE_SERVER", metavar="URL",
               help="Ask a running `retrieve serve` at URL instead of loading the model here. Env: RETRIEVE_SERVER.")
+@where_option
+@click.option("--mode", type=click.Choice(["dense", "keyword", "hybrid"]), default="dense", show_default=True,
+              help="dense: by meaning; keyword: BM25 over the words; hybrid: both, fused by reciprocal rank.")
+@click.option("--alpha", type=click.FloatRange(0, 1),
+              help="Hybrid: weigh normalised dense scores by ALPHA and keyword ones by 1-ALPHA instead of RRF.")
+@click.option("--plus", multiple=True, metavar="TEXT", help="Add this text's vector to the query's (repeatable).")
+@click.option("--minus", multiple=True, metavar="TEXT", help="Subtract this text's vector (repeatable).")
+@click.option("--like", multiple=True, metavar="ID", help="Add this stored document's vector (repeatable).")
+@click.option("--unlike", multiple=True, metavar="ID", help="Subtract this stored document's vector (repeatable).")
+@click.option("--include-examples", is_flag=True, help="Let the --like/--unlike documents appear in the results.")
 @pass_state
 @click.pass_context
 def search(ctx: click.Context, state: CliState, query: str | None, top_k: int | None, min_score: float | None,
-           as_json: bool, queries_file: str | None, server: str | None) -> None:
+           as_json: bool, queries_file: str | None, server: str | None, where: tuple[str, ...], mode: str,
+           alpha: float | None, plus: tuple[str, ...], minus: tuple[str, ...], like: tuple[str, ...],
+           unlike: tuple[str, ...], include_examples: bool) -> None:
     """Show the documents closest in meaning to QUERY.
 
     \b
         retrieve search "What are good shoes for jogging?"
         retrieve search "refund policy" -k 10 --min-score 0.3 --json
+        retrieve search "trail shoes" --where category=footwear --where 'price<100'
+        retrieve search "gore-tex boots" --mode hybrid
+        retrieve search "king" --minus "man" --plus "woman"
+        retrieve search --like sku-123 --unlike sku-456
         retrieve search --queries queries.jsonl > results.jsonl
         retrieve search --server http://127.0.0.1:8000 "refund policy"
     """
+    arithmetic = bool(plus or minus or like or unlike)
     if queries_file and query:
         raise click.UsageError("give either QUERY or --queries, not both")
-    if not queries_file and not query:
-        raise click.UsageError("give a QUERY (or --queries FILE)")
+    if not queries_file and not query and not (like or plus):
+        raise click.UsageError("give a QUERY (or --queries FILE, or --like ID)")
+    if queries_file and arithmetic:
+        raise click.UsageError("--plus, --minus, --like and --unlike work with one QUERY, not --queries")
+    filt = parse_where(where)
+    options: dict[str, Any] = {"where": filt, "mode": mode, "alpha": alpha}
+    one_options = {**options, "plus": plus, "minus": minus, "like": like, "unlike": unlike}
+    if include_examples:
+        one_options["include_examples"] = True
     settings = state.settings
     retriever: Any
     prefetch = None
@@ -69,7 +125,7 @@ def search(ctx: click.Context, state: CliState, query: str | None, top_k: int | 
     else:
         # In a fresh process the query is encoded in a forked child while SQLAlchemy and
         # FAISS import and the index is read (see retrieval.cli.prefetch).
-        if query and not queries_file:
+        if query and not queries_file and mode == "dense" and not arithmetic:
             from retrieval.cli.prefetch import start as start_prefetch
 
             prefetch = start_prefetch(settings, query)
@@ -88,22 +144,61 @@ def search(ctx: click.Context, state: CliState, query: str | None, top_k: int | 
             raise RetrievalError(str(exc)) from exc
         for start in range(0, len(queries), QUERY_BATCH):
             part = queries[start : start + QUERY_BATCH]
-            results = retriever.search_many([t for _, t in part], top_k, min_score=min_score)
+            results = retriever.search_many([t for _, t in part], top_k, min_score=min_score, **options)
             for (qid, _), hits in zip(part, results):
                 echo_json({"query_id": qid, "results": [h.as_dict() for h in hits]})
         return
-    assert query is not None
     encoded = prefetch.result() if prefetch is not None else None
-    hits = retriever.search_encoded(query, encoded[1], encoded[0], top_k, min_score=min_score) if encoded else None
+    hits = None
+    if encoded and query is not None:
+        hits = retriever.search_encoded(query, encoded[1], encoded[0], top_k, min_score=min_score, where=filt)
     if prefetch is not None:
         log.info("query encoded %s", "in a forked child" if hits is not None else
                  "in-process (the child skipped or failed)")
     if hits is None:
-        hits = retriever.search(query, top_k, min_score=min_score)
+        hits = retriever.search(query, top_k, min_score=min_score, **one_options)
     if as_json:
         echo_json({"query": query, "results": [h.as_dict() for h in hits]})
     else:
         print_hits(hits)
 
 
-COMMANDS = [search]
+@click.command()
+@click.argument("doc_id", metavar="ID")
+@click.option("-k", "--top-k", type=int, help="Number of results (default: search_k setting, 5).")
+@click.option("--min-score", type=float, help="Leave out results scoring below this cosine.")
+@where_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with a results list.")
+@click.option("--server", envvar="RETRIEVE_SERVER", metavar="URL",
+              help="Ask a running `retrieve serve` at URL. Env: RETRIEVE_SERVER.")
+@pass_state
+@click.pass_context
+def similar(ctx: click.Context, state: CliState, doc_id: str, top_k: int | None, min_score: float | None,
+            where: tuple[str, ...], as_json: bool, server: str | None) -> None:
+    """Show the documents nearest to the stored document ID (more like this).
+
+    Uses ID's stored vector (nothing is re-embedded) and leaves ID itself out.
+
+    \b
+        retrieve similar sku-123 -k 10
+        retrieve similar sku-123 --where category=footwear --json
+    """
+    filt = parse_where(where)
+    retriever: Any
+    if server:
+        from retrieval.client import RemoteSearcher
+
+        retriever = RemoteSearcher(server, api_key=state.settings.api_key)
+    else:
+        from retrieval.retriever import Retriever
+
+        retriever = Retriever.from_settings(state.settings)
+    ctx.call_on_close(retriever.close)
+    hits = retriever.similar(doc_id, top_k, min_score=min_score, where=filt)
+    if as_json:
+        echo_json({"like": doc_id, "results": [h.as_dict() for h in hits]})
+    else:
+        print_hits(hits)
+
+
+COMMANDS = [search, similar]

@@ -41,11 +41,14 @@ def body_model(model: type[BaseModel]) -> Callable[[F], F]:
 def add_routes(app: FastAPI, service: Service, schemas: Schemas, require_key: Any) -> None:
     protected = [Depends(require_key)]
 
-    @app.post("/v1/search", response_model=SearchResponse, dependencies=protected, responses=ERRORS, tags=["search"])
+    # Fields a mode does not have (ranks outside hybrid, snippets in dense mode) are left
+    # out, not sent as null.
+    @app.post("/v1/search", response_model=SearchResponse, response_model_exclude_none=True, dependencies=protected,
+              responses=ERRORS, tags=["search"])
     @body_model(schemas.SearchRequest)
     async def search(body: SearchRequest) -> Any:
         """The ``k`` documents closest in meaning to ``query``, best first."""
-        return await service.search(body.query, body.k, body.min_score)
+        return await service.search(body)
 
     @app.post("/v1/documents", response_model=UpsertResponse, dependencies=protected, responses=ERRORS,
               tags=["documents"])
@@ -55,6 +58,15 @@ def add_routes(app: FastAPI, service: Service, schemas: Schemas, require_key: An
         database and in the published index."""
         docs = [{"id": d.id, "text": d.text, "metadata": d.metadata} for d in body.documents]
         return await service.upsert(docs)
+
+    @app.get("/v1/documents/{doc_id:path}/similar", response_model=SearchResponse, response_model_exclude_none=True,
+             dependencies=protected,
+             responses=NOT_FOUND, tags=["search"])
+    async def similar(doc_id: str, k: int | None = None, min_score: float | None = None,
+                      where: str | None = None) -> Any:
+        """The documents nearest to a stored document (more like this), from its stored
+        vector, itself left out. ``where`` is a metadata filter as JSON."""
+        return await service.similar(doc_id, k, min_score, where)
 
     @app.get("/v1/documents/{doc_id:path}", response_model=DocumentOut, dependencies=protected, responses=NOT_FOUND,
              tags=["documents"])

@@ -5,7 +5,7 @@ made per application by :func:`make_schemas`, and the OpenAPI schema states ever
 # run time, and the limits are values of the enclosing function.
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -14,9 +14,15 @@ from retrieval.config import Settings
 
 class SearchHit(BaseModel):
     id: str
-    score: float
+    score: float = Field(description="Cosine similarity (dense), BM25 (keyword) or the fused score (hybrid).")
     text: str
     metadata: dict[str, Any]
+    mode: Literal["dense", "keyword", "hybrid"] = "dense"
+    dense_rank: int | None = Field(None, description="Hybrid: rank in the dense list (null: not in it).")
+    keyword_rank: int | None = Field(None, description="Hybrid: rank in the keyword list (null: not in it).")
+    snippet: str | None = Field(None, description="Keyword and hybrid: a passage of the text around the matches.")
+    highlights: list[tuple[int, int]] | None = Field(
+        None, description="Keyword and hybrid: [start, end) character offsets of the matched terms in snippet.")
 
 
 class SearchResponse(BaseModel):
@@ -56,13 +62,31 @@ class DocumentIn(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict, description="Any JSON object, returned with results.")
 
 
+Mode = Literal["dense", "keyword", "hybrid"]
+EXAMPLES = 32  # texts or documents in plus / minus / like / unlike
+
+
 class SearchRequest(BaseModel):
     """A search; :func:`make_schemas` gives each application a subclass with its limits."""
 
     model_config = ConfigDict(extra="forbid")
-    query: str
+    query: str | None = None
     k: int
     min_score: float | None = None
+    where: dict[str, Any] | None = Field(
+        None, description='Metadata filter, e.g. {"category": "footwear", "price": {"$lt": 100}}; operators '
+                          "$eq $ne $gt $gte $lt $lte $in $nin $exists, $and $or $not, dotted paths.")
+    mode: Mode = Field("dense", description="dense (by meaning), keyword (BM25) or hybrid (both, fused by RRF).")
+    alpha: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False,
+                                description="Hybrid: convex combination of normalised scores, this weight on dense.")
+    plus: list[str] = Field(default_factory=list, max_length=EXAMPLES, description="Texts whose vectors are added.")
+    minus: list[str] = Field(default_factory=list, max_length=EXAMPLES,
+                             description="Texts whose vectors are subtracted.")
+    like: list[str] = Field(default_factory=list, max_length=EXAMPLES,
+                            description="Ids of stored documents whose vectors are added.")
+    unlike: list[str] = Field(default_factory=list, max_length=EXAMPLES,
+                              description="Ids of stored documents whose vectors are subtracted.")
+    include_examples: bool = Field(False, description="Let the like/unlike documents appear in the results.")
 
 
 class UpsertRequest(BaseModel):
@@ -84,7 +108,8 @@ def make_schemas(s: Settings) -> Schemas:
     search = create_model(
         "SearchRequest",
         __base__=SearchRequest,
-        query=(str, Field(min_length=1, max_length=s.max_query_chars, description="The text to search for.")),
+        query=(str | None, Field(None, min_length=1, max_length=s.max_query_chars,
+                                 description="The text to search for (optional with like or plus).")),
         k=(int, Field(s.search_k, ge=1, le=s.max_k, description="How many results (at most max_k).")),
         min_score=(float | None, Field(None, ge=-1.0, le=1.0, allow_inf_nan=False,
                                        description="Leave out results with a lower cosine similarity.")),

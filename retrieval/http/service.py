@@ -52,15 +52,34 @@ class Service:
 
     # -- endpoints ----------------------------------------------------------------------
 
-    async def search(self, query: str, k: int, min_score: float | None) -> dict[str, Any]:
+    async def search(self, body: Any) -> dict[str, Any]:
         t0 = time.perf_counter()
-        if not query.strip():
+        query = body.query
+        if query is not None and not query.strip():
             raise HTTPException(422, "query: the query is empty")
-        min_score = self.settings.min_score if min_score is None else min_score
-        if self.batcher is not None:
-            hits = await self.batcher.search(query, k, min_score)
+        if query is None and not (body.like or body.plus):
+            raise HTTPException(422, "query: give a query (or like / plus examples)")
+        min_score = self.settings.min_score if body.min_score is None else body.min_score
+        plain = (body.mode == "dense" and body.where is None and query is not None
+                 and not (body.plus or body.minus or body.like or body.unlike))
+        if self.batcher is not None and plain:
+            hits = await self.batcher.search(query, body.k, min_score)
         else:
-            hits = await run_in_threadpool(self.retriever.search, query, k, min_score=min_score)
+            hits = await run_in_threadpool(lambda: self.retriever.search(
+                query, body.k, min_score=min_score, where=body.where, mode=body.mode, alpha=body.alpha,
+                plus=body.plus, minus=body.minus, like=body.like, unlike=body.unlike,
+                include_examples=body.include_examples))
+        return {"results": [h.as_dict() for h in hits], "took_ms": _ms(t0)}
+
+    async def similar(self, doc_id: str, k: int | None, min_score: float | None, where: str | None) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        k = self.settings.search_k if k is None else k
+        if not 1 <= k <= self.settings.max_k:
+            raise HTTPException(422, f"k: must be between 1 and {self.settings.max_k} (max_k)")
+        from retrieval.filters import parse
+
+        filt = parse(where)  # a FilterError is a 400 naming the offending part
+        hits = await run_in_threadpool(self.retriever.similar, doc_id, k, min_score=min_score, where=filt)
         return {"results": [h.as_dict() for h in hits], "took_ms": _ms(t0)}
 
     async def upsert(self, documents: list[dict[str, Any]]) -> dict[str, Any]:

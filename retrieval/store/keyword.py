@@ -203,3 +203,25 @@ def keyword_search(
         text, highlights = parse_snippet(row[2] or "") if snippets else ("", ())
         hits.append(KeywordHit(int(row[0]), -float(row[1]), text, highlights))
     return hits
+
+
+def keyword_problems(conn: Connection, limit: int = 20) -> list[str]:
+    """Documents the keyword index misses, and indexed rows with no document, read-only in
+    the caller's snapshot (FTS5's own integrity-check would take the write lock)."""
+    if not keyword_available(conn):
+        return []
+    missing = conn.exec_driver_sql(
+        "SELECT d.id FROM documents d LEFT JOIN documents_fts_docsize s ON s.id = d.id WHERE s.id IS NULL "
+        f"ORDER BY d.id LIMIT {int(limit)}").scalars().all()
+    extra = conn.exec_driver_sql(
+        "SELECT s.id FROM documents_fts_docsize s LEFT JOIN documents d ON d.id = s.id WHERE d.id IS NULL "
+        f"ORDER BY s.id LIMIT {int(limit)}").scalars().all()
+    fix = " (`retrieve reindex` rebuilds it)"
+    return ([f"document {i} is missing from the keyword index{fix}" for i in missing]
+            + [f"the keyword index holds document {i}, which is not in the database{fix}" for i in extra])
+
+
+def rebuild_keyword_index(conn: Connection) -> None:
+    """Rebuild the keyword index from ``documents`` (in the caller's write transaction)."""
+    if keyword_available(conn):
+        conn.exec_driver_sql("INSERT INTO documents_fts(documents_fts) VALUES('rebuild')")
