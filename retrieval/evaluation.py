@@ -17,6 +17,12 @@ including its quirks, so numbers here can be compared with published ones:
   at ``n`` and 10; a query without relevant documents scores 0 everywhere;
 * means are over the queries that have judgements (queries without any are skipped,
   as trec_eval skips them).
+
+A store can be evaluated in any search mode of :meth:`Retriever.search_many`: ``dense``
+(the default), ``keyword`` (BM25 over the FTS5 index) and ``hybrid`` (their fusion);
+:func:`evaluate_modes` and :func:`evaluate_dataset_modes` score several modes on one
+store, so a BEIR corpus is ingested once for all of them. :func:`write_run` saves a run
+in TREC format, for ``trec_eval`` or ``pytrec_eval`` to check.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,8 +51,11 @@ __all__ = [
     "BeirDataset",
     "EvalDataError",
     "EvalResult",
+    "check_modes",
     "evaluate",
     "evaluate_dataset",
+    "evaluate_dataset_modes",
+    "evaluate_modes",
     "evaluate_run",
     "exact_recall",
     "load_beir",
@@ -54,6 +63,9 @@ __all__ = [
     "load_qrels",
     "load_queries",
     "query_metrics",
+    "results_as_dict",
+    "run_path",
+    "write_run",
 ]
 
 Qrels = dict[str, dict[str, int]]  # query id -> document id -> graded judgement
@@ -257,12 +269,42 @@ def evaluate_run(run: Run, qrels: Qrels) -> tuple[dict[str, float], dict[str, di
     return means, per_query
 
 
+# -- runs in TREC format --------------------------------------------------------------
+
+
+def write_run(path: str | Path, run: Run, tag: str) -> None:
+    """Write ``run`` as a TREC run file, ``qid Q0 docid rank score tag`` per line.
+
+    Each query's documents are written in trec_eval's order (score descending, ties by
+    id descending), so the rank column agrees with the metrics computed here, and the
+    scores exactly (``repr``), so ``trec_eval``/``pytrec_eval`` read back the same run.
+    """
+    lines: list[str] = []
+    for qid, docs in run.items():
+        for rank, doc in enumerate(ranked(docs), 1):
+            if not qid or not doc or any(ch.isspace() for ch in qid + doc + tag):
+                raise RetrievalError(f"cannot write a TREC run: query {qid!r}, document {doc!r} or tag {tag!r} "
+                                     "is empty or holds whitespace")
+            lines.append(f"{qid} Q0 {doc} {rank} {docs[doc]!r} {tag}\n")
+    try:
+        Path(path).write_text("".join(lines), encoding="utf-8")
+    except OSError as exc:
+        raise RetrievalError(f"cannot write the run to {path}: {exc.strerror or exc}") from exc
+
+
+def run_path(path: str | Path, mode: str, several: bool) -> Path:
+    """Where the run of ``mode`` goes: ``path`` itself, or with several modes ``path``
+    with ``.<mode>`` before its suffix (``run.trec`` -> ``run.hybrid.trec``)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.{mode}{path.suffix}") if several else path
+
+
 # -- evaluating a Retriever -----------------------------------------------------------
 
 
 @dataclass
 class EvalResult:
-    """What ``retrieve eval`` reports."""
+    """What ``retrieve eval`` reports, for one search mode."""
 
     metrics: dict[str, float]
     queries: int  # judged queries evaluated
@@ -278,11 +320,55 @@ class EvalResult:
     skipped_documents: int = 0
     unjudged_queries: int = 0  # queries in the file without judgements (not evaluated)
     missing_queries: int = 0  # judged query ids with no text in the queries file
+    mode: str = "dense"  # the search mode: dense, keyword or hybrid
+    alpha: float | None = None  # hybrid: the dense weight of a convex combination (None: RRF)
+    fusion_depth: int | None = None  # hybrid: documents taken from each list before fusing
+    run: Run = field(default_factory=dict, repr=False)  # query id -> document id -> score
 
     @property
     def mean_query_ms(self) -> float:
         """Search time per query, with queries encoded and searched in batches."""
         return 1000.0 * self.search_seconds / self.queries if self.queries else 0.0
+
+    @property
+    def label(self) -> str:
+        """The mode as a column heading: ``dense``, ``keyword``, ``hybrid`` or ``hybrid(alpha=0.7)``."""
+        return self.mode if self.alpha is None else f"{self.mode}(alpha={self.alpha:g})"
+
+    @property
+    def fusion(self) -> dict[str, Any] | None:
+        """How hybrid mode fused the two lists (None in the other modes)."""
+        if self.mode != "hybrid":
+            return None
+        if self.alpha is None:
+            from retrieval.search.pipeline import RRF_K
+
+            return {"method": "rrf", "rrf_k": RRF_K, "depth": self.fusion_depth}
+        return {"method": "alpha", "alpha": self.alpha, "depth": self.fusion_depth}
+
+    def describe_mode(self) -> str:
+        """One line on what the mode searched with."""
+        if self.mode == "keyword":
+            return "keyword: BM25 over the FTS5 index"
+        if self.mode == "hybrid":
+            fusion = self.fusion or {}
+            how = (f"reciprocal rank fusion (k={fusion['rrf_k']})" if self.alpha is None
+                   else f"alpha={self.alpha:g} x dense + {1 - self.alpha:g} x keyword (min-max normalised scores)")
+            return f"hybrid: {how} of the dense and keyword top {self.fusion_depth}"
+        return "dense: cosine similarity"
+
+    def mode_dict(self) -> dict[str, Any]:
+        """The figures that depend on the mode (the per-mode entries of several modes' JSON)."""
+        out: dict[str, Any] = {
+            "mode": self.mode,
+            "metrics": {k: round(v, 6) for k, v in self.metrics.items()},
+            "mean_query_ms": round(self.mean_query_ms, 3),
+            "search_seconds": round(self.search_seconds, 4),
+            "exact_recall": None if self.exact_recall is None else round(self.exact_recall, 6),
+        }
+        if self.mode == "hybrid":
+            out["fusion"] = self.fusion
+        return out
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -297,7 +383,10 @@ class EvalResult:
             "exact_recall": None if self.exact_recall is None else round(self.exact_recall, 6),
             "unjudged_queries": self.unjudged_queries,
             "missing_queries": self.missing_queries,
+            "mode": self.mode,
         }
+        if self.mode == "hybrid":
+            out["fusion"] = self.fusion
         if self.dataset is not None:
             out.update(
                 dataset=self.dataset,
@@ -305,6 +394,18 @@ class EvalResult:
                 skipped_documents=self.skipped_documents,
             )
         return out
+
+
+def results_as_dict(results: Sequence[EvalResult]) -> dict[str, Any]:
+    """The JSON of ``retrieve eval``: one mode's :meth:`EvalResult.as_dict`; with several
+    modes, the first one's (so readers of one mode's JSON keep working) plus ``modes``,
+    each mode's :meth:`EvalResult.mode_dict` by mode name, in the order asked for."""
+    if not results:
+        raise ValueError("no results")
+    out = results[0].as_dict()
+    if len(results) > 1:
+        out["modes"] = {r.mode: r.mode_dict() for r in results}
+    return out
 
 
 # Queries per search_many call: bounds memory for large query sets while keeping
@@ -341,18 +442,46 @@ def exact_recall(retriever: Retriever, query_vectors: np.ndarray, k: int) -> flo
     return total / len(q)
 
 
+def check_modes(modes: Sequence[str], alpha: float | None = None) -> list[str]:
+    """``modes`` without repeats, in order, after checking each (and ``alpha``, which
+    weighs hybrid mode's fusion and so needs it)."""
+    from retrieval.search.pipeline import MODES
+
+    out: list[str] = []
+    for mode in modes:
+        if mode not in MODES:
+            raise RetrievalError(f"unknown search mode {mode!r}; use one of {', '.join(MODES)}")
+        if mode not in out:
+            out.append(mode)
+    if not out:
+        raise RetrievalError(f"no search mode given; use one or more of {', '.join(MODES)}")
+    if alpha is not None:
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+            raise RetrievalError(f"alpha must be between 0 and 1, got {alpha!r}")
+        if "hybrid" not in out:
+            raise RetrievalError("alpha weighs the fusion of hybrid mode; evaluate the hybrid mode to use it")
+    return out
+
+
 def evaluate(
     retriever: Retriever,
     queries: Mapping[str, str],
     qrels: Qrels,
     k: int = 100,
     compare_exact: bool = False,
+    *,
+    mode: str = "dense",
+    alpha: float | None = None,
 ) -> EvalResult:
-    """Search every judged query with ``retriever`` and score the run against ``qrels``.
+    """Search every judged query with ``retriever`` in ``mode`` and score the run against ``qrels``.
 
     Queries are searched with :meth:`Retriever.search_many` in batches, and the
     reported latency is the batched search time (encoding included) per query.
+    ``alpha`` (hybrid mode only) fuses by a convex combination of normalised scores
+    instead of reciprocal rank fusion. ``compare_exact`` measures the dense index, so it
+    is left out (None) in keyword mode.
     """
+    check_modes([mode], alpha)
     if k < 1:
         raise RetrievalError(f"the depth k must be at least 1, got {k}")
     judged = [qid for qid in qrels if qid in queries]
@@ -365,19 +494,30 @@ def evaluate(
             raise RetrievalError(
                 "the store is empty: ingest the collection's corpus first, or use `retrieve eval --dataset DIR`"
             )
+        if mode != "dense":
+            from retrieval.store.keyword import keyword_available
+
+            if not keyword_available(conn):
+                raise RetrievalError(f"{mode} mode needs the keyword index, which only SQLite stores have")
     version = retriever.current_index()
     k_eff = min(k, retriever.settings.max_k)
     texts = [queries[qid] for qid in judged]
     # One untimed query first, so the model's lazy load is not counted as latency.
-    retriever.search_many(texts[:1], 1)
+    retriever.search_many(texts[:1], 1, mode=mode, alpha=alpha, snippets=False)
     run: Run = {}
     t0 = time.perf_counter()
     for start in range(0, len(texts), QUERY_BATCH):
-        results = retriever.search_many(texts[start : start + QUERY_BATCH], k_eff)
+        results = retriever.search_many(texts[start : start + QUERY_BATCH], k_eff, mode=mode, alpha=alpha,
+                                          snippets=False)
         for qid, hits in zip(judged[start : start + QUERY_BATCH], results):
             run[qid] = {hit.id: hit.score for hit in hits}
     seconds = time.perf_counter() - t0
     means, per_query = evaluate_run(run, {qid: qrels[qid] for qid in judged})
+    fusion_depth = None
+    if mode == "hybrid":
+        from retrieval.search.pipeline import HYBRID_DEPTH
+
+        fusion_depth = max(k_eff, HYBRID_DEPTH)  # as the pipeline takes it (Request.depth)
     result = EvalResult(
         metrics=means,
         queries=len(judged),
@@ -389,10 +529,45 @@ def evaluate(
         per_query=per_query,
         unjudged_queries=sum(1 for qid in queries if qid not in qrels),
         missing_queries=sum(1 for qid in qrels if qid not in queries),
+        mode=mode,
+        alpha=alpha if mode == "hybrid" else None,
+        fusion_depth=fusion_depth,
+        run=run,
     )
-    if compare_exact:
+    if compare_exact and mode != "keyword":
         result.exact_recall = exact_recall(retriever, retriever.encoder.encode_queries(texts), k_eff)
     return result
+
+
+def evaluate_modes(
+    retriever: Retriever,
+    queries: Mapping[str, str],
+    qrels: Qrels,
+    modes: Sequence[str] = ("dense",),
+    *,
+    k: int = 100,
+    compare_exact: bool = False,
+    alpha: float | None = None,
+) -> list[EvalResult]:
+    """:func:`evaluate` in each of ``modes`` (repeats dropped) on the same store, in order.
+
+    ``alpha`` applies to hybrid mode. The index's recall against exact search, a figure
+    of the dense index alone, is measured once and reported with every mode that uses
+    it (dense and hybrid).
+    """
+    modes = check_modes(modes, alpha)
+    results: list[EvalResult] = []
+    recall: float | None = None
+    for mode in modes:
+        measure = compare_exact and mode != "keyword" and recall is None
+        result = evaluate(retriever, queries, qrels, k=k, compare_exact=measure, mode=mode,
+                          alpha=alpha if mode == "hybrid" else None)
+        if measure:
+            recall = result.exact_recall
+        elif compare_exact and mode != "keyword":
+            result.exact_recall = recall
+        results.append(result)
+    return results
 
 
 def corpus_records(corpus: Mapping[str, str], source: str = "corpus.jsonl") -> list[Record]:
@@ -402,17 +577,19 @@ def corpus_records(corpus: Mapping[str, str], source: str = "corpus.jsonl") -> l
     return [Record(doc_id, text, {}, f"{source}:{n}") for n, (doc_id, text) in enumerate(corpus.items(), 1)]
 
 
-def evaluate_dataset(
+def evaluate_dataset_modes(
     folder: str | Path,
     settings: Settings,
+    modes: Sequence[str] = ("dense",),
     *,
+    alpha: float | None = None,
     k: int = 100,
     compare_exact: bool = False,
     split: str = "test",
     work_dir: str | Path | None = None,
     on_ingest: Callable[[int, float], None] | None = None,
-) -> EvalResult:
-    """Ingest a BEIR folder's corpus into a temporary store and evaluate it.
+) -> list[EvalResult]:
+    """Ingest a BEIR folder's corpus into a temporary store, once, and evaluate it in each of ``modes``.
 
     The temporary store (its own SQLite file and index folder) uses every other
     setting of ``settings`` (model, index type, HNSW parameters, batch size) and is
@@ -421,6 +598,7 @@ def evaluate_dataset(
     """
     from retrieval.retriever import Retriever
 
+    modes = check_modes(modes, alpha)  # before the ingest, which may take minutes
     data = load_beir(folder, split)
     if not data.corpus:
         raise EvalDataError(f"{Path(folder) / 'corpus.jsonl'} holds no documents with text")
@@ -435,17 +613,42 @@ def evaluate_dataset(
             report = retriever.ingest(corpus_records(data.corpus, str(Path(folder) / "corpus.jsonl")))
             if on_ingest is not None:
                 on_ingest(report.total, report.seconds)
-            result = evaluate(retriever, data.queries, data.qrels, k=k, compare_exact=compare_exact)
+            results = evaluate_modes(retriever, data.queries, data.qrels, modes, k=k, compare_exact=compare_exact,
+                                     alpha=alpha)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    result.dataset = data.name
-    result.ingest_seconds = report.seconds
-    result.skipped_documents = len(data.empty_documents)
-    return result
+    for result in results:
+        result.dataset = data.name
+        result.ingest_seconds = report.seconds
+        result.skipped_documents = len(data.empty_documents)
+    return results
 
 
-def format_table(result: EvalResult) -> list[str]:
-    """The human-readable report: one aligned ``name  value`` line per figure."""
+def evaluate_dataset(
+    folder: str | Path,
+    settings: Settings,
+    *,
+    k: int = 100,
+    compare_exact: bool = False,
+    split: str = "test",
+    work_dir: str | Path | None = None,
+    on_ingest: Callable[[int, float], None] | None = None,
+    mode: str = "dense",
+    alpha: float | None = None,
+) -> EvalResult:
+    """Ingest a BEIR folder's corpus into a temporary store and evaluate it in ``mode``
+    (see :func:`evaluate_dataset_modes`, which evaluates several modes on one ingest)."""
+    return evaluate_dataset_modes(folder, settings, [mode], alpha=alpha, k=k, compare_exact=compare_exact,
+                                  split=split, work_dir=work_dir, on_ingest=on_ingest)[0]
+
+
+def format_table(results: EvalResult | Sequence[EvalResult]) -> list[str]:
+    """The human-readable report: one aligned ``name  value`` line per figure; with
+    several modes (results of one store), one column of figures per mode."""
+    several = [results] if isinstance(results, EvalResult) else list(results)
+    if not several:
+        raise ValueError("no results")
+    result = several[0]
     rows: list[tuple[str, str]] = []
     if result.dataset is not None:
         skipped = f" ({result.skipped_documents} empty skipped)" if result.skipped_documents else ""
@@ -456,10 +659,26 @@ def format_table(result: EvalResult) -> list[str]:
     rows.append(("queries", f"{result.queries} judged" + (f" ({result.missing_queries} judged ids have no query text)"
                                                             if result.missing_queries else "")))
     rows.append(("model", f"{result.model}, {result.index_type} index, depth {result.depth}"))
-    for name in METRICS:
-        rows.append((name, f"{result.metrics[name]:.4f}"))
-    rows.append(("latency", f"{result.mean_query_ms:.2f} ms/query (batched, {result.search_seconds:.2f}s in all)"))
-    if result.exact_recall is not None:
-        rows.append((f"recall@{result.depth} vs exact", f"{result.exact_recall:.4f}"))
+    if len(several) == 1:
+        rows.append(("mode", result.describe_mode()))
+        for name in METRICS:
+            rows.append((name, f"{result.metrics[name]:.4f}"))
+        rows.append(("latency", f"{result.mean_query_ms:.2f} ms/query (batched, {result.search_seconds:.2f}s in all)"))
+        if result.exact_recall is not None:
+            rows.append((f"recall@{result.depth} vs exact", f"{result.exact_recall:.4f}"))
+    else:
+        width = max(9, *(len(r.label) for r in several))
+
+        def columns(cells: list[str], note: str = "") -> str:
+            return "  ".join(f"{c:<{width}}" for c in cells) + (f"  {note}" if note else "")
+
+        rows.append(("mode", columns([r.label for r in several]).rstrip()))
+        for name in METRICS:
+            rows.append((name, columns([f"{r.metrics[name]:.4f}" for r in several]).rstrip()))
+        rows.append(("latency", columns([f"{r.mean_query_ms:.2f}" for r in several], "ms/query (batched)")))
+        if any(r.exact_recall is not None for r in several):
+            rows.append((f"recall@{result.depth} vs exact",
+                         columns(["-" if r.exact_recall is None else f"{r.exact_recall:.4f}" for r in several]).rstrip()))
+        rows.extend(("fusion", r.describe_mode()) for r in several if r.mode == "hybrid")
     width = max(len(name) for name, _ in rows)
     return [f"{name:<{width}}  {value}" for name, value in rows]

@@ -3,9 +3,12 @@
 For each BEIR collection with judgements in ../shared/data (cranfield, medline):
 
 * **retrieval**: this project with the configured (default) model and encoder, through
-  the same code as ``retrieve eval --dataset`` (temporary store, batched search); when
-  that encoder is not fp32 (the default is bf16 on CPUs that have it), the project is
-  also run with ``precision: fp32``;
+  the same code as ``retrieve eval --dataset --mode dense,keyword,hybrid`` (temporary
+  store, ingested once, batched search), one row per search mode: ``dense`` (cosine),
+  ``keyword`` (BM25 over the store's FTS5 index) and ``hybrid`` (their reciprocal rank
+  fusion); when that encoder is not fp32 (the default is bf16 on CPUs that have it), the
+  project is also run with ``precision: fp32`` (dense and hybrid: keyword does not use
+  the encoder);
 * **naive**: what users start from, ``SentenceTransformer(model).encode(...,
   normalize_embeddings=True)`` and brute-force cosine over a numpy matrix. It must give
   the same numbers as the project's fp32 run (asserted to 1e-4): the project's token-count
@@ -21,6 +24,7 @@ Writes ``bench/eval_report.md`` and ``bench/eval_report.json`` and prints the ta
 
     HF_HUB_OFFLINE=1 python scripts/eval_report.py
     HF_HUB_OFFLINE=1 python scripts/eval_report.py --collections medline --out /tmp/report
+    HF_HUB_OFFLINE=1 python scripts/eval_report.py --modes dense,hybrid --alpha 0.5
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ sys.path.insert(0, str(REPO))
 
 from benchlib import machine  # noqa: E402
 from retrieval.config import load_settings  # noqa: E402
-from retrieval.evaluation import METRICS, Run, evaluate_dataset, evaluate_run, load_beir  # noqa: E402
+from retrieval.evaluation import METRICS, EvalResult, Run, evaluate_dataset_modes, evaluate_run, load_beir  # noqa: E402
 
 
 def log(message: str) -> None:
@@ -116,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DATA, help="folder holding the BEIR collections and stsb/")
     parser.add_argument("--collections", default="cranfield,medline", help="comma-separated BEIR folders under --data")
     parser.add_argument("--depth", type=int, default=100, help="documents retrieved per query")
+    parser.add_argument("--modes", default="dense,keyword,hybrid",
+                        help="comma-separated search modes of the project to evaluate (dense is always run: the naive "
+                             "baseline is checked against it)")
+    parser.add_argument("--alpha", type=float, default=None,
+                        help="hybrid: a convex combination of normalised scores with this dense weight instead of RRF")
     parser.add_argument("--out", type=Path, default=REPO / "bench", help="where eval_report.md/.json go")
     args = parser.parse_args(argv)
 
@@ -137,18 +146,31 @@ def main(argv: list[str] | None = None) -> int:
     model_path = encoder.info.path or settings.model
     naive_model = SentenceTransformer(model_path, device="cpu")
 
+    modes = ["dense", *(m for m in (m.strip() for m in args.modes.split(",")) if m and m != "dense")]
     rows: list[dict[str, Any]] = []
     for name in [c.strip() for c in args.collections.split(",") if c.strip()]:
         folder = args.data / name
         data = load_beir(folder)
         qids = [q for q in data.qrels if q in data.queries]
         for label, s, enc in variants:
+            # keyword mode does not use the encoder: run it with the configured one only.
+            wanted = [m for m in modes if m != "keyword" or label == "configured"]
             log(f"{name}: {len(data.corpus)} documents, {len(qids)} judged queries; project, {label} encoder "
-                f"{describe(enc)} (retrieve eval --dataset)")
-            ours = evaluate_dataset(folder, s, k=args.depth)
-            rows.append({"collection": name, "system": f"retrieval ({settings.model}, {describe(enc)}, {ours.index_type})",
-                         "metrics": ours.metrics, "ms_per_query": ours.mean_query_ms, "documents": ours.documents,
-                         "queries": ours.queries, "encoder": describe(enc), "default": label == "configured"})
+                f"{describe(enc)} (retrieve eval --dataset --mode {','.join(wanted)})")
+            results = evaluate_dataset_modes(folder, s, wanted, k=args.depth, alpha=args.alpha)
+            for result in results:
+                if result.mode == "dense":
+                    ours = result
+                rows.append({"collection": name, "system": system_name(result, settings.model, describe(enc)),
+                             "mode": result.mode, "fusion": result.fusion, "metrics": result.metrics,
+                             "ms_per_query": result.mean_query_ms, "documents": result.documents,
+                             "queries": result.queries, "encoder": None if result.mode == "keyword" else describe(enc),
+                             "default": label == "configured"})
+            by_mode = {r.mode: r.metrics["ndcg@10"] for r in results}
+            if {"dense", "keyword", "hybrid"} <= set(by_mode):
+                parts = max(by_mode["dense"], by_mode["keyword"])
+                log(f"{name}: hybrid nDCG@10 {by_mode['hybrid']:.4f} vs dense {by_mode['dense']:.4f}, keyword "
+                    f"{by_mode['keyword']:.4f}: {'above' if by_mode['hybrid'] > parts else 'NOT above'} both")
 
         log(f"{name}: naive sentence-transformers + numpy")
         run, ms = naive_system(naive_model, data.corpus, data.queries, qids, args.depth)
@@ -185,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": settings.model,
         "model_key": encoder.model_key,
         "depth": args.depth,
+        "modes": modes,
         "rows": rows,
         "encoder": describe(encoder),
         "sts": {"spearman_x100": sts, "pairs": pairs, "published": PUBLISHED_STS, "by_encoder": sts_rows},
@@ -195,6 +218,17 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "eval_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(md)
     return 0
+
+
+def system_name(result: EvalResult, model: str, encoder: str) -> str:
+    """The table's name for one of the project's rows."""
+    if result.mode == "keyword":
+        return "retrieval keyword (FTS5 BM25)"
+    if result.mode == "hybrid":
+        fusion = result.fusion or {}
+        how = f"RRF k={fusion['rrf_k']}" if fusion["method"] == "rrf" else f"alpha={fusion['alpha']:g}"
+        return f"retrieval hybrid ({how}, depth {fusion['depth']}; {encoder})"
+    return f"retrieval dense ({model}, {encoder}, {result.index_type})"
 
 
 def render(report: dict[str, Any]) -> str:
@@ -223,7 +257,9 @@ def render(report: dict[str, Any]) -> str:
         "",
         "The naive baseline must match the project's fp32 run to 1e-4 on every metric (the script asserts it). "
         "ms/query: the project's is the batched `search_many` time (encoding included); the naive one "
-        "is batched encoding plus one matrix product; BM25's is bm25s retrieval with tokenizing.",
+        "is batched encoding plus one matrix product; BM25's is bm25s retrieval with tokenizing. "
+        "keyword is BM25 over the store's FTS5 index (porter stemming, English stopwords dropped from the query, "
+        "terms ORed); hybrid fuses the dense and keyword top lists of the same store.",
         "",
     ]
     return "\n".join(lines)
