@@ -456,10 +456,7 @@ class Retriever:
         external id), less those of the ``minus`` texts and ``unlike`` documents. The
         example documents are left out of the results unless ``include_examples``.
         """
-        if mode not in pipeline.MODES:
-            raise RetrievalError(f"unknown search mode {mode!r}; use one of {', '.join(pipeline.MODES)}")
-        if alpha is not None and not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
-            raise RetrievalError(f"alpha must be between 0 and 1, got {alpha!r}")
+        _check_mode(mode, alpha)
         f = parse_filter(where)
         arithmetic = bool(plus or minus or like or unlike)
         if arithmetic and mode != "dense":
@@ -467,7 +464,7 @@ class Retriever:
         if query is None and not arithmetic:
             raise RetrievalError("the query is empty")
         k = self.settings.search_k if k is None else k
-        min_score = self.settings.min_score if min_score is None else min_score
+        min_score = self._min_score(min_score, mode)
         query, plus, minus = _text(query), [_text(t) for t in plus], [_text(t) for t in minus]
         for q in (*([query] if query is not None else []), *plus, *minus):
             self._check_query(q, k)
@@ -480,6 +477,13 @@ class Retriever:
         req = pipeline.Request(k, vectors=vector, where=f, min_score=min_score,
                                exclude=() if include_examples else exclude)
         return self._pipeline(version, req)[0]
+
+    def _min_score(self, min_score: float | None, mode: str) -> float | None:
+        # The min_score setting is a cosine: it applies to dense searches; a min_score
+        # given with a search applies to that mode's score.
+        if min_score is not None or mode != "dense":
+            return min_score
+        return self.settings.min_score
 
     def similar(self, external_id: str, k: int | None = None, *, where: Any = None,
                 min_score: float | None = None) -> list[Hit]:
@@ -518,29 +522,30 @@ class Retriever:
                             threads=self.settings.search_threads, exact_rows=self.settings.filter_exact_rows)
 
     def _run(self, queries: Sequence[str], k: int, min_score: float | None, where: Filter | None, mode: str,
-             alpha: float | None) -> list[list[Hit]]:
+             alpha: float | None, snippets: bool = True) -> list[list[Hit]]:
         if mode == "keyword":
             return self._pipeline(None, pipeline.Request(k, texts=list(queries), mode=mode, where=where,
-                                                         min_score=min_score))
+                                                         min_score=min_score, snippets=snippets))
         version = self.current_index()
         self._check_model(version)
         vectors = self.encoder.encode_queries(list(queries)) if queries else np.empty((0, version.manifest.dim), np.float32)
         req = pipeline.Request(k, vectors=vectors, texts=list(queries), mode=mode, where=where, min_score=min_score,
-                               alpha=alpha)
+                               alpha=alpha, snippets=snippets)
         return self._pipeline(version, req)
 
     def search_many(self, queries: Sequence[str], k: int | None = None, *, min_score: float | None = None,
-                    where: Any = None, mode: str = "dense", alpha: float | None = None) -> list[list[Hit]]:
-        """Search several queries at once (encoded in batches)."""
-        if mode not in pipeline.MODES:
-            raise RetrievalError(f"unknown search mode {mode!r}; use one of {', '.join(pipeline.MODES)}")
+                    where: Any = None, mode: str = "dense", alpha: float | None = None,
+                    snippets: bool = True) -> list[list[Hit]]:
+        """Search several queries at once (encoded in batches). ``snippets=False`` leaves
+        out keyword and hybrid snippets (each costs a lookup in the keyword index)."""
+        _check_mode(mode, alpha)
         f = parse_filter(where)
         k = self.settings.search_k if k is None else k
-        min_score = self.settings.min_score if min_score is None else min_score
+        min_score = self._min_score(min_score, mode)
         queries = [_text(q) for q in queries]
         for q in queries:
             self._check_query(q, k)
-        return self._run(queries, k, min_score, f, mode, alpha)
+        return self._run(queries, k, min_score, f, mode, alpha, snippets)
 
     def search_encoded(self, query: str, vector: np.ndarray, model_key: str, k: int | None = None, *,
                        min_score: float | None = None, where: Any = None) -> list[Hit] | None:
@@ -690,6 +695,15 @@ class Retriever:
             elif not np.allclose(vectors[in_index[i]], vec, atol=1e-6):
                 problems.append(f"document {i}: the indexed vector is not the embedding of its current text")
         return VerifyReport(ok=not problems, documents=len(in_db), indexed=len(in_index), pending=len(pending), problems=problems)
+
+
+def _check_mode(mode: str, alpha: float | None) -> None:
+    if mode not in pipeline.MODES:
+        raise RetrievalError(f"unknown search mode {mode!r}; use one of {', '.join(pipeline.MODES)}")
+    if alpha is not None and not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
+        raise RetrievalError(f"alpha must be between 0 and 1, got {alpha!r}")
+    if alpha is not None and mode != "hybrid":
+        raise RetrievalError("alpha weighs the two rankings of hybrid mode; use it with mode hybrid")
 
 
 def _text(query: Any) -> Any:

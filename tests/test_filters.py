@@ -367,12 +367,12 @@ def flat(corpus: Corpus) -> Any:
 @pytest.fixture(scope="module")
 def approximate(corpus: Corpus, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The same database with an index folder of its own: HNSW segments, and filters of
-    more than 50 matches per segment searched through the graph."""
+    more than 500 matches per segment searched through the graph."""
     import shutil
 
     folder = tmp_path_factory.mktemp("filters-hnsw")
     shutil.copy(corpus.folder / "r.db", folder / "r.db")
-    r = _open(folder, index_type="hnsw", hnsw_m=16, filter_exact_rows=50, min_recall=0.95)
+    r = _open(folder, index_type="hnsw", hnsw_m=16, filter_exact_rows=500, min_recall=0.95)
     r.sync()
     assert {s.kind for s in r.current_index().manifest.segments} == {"hnsw"}, r.current_index().manifest.segments
     yield r
@@ -418,7 +418,7 @@ def test_filtered_hnsw_recall(approximate: Any, corpus: Corpus) -> None:
     """Through the graph (a selector of the allowed rows, efSearch widened), filtered
     results stay close to exact at every selectivity."""
     recalls: dict[int, list[float]] = {}
-    for width in (60, 600, 3000, N):
+    for width in (60, 1200, 3000, N):
         for seed in range(15):
             where = {"n": {"$gte": (seed * 613) % (N - width + 1), "$lt": (seed * 613) % (N - width + 1) + width}}
             q = _query(seed, corpus)

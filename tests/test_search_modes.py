@@ -274,3 +274,14 @@ def test_verify_reports_a_damaged_keyword_index_and_reindex_repairs_it(product_s
     assert runner.invoke(cli, ["verify"]).exit_code == 0
     found = runner.invoke(cli, ["search", "waterproof", "--mode", "keyword", "--json"])
     assert [r["id"] for r in json.loads(found.output)["results"]] == ["run-2"]
+
+
+def test_the_min_score_setting_is_a_cosine_for_dense_mode_only(make_retriever: Any) -> None:
+    r = make_retriever(min_score=0.99)
+    r.ingest(PRODUCTS)
+    assert r.search("waterproof trail shoes") == []  # no cosine reaches 0.99
+    assert [h.id for h in r.search("waterproof trail shoes", mode="keyword", k=1)] == ["run-2"]
+    assert r.search("waterproof trail shoes", mode="hybrid", k=1)[0].id == "run-2"
+    assert r.search("waterproof trail shoes", mode="hybrid", min_score=1.0) == []  # given: the fused score
+    with pytest.raises(Exception, match="hybrid"):
+        r.search("shoes", alpha=0.5)

@@ -325,8 +325,9 @@ class IndexVersion:
                 if view.meta.kind != "flat" and len(rows) <= exact_max:
                     scores, ids = _exact_rows(seg, rows, q, k)
                 else:
-                    chosen = np.zeros((seg.rows + 7) // 8, np.uint8)
-                    np.bitwise_or.at(chosen, rows >> 3, np.left_shift(1, rows & 7).astype(np.uint8))
+                    mask = np.zeros(seg.rows, bool)
+                    mask[rows] = True
+                    chosen = np.packbits(mask, bitorder="little")
                     scores, ids = _search_widening(faiss, view, q, min(k, len(rows)), chosen, ef, rows)
                 all_scores.append(scores)
                 all_ids.append(ids)
@@ -378,9 +379,9 @@ def _search_widening(faiss: Any, view: SegmentView, q: np.ndarray, n: int, bitma
     """A selector search of ``n`` results per query; an HNSW search that finds fewer (the
     filter cut the graph's paths) is widened, and scored exactly as a last resort."""
     seg = view.segment
-    # A selective filter leaves fewer allowed nodes near each graph path: search wider in
-    # proportion (up to 8x), as a filtered graph search needs to find as many neighbours.
-    ef = max(int((ef or 16) * min(8.0, seg.rows / max(len(rows), 1))), n)
+    # FAISS's HNSW counts only allowed nodes towards efSearch, so the search already goes
+    # as much wider as the filter is selective; the recorded efSearch keeps its recall.
+    ef = max(int(ef or 16), n)
     for _ in range(WIDEN_STEPS if view.meta.kind == "hnsw" else 1):
         params, _sel = _selector_params(faiss, view.meta.kind, bitmap, seg.rows, ef)
         scores, rows_found = seg.index.search(q, n, params=params)

@@ -32,7 +32,7 @@ from retrieval.embed.base import Encoder
 from retrieval.index.segments import EXACT_MAX_ROWS, IndexVersion, set_search_threads
 from retrieval.search.hits import Hit
 from retrieval.store.filters import Filter, compile_filter
-from retrieval.store.keyword import KeywordHit, keyword_search
+from retrieval.store.keyword import KeywordHit, keyword_search, keyword_snippets
 from retrieval.store.repository import Store, StoredDocument
 from retrieval.vectors import ensure_vectors
 
@@ -133,6 +133,7 @@ class Request:
     alpha: float | None = None  # hybrid: convex combination of normalised scores instead of RRF
     exclude: Sequence[int] = ()  # internal ids never returned (the examples of a recommendation)
     depth: int = HYBRID_DEPTH
+    snippets: bool = True  # keyword and hybrid hits carry snippets
 
     @property
     def queries(self) -> int:
@@ -166,9 +167,20 @@ def _keyword_ranked(conn: Connection, req: Request, k: int) -> list[list[tuple[f
     skip = set(req.exclude)
     out = []
     for text in req.texts:
-        found = keyword_search(conn, text, k + len(skip), condition=condition)
+        found = keyword_search(conn, text, k + len(skip), condition=condition, snippets=False)
         out.append([(h.score, h.id, h) for h in found if h.id not in skip][:k])
     return out
+
+
+def _with_snippets(conn: Connection, req: Request, ranked: list[list[tuple[float, int]]],
+                   extra: list[dict[int, dict[str, Any]]]) -> list[dict[int, dict[str, Any]]]:
+    """Snippets for the final hits only (see :func:`keyword_snippets`)."""
+    if not req.snippets:
+        return extra
+    for text, row, more in zip(req.texts or (), ranked, extra):
+        for i, (snippet, highlights) in keyword_snippets(conn, text, [i for _, i in row]).items():
+            more.setdefault(i, {}).update(snippet=snippet, highlights=highlights)
+    return extra
 
 
 def _fuse(dense: list[tuple[float, int]], keyword: list[tuple[float, int, KeywordHit]], k: int,
@@ -195,14 +207,7 @@ def _fuse(dense: list[tuple[float, int]], keyword: list[tuple[float, int, Keywor
         for i in set(dn) | set(kn):
             fused[i] = alpha * dn.get(i, 0.0) + (1 - alpha) * kn.get(i, 0.0)
     ranked = sorted(((s, i) for i, s in fused.items()), key=lambda c: (-c[0], c[1]))[:k]
-    snippets = {h[1]: h[2] for h in keyword}
-    extra: dict[int, dict[str, Any]] = {}
-    for _, i in ranked:
-        e: dict[str, Any] = {"dense_rank": d_rank.get(i), "keyword_rank": k_rank.get(i)}
-        if i in snippets:
-            e["snippet"] = snippets[i].snippet
-            e["highlights"] = snippets[i].highlights
-        extra[i] = e
+    extra = {i: {"dense_rank": d_rank.get(i), "keyword_rank": k_rank.get(i)} for _, i in ranked}
     return ranked, extra
 
 
@@ -237,13 +242,15 @@ def run(store: Store, version: IndexVersion | None, encoder: Callable[[], Encode
         if req.mode == "dense":
             return fetch_hits(store, conn, [_cut(r, req.min_score) for r in dense])
         keyword = _keyword_ranked(conn, req, depth)
+        assert req.texts is not None
         if req.mode == "keyword":
-            extra = [{i: {"snippet": h.snippet, "highlights": h.highlights} for _, i, h in r} for r in keyword]
             ranked = [_cut([(s, i) for s, i, _ in r], req.min_score) for r in keyword]
+            extra = _with_snippets(conn, req, ranked, [{} for _ in ranked])
             return fetch_hits(store, conn, ranked, extra=extra, mode="keyword")
         fused = [_fuse(d, kw, req.k, req.alpha) for d, kw in zip(dense, keyword)]
-        return fetch_hits(store, conn, [_cut(r, req.min_score) for r, _ in fused], extra=[e for _, e in fused],
-                          mode="hybrid")
+        ranked = [_cut(r, req.min_score) for r, _ in fused]
+        extra = _with_snippets(conn, req, ranked, [e for _, e in fused])
+        return fetch_hits(store, conn, ranked, extra=extra, mode="hybrid")
 
 
 def search(store: Store, version: IndexVersion, encoder: Callable[[], Encoder], vectors: np.ndarray, k: int, *,

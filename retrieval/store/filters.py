@@ -43,6 +43,14 @@ def _type(path: Sequence[str]) -> ColumnElement[Any]:
 _NUMBER = ("integer", "real")
 
 
+def _plain(value: str) -> bool:
+    """Whether equality with ``value`` needs no type check: ``json_extract`` gives SQL text
+    for JSON strings and for objects and arrays (as JSON text, which starts with ``{`` or
+    ``[``), an integer for numbers and booleans, so only such a string could equal a value
+    of another type. Without the check an expression index answers the filter alone."""
+    return not value.startswith(("[", "{"))
+
+
 def _eq(path: Sequence[str], value: Scalar) -> ColumnElement[bool]:
     if value is None:  # an explicit null, or missing
         return or_(_type(path) == "null", _type(path).is_(None))
@@ -50,7 +58,7 @@ def _eq(path: Sequence[str], value: Scalar) -> ColumnElement[bool]:
         return _type(path) == ("true" if value else "false")
     x = field_expression(path)
     if isinstance(value, str):
-        return and_(x == value, _type(path) == "text")
+        return x == value if _plain(value) else and_(x == value, _type(path) == "text")
     return and_(x == value, _type(path).in_(_NUMBER))
 
 
@@ -60,7 +68,7 @@ def _in(path: Sequence[str], values: Sequence[Scalar]) -> ColumnElement[bool]:
     x = field_expression(path)
     alts: list[ColumnElement[bool]] = []
     if strings:
-        alts.append(and_(x.in_(strings), _type(path) == "text"))
+        alts.append(x.in_(strings) if all(map(_plain, strings)) else and_(x.in_(strings), _type(path) == "text"))
     if numbers:
         alts.append(and_(x.in_(numbers), _type(path).in_(_NUMBER)))
     alts.extend(_eq(path, v) for v in sorted({v for v in values if isinstance(v, bool)}))

@@ -205,6 +205,28 @@ def keyword_search(
     return hits
 
 
+_SNIPPETS_OF = (
+    select(_FTS.c.rowid, _SNIPPET)
+    .where(_FTS_TABLE.bool_op("MATCH")(bindparam("kw_query")), _FTS.c.rowid.in_(bindparam("ids", expanding=True)))
+)
+
+
+def keyword_snippets(conn: Connection, query: str, ids: list[int]) -> dict[int, tuple[str, tuple[tuple[int, int], ...]]]:
+    """Snippets of ``query``'s matches in the documents ``ids`` (those that match), by id.
+
+    A search ranks without snippets and asks for these for its final hits only: SQLite
+    computes a selected column for every row it sorts, so ``snippet()`` in the ranking
+    query would run for every document that matches any term.
+    """
+    match = fts_query(query) if conn.dialect.name == "sqlite" else None
+    if match is None or not ids:
+        return {}
+    # FTS5 answers ``rowid IN (...)`` with one seek of the query's terms per id: the cost
+    # follows the hits asked for (0.17 ms each on Cranfield), not the documents matching.
+    rows = conn.execute(_SNIPPETS_OF, {"kw_query": match, "ids": list(ids)})
+    return {int(r[0]): parse_snippet(r[1] or "") for r in rows}
+
+
 def keyword_problems(conn: Connection, limit: int = 20) -> list[str]:
     """Documents the keyword index misses, and indexed rows with no document, read-only in
     the caller's snapshot (FTS5's own integrity-check would take the write lock)."""
