@@ -1,10 +1,12 @@
 """`retrieve eval --mode`: dense, keyword and hybrid search evaluated on one store.
 
-The figures that matter, hybrid nDCG@10 on the whole of Cranfield with the real packaged
-model, come from `retrieve eval --dataset ... --mode dense,keyword,hybrid` (one ingest for
-the three modes) and are checked against pytrec_eval (trec_eval itself) on the TREC runs
-the command writes with --run. The plumbing (mode lists, JSON, table, runs, errors) is
-tested with the hash-384 test encoder on a small collection made here.
+The figures with the real packaged model are checked against pytrec_eval (trec_eval
+itself) on Cranfield in tests/test_cranfield.py, on the store that test embeds anyway;
+the whole collection's figures and the issue's targets (hybrid nDCG@10 >= 0.41 on
+Cranfield, >= 0.79 on Medline, above both parts) are asserted by scripts/eval_report.py,
+since embedding all of Cranfield would take minutes of the suite on a slow CPU. The
+plumbing (mode lists, JSON, table, runs, errors) is tested here with the hash-384 test
+encoder on a small collection made here.
 """
 
 from __future__ import annotations
@@ -16,17 +18,14 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from conftest import SHARED_DATA, write_jsonl
+from conftest import write_jsonl
 from retrieval.cli import cli
 from retrieval.errors import RetrievalError
-from retrieval.evaluation import METRICS, check_modes, evaluate_dataset, evaluate_modes, load_beir, load_qrels, run_path
+from retrieval.evaluation import METRICS, check_modes, evaluate_dataset, evaluate_modes, load_beir, load_qrels
 
 pytrec_eval = pytest.importorskip("pytrec_eval")
 
-CRANFIELD = SHARED_DATA / "cranfield"
 MODES = ["dense", "keyword", "hybrid"]
-# The issue's target for hybrid search on Cranfield (nDCG@10), which must also beat both its parts.
-CRANFIELD_HYBRID_TARGET = 0.41
 TREC_MEASURES = {"ndcg_cut.10", "recall.10,100", "map"}
 
 
@@ -44,38 +43,6 @@ def trec_eval_means(run_file: Path, qrels: dict[str, dict[str, int]]) -> dict[st
     per_query = pytrec_eval.RelevanceEvaluator(qrels, TREC_MEASURES).evaluate(run)
     names = {"ndcg@10": "ndcg_cut_10", "recall@10": "recall_10", "recall@100": "recall_100", "map": "map"}
     return {ours: sum(m[theirs] for m in per_query.values()) / len(qrels) for ours, theirs in names.items()}
-
-
-# -- the real figures ----------------------------------------------------------------------
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not (CRANFIELD / "corpus.jsonl").is_file(), reason="../shared/data/cranfield is absent")
-def test_hybrid_ndcg_on_cranfield_agrees_with_trec_eval_and_beats_both_parts(
-        real_store_env: dict[str, str], tmp_path: Path) -> None:
-    runs = tmp_path / "cranfield.trec"
-    out = json.loads(invoke(["eval", "--dataset", str(CRANFIELD), "--mode", ",".join(MODES), "--json",
-                             "--run", str(runs)]).output)
-    assert out["dataset"] == "cranfield" and out["documents"] == 1398 and out["queries"] == 225
-    assert list(out["modes"]) == MODES
-    # The top level is the first mode's, in the one-mode shape.
-    assert out["mode"] == "dense" and out["metrics"] == out["modes"]["dense"]["metrics"]
-    assert out["modes"]["hybrid"]["fusion"] == {"method": "rrf", "rrf_k": 60, "depth": 100}
-
-    qrels = load_qrels(CRANFIELD / "qrels" / "test.tsv")
-    ndcg = {}
-    for mode in MODES:
-        path = run_path(runs, mode, several=True)
-        assert path.name == f"cranfield.{mode}.trec"
-        lines = path.read_text(encoding="utf-8").splitlines()
-        assert lines and all(line.split()[5] == f"retrieve-{mode}" for line in lines)
-        expected = trec_eval_means(path, qrels)
-        reported = out["modes"][mode]["metrics"]
-        for name, value in expected.items():
-            assert reported[name] == pytest.approx(value, abs=1e-6), (mode, name)
-        ndcg[mode] = expected["ndcg@10"]
-    assert ndcg["hybrid"] >= CRANFIELD_HYBRID_TARGET, ndcg
-    assert ndcg["hybrid"] > ndcg["dense"] and ndcg["hybrid"] > ndcg["keyword"], ndcg
 
 
 # -- the plumbing, with the test encoder ------------------------------------------------------
