@@ -25,6 +25,18 @@ class RemoteHit:
     extra: dict[str, Any] = field(default_factory=dict)  # mode, ranks, snippet, as sent
 
     @property
+    def mode(self) -> str:
+        return str(self.extra.get("mode", "dense"))
+
+    @property
+    def dense_rank(self) -> int | None:
+        return self.extra.get("dense_rank")
+
+    @property
+    def keyword_rank(self) -> int | None:
+        return self.extra.get("keyword_rank")
+
+    @property
     def snippet(self) -> str | None:
         return self.extra.get("snippet")
 

@@ -351,6 +351,27 @@ def test_search_where_modes_and_similar(client: httpx.Client) -> None:
     assert client.post("/v1/search", json={"k": 2}).status_code == 422  # no query and no example
 
 
+def test_search_server_passes_filters_modes_and_examples(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    from retrieval.cli import cli
+
+    monkeypatch.setenv("RETRIEVE_API_KEY", KEY)
+    runner = CliRunner()
+    base = ["search", "--server", server.url, "-k", "4", "--json"]
+    kw = runner.invoke(cli, [*base, "running shoes", "--mode", "keyword"])
+    assert kw.exit_code == 0, kw.output
+    assert [r["id"] for r in json.loads(kw.output)["results"]] == [SHOES]
+    filtered = runner.invoke(cli, [*base, "shoes", "--where", "n>=2", "--mode", "hybrid"])
+    assert sorted(r["id"] for r in json.loads(filtered.output)["results"]) == ["seed-2", "seed-3"]
+    plain = runner.invoke(cli, ["search", "--server", server.url, "running shoes", "--mode", "hybrid", "-k", "1"])
+    assert SHOES in plain.output and "keyword #1" in plain.output
+    like = runner.invoke(cli, [*base, "--like", SHOES])
+    assert SHOES not in [r["id"] for r in json.loads(like.output)["results"]]
+    similar = runner.invoke(cli, ["similar", SHOES, "--server", server.url, "-k", "2", "--json"])
+    assert similar.exit_code == 0 and json.loads(similar.output)["results"] == json.loads(like.output)["results"][:2]
+    bad = runner.invoke(cli, [*base, "shoes", "--where", '{"n": {"$nope": 1}}'])
+    assert bad.exit_code == 2 and "n.$nope: unknown operator" in bad.output
+
+
 # -- the CLI against the service -------------------------------------------------------
 
 

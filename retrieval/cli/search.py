@@ -36,13 +36,10 @@ def hit_lines(hits: Iterable[Any]) -> list[str]:
     lines = []
     for rank, hit in enumerate(hits, 1):
         meta = f"  {json.dumps(hit.metadata, ensure_ascii=False)}" if hit.metadata else ""
-        snippet = getattr(hit, "snippet", None)
-        body = _marked(snippet, getattr(hit, "highlights", ())) if snippet else shorten(hit.text)
+        body = _marked(hit.snippet, hit.highlights) if hit.snippet else shorten(hit.text)
         ranks = ""
-        if getattr(hit, "mode", None) == "hybrid" or (getattr(hit, "extra", {}) or {}).get("mode") == "hybrid":
-            d = hit.dense_rank if hasattr(hit, "dense_rank") else hit.extra.get("dense_rank")
-            kw = hit.keyword_rank if hasattr(hit, "keyword_rank") else hit.extra.get("keyword_rank")
-            ranks = f"  (dense #{d or '-'}, keyword #{kw or '-'})"
+        if hit.mode == "hybrid":
+            ranks = f"  (dense #{hit.dense_rank or '-'}, keyword #{hit.keyword_rank or '-'})"
         lines.append(f"{rank:>2}. {hit.score:.4f}  {hit.id}  {body}{meta}{ranks}")
     return lines or ["No results."]
 
