@@ -14,7 +14,8 @@ random until the share of matching documents reaches each target. Queries are
 * ``warm``: the filter's matches cached for this change-log position (a repeated filter);
 * ``after write``: a document written (not yet synced) before every query, so the cached
   matches are brought forward from the change log each time;
-* recall@10 against brute force over the matching documents.
+* recall@10 against brute force over the matching documents;
+* keyword and hybrid p50, unfiltered and at 10% (snippets included).
 
     HF_HUB_OFFLINE=1 python scripts/bench_filters.py
     HF_HUB_OFFLINE=1 python scripts/bench_filters.py --queries 100 --cache /tmp/bench
@@ -186,8 +187,26 @@ def main() -> int:
                      "after_write_p50_ms": ms(after_t), "recall_at_10": round(float(np.mean(recalls)), 4)})
         log(f"  {target:.0%}: {rows[-1]}")
     r.delete([f"bench-write-{i}" for i in range(1, serial[0] + 1)])
+
+    # Keyword and hybrid modes on the same store, the query vectors given (no encoding).
+    from retrieval.search import pipeline
+
+    texts = held_out(args.queries)
+    modes: dict[str, float] = {}
+    for mode in ("keyword", "hybrid"):
+        for label, where in (("", None), (" 10%", month_filters(r, [0.10], args.seed)[0][1])):
+            parsed_where = parse(where)
+            times = []
+            for text, q in zip(texts, qv):
+                req = pipeline.Request(args.k, vectors=q.reshape(1, -1), texts=[text], mode=mode, where=parsed_where)
+                t0 = time.perf_counter()
+                pipeline.run(r.store, version, lambda: r.encoder, req, ef_search=r.settings.hnsw_ef_search)
+                times.append(time.perf_counter() - t0)
+            modes[mode + label] = ms(times)
+    log(f"  modes: {modes}")
     result = {"machine": machine(), "documents": int(len(ids)), "segments": segments, "queries": len(qv),
               "k": args.k, "unfiltered_p50_ms": ms(base), "unfiltered_p99_ms": ms(base, 0.99), "filtered": rows,
+              "modes_p50_ms": modes,
               "command": "HF_HUB_OFFLINE=1 python scripts/bench_filters.py " + " ".join(sys.argv[1:])}
     log(f"\n{result['machine']}\n{len(ids):,} documents, segments {segments}, k={args.k}, "
         f"{len(qv)} queries; unfiltered p50 {result['unfiltered_p50_ms']} ms")
@@ -197,6 +216,7 @@ def main() -> int:
         log(f"{row['selectivity']:>11.2%} {row['cold_p50_ms']:>8} {row['cold_indexed_p50_ms']:>9} "
             f"{row['warm_p50_ms']:>8} {row['after_write_p50_ms']:>12} {row['recall_at_10']:>10}  "
             f"x{row['warm_p50_ms'] / result['unfiltered_p50_ms']:.2f}")
+    log(f"keyword and hybrid p50 (ms, k={args.k}, with snippets): {modes}")
     print(json.dumps(result))
     return 0
 

@@ -285,3 +285,17 @@ def test_the_min_score_setting_is_a_cosine_for_dense_mode_only(make_retriever: A
     assert r.search("waterproof trail shoes", mode="hybrid", min_score=1.0) == []  # given: the fused score
     with pytest.raises(Exception, match="hybrid"):
         r.search("shoes", alpha=0.5)
+
+
+def test_keyword_never_counts_an_indexed_row_without_its_document(make_retriever: Any) -> None:
+    """Another program's INSERT OR REPLACE that moves an external id to a new row deletes
+    the old row without firing a delete trigger; keyword search still returns k documents."""
+    r = make_retriever()
+    r.ingest([{"id": f"h{i}", "text": f"red hat number {i}"} for i in range(4)])
+    con = sqlite3.connect(r.store.url.removeprefix("sqlite:///"))
+    with con:
+        con.execute("INSERT OR REPLACE INTO documents (external_id, text, metadata) VALUES ('h0', 'red hat again', '{}')")
+    con.close()
+    hits = r.search("hat", k=4, mode="keyword")
+    assert sorted(h.id for h in hits) == ["h0", "h1", "h2", "h3"]
+    assert [h.id for h in r.search("again", k=4, mode="keyword")] == ["h0"]
