@@ -65,7 +65,7 @@ def print_hits(hits: Iterable[Any]) -> None:
 @click.command()
 @click.argument("query", required=False)
 @click.option("-k", "--top-k", type=int, help="Number of results (default: search_k setting, 5).")
-@click.option("--min-score", type=float, help="Leave out results scoring below this cosine.")
+@click.option("--min-score", type=float, help="Leave out results scoring below this (a cosine in dense mode).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with a results list.")
 @click.option("--queries", "queries_file", type=click.Path(dir_okay=False, allow_dash=True),
               help="Batch mode: one query per line (or JSONL with id and text); one JSON line per query.")
@@ -163,7 +163,7 @@ def search(ctx: click.Context, state: CliState, query: str | None, top_k: int | 
 @click.command()
 @click.argument("doc_id", metavar="ID")
 @click.option("-k", "--top-k", type=int, help="Number of results (default: search_k setting, 5).")
-@click.option("--min-score", type=float, help="Leave out results scoring below this cosine.")
+@click.option("--min-score", type=float, help="Leave out results scoring below this (a cosine in dense mode).")
 @where_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with a results list.")
 @click.option("--server", envvar="RETRIEVE_SERVER", metavar="URL",
