@@ -23,6 +23,7 @@ from retrieval.errors import ConfigError
 
 ENV_PREFIX = "RETRIEVE_"
 INDEX_TYPES = ("auto", "flat", "hnsw")
+SEARCH_MODES = ("dense", "keyword", "hybrid")  # the first is the default
 BACKENDS = ("auto", "torch", "onnx", "openvino")
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 DEVICES = ("cpu", "cuda", "mps", "auto")

@@ -445,19 +445,17 @@ def exact_recall(retriever: Retriever, query_vectors: np.ndarray, k: int) -> flo
 def check_modes(modes: Sequence[str], alpha: float | None = None) -> list[str]:
     """``modes`` without repeats, in order, after checking each (and ``alpha``, which
     weighs hybrid mode's fusion and so needs it)."""
-    from retrieval.search.pipeline import MODES
+    from retrieval.search.pipeline import MODES, check_mode
 
     out: list[str] = []
     for mode in modes:
-        if mode not in MODES:
-            raise RetrievalError(f"unknown search mode {mode!r}; use one of {', '.join(MODES)}")
+        check_mode(mode)
         if mode not in out:
             out.append(mode)
     if not out:
         raise RetrievalError(f"no search mode given; use one or more of {', '.join(MODES)}")
     if alpha is not None:
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
-            raise RetrievalError(f"alpha must be between 0 and 1, got {alpha!r}")
+        check_mode("hybrid", alpha)
         if "hybrid" not in out:
             raise RetrievalError("alpha weighs the fusion of hybrid mode; evaluate the hybrid mode to use it")
     return out

@@ -104,7 +104,9 @@ def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
 
 
-def _path(key: Any, where: str) -> tuple[str, ...]:
+def field_path(key: Any, where: str | None = None) -> tuple[str, ...]:
+    """A field name checked and split on dots (``specs.weight_g`` -> ("specs", "weight_g"))."""
+    where = key if where is None else where
     if not isinstance(key, str) or not key:
         raise FilterError(f"{where}: a field name must be a non-empty string")
     parts = tuple(key.split("."))
@@ -143,7 +145,7 @@ def _operand(op: str, value: Any, where: str) -> Any:
 
 
 def _field(key: str, spec: Any, where: str) -> Node:
-    path = _path(key, where)
+    path = field_path(key, where)
     if not isinstance(spec, dict):
         if isinstance(spec, (list, tuple)):
             raise FilterError(f"{where}: a list is not a value to compare with; use {{\"$in\": [...]}}")
@@ -253,4 +255,4 @@ def from_cli(items: Sequence[str]) -> Filter | None:
     return parse(parts[0] if len(parts) == 1 else {"$and": parts})
 
 
-__all__ = ["Cond", "Filter", "FilterError", "Logic", "Node", "from_cli", "parse"]
+__all__ = ["Cond", "Filter", "FilterError", "Logic", "Node", "field_path", "from_cli", "parse"]

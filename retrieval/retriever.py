@@ -448,7 +448,7 @@ class Retriever:
         ``mode``: ``dense`` (cosine similarity, the default), ``keyword`` (BM25 over the
         FTS5 index) or ``hybrid`` (reciprocal rank fusion of both; with ``alpha``, a
         convex combination of their normalised scores, ``alpha`` weighing the dense one).
-        ``where`` is a metadata filter (:mod:`retrieval.store.filters`); the result has
+        ``where`` is a metadata filter (:mod:`retrieval.filters`); the result has
         min(k, matching documents) hits.
 
         Vector arithmetic (dense mode): the query vector is the normalised sum of the
@@ -456,34 +456,37 @@ class Retriever:
         external id), less those of the ``minus`` texts and ``unlike`` documents. The
         example documents are left out of the results unless ``include_examples``.
         """
-        _check_mode(mode, alpha)
-        f = parse_filter(where)
         arithmetic = bool(plus or minus or like or unlike)
         if arithmetic and mode != "dense":
             raise RetrievalError("--plus, --minus, --like and --unlike work in dense mode only")
         if query is None and not arithmetic:
             raise RetrievalError("the query is empty")
-        k = self.settings.search_k if k is None else k
-        min_score = self._min_score(min_score, mode)
-        query, plus, minus = _text(query), [_text(t) for t in plus], [_text(t) for t in minus]
-        for q in (*([query] if query is not None else []), *plus, *minus):
-            self._check_query(q, k)
+        positive = [*([query] if query is not None else []), *plus]
+        texts, k, min_score, f = self._prepare([*positive, *minus], k, min_score, mode, alpha, where)
         if not arithmetic:
-            assert query is not None
-            return self._run([query], k, min_score, f, mode, alpha)[0]
+            return self._run(texts, k, min_score, f, mode, alpha)[0]
         version = self.current_index()
         self._check_model(version)
-        vector, exclude = self._arithmetic(query, plus, minus, like, unlike)
+        vector, exclude = self._arithmetic(texts[: len(positive)], texts[len(positive):], like, unlike)
         req = pipeline.Request(k, vectors=vector, where=f, min_score=min_score,
                                exclude=() if include_examples else exclude)
         return self._pipeline(version, req)[0]
 
-    def _min_score(self, min_score: float | None, mode: str) -> float | None:
+    def _prepare(self, texts: Sequence[str], k: int | None, min_score: float | None, mode: str,
+                 alpha: float | None, where: Any) -> tuple[list[str], int, float | None, Filter | None]:
+        """A search's arguments checked, with the settings' defaults: the query texts
+        (lone surrogates replaced), k, min_score and the parsed filter."""
+        pipeline.check_mode(mode, alpha)
+        f = parse_filter(where)
+        k = self.settings.search_k if k is None else k
         # The min_score setting is a cosine: it applies to dense searches; a min_score
         # given with a search applies to that mode's score.
-        if min_score is not None or mode != "dense":
-            return min_score
-        return self.settings.min_score
+        if min_score is None and mode == "dense":
+            min_score = self.settings.min_score
+        texts = [_text(t) for t in texts]
+        for t in texts:
+            self._check_query(t, k)
+        return texts, k, min_score, f
 
     def similar(self, external_id: str, k: int | None = None, *, where: Any = None,
                 min_score: float | None = None) -> list[Hit]:
@@ -491,11 +494,10 @@ class Retriever:
         re-embedded when it has one), itself left out."""
         return self.search(None, k, where=where, min_score=min_score, like=[external_id])
 
-    def _arithmetic(self, query: str | None, plus: Sequence[str], minus: Sequence[str], like: Sequence[str],
+    def _arithmetic(self, positive: Sequence[str], negative: Sequence[str], like: Sequence[str],
                     unlike: Sequence[str]) -> tuple[np.ndarray, list[int]]:
         """The normalised query vector of a recommendation, and the examples' internal ids."""
-        positive = [*([query] if query is not None else []), *plus]
-        texts = [*positive, *minus]
+        texts = [*positive, *negative]
         encoded = self.encoder.encode_queries(texts) if texts else np.empty((0, self.encoder.dim), np.float32)
         total = encoded[: len(positive)].sum(axis=0) - encoded[len(positive):].sum(axis=0)
         examples: list[int] = []
@@ -538,14 +540,8 @@ class Retriever:
                     snippets: bool = True) -> list[list[Hit]]:
         """Search several queries at once (encoded in batches). ``snippets=False`` leaves
         out keyword and hybrid snippets (each costs a lookup in the keyword index)."""
-        _check_mode(mode, alpha)
-        f = parse_filter(where)
-        k = self.settings.search_k if k is None else k
-        min_score = self._min_score(min_score, mode)
-        queries = [_text(q) for q in queries]
-        for q in queries:
-            self._check_query(q, k)
-        return self._run(queries, k, min_score, f, mode, alpha, snippets)
+        texts, k, min_score, f = self._prepare(queries, k, min_score, mode, alpha, where)
+        return self._run(texts, k, min_score, f, mode, alpha, snippets)
 
     def search_encoded(self, query: str, vector: np.ndarray, model_key: str, k: int | None = None, *,
                        min_score: float | None = None, where: Any = None) -> list[Hit] | None:
@@ -695,15 +691,6 @@ class Retriever:
             elif not np.allclose(vectors[in_index[i]], vec, atol=1e-6):
                 problems.append(f"document {i}: the indexed vector is not the embedding of its current text")
         return VerifyReport(ok=not problems, documents=len(in_db), indexed=len(in_index), pending=len(pending), problems=problems)
-
-
-def _check_mode(mode: str, alpha: float | None) -> None:
-    if mode not in pipeline.MODES:
-        raise RetrievalError(f"unknown search mode {mode!r}; use one of {', '.join(pipeline.MODES)}")
-    if alpha is not None and not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
-        raise RetrievalError(f"alpha must be between 0 and 1, got {alpha!r}")
-    if alpha is not None and mode != "hybrid":
-        raise RetrievalError("alpha weighs the two rankings of hybrid mode; use it with mode hybrid")
 
 
 def _text(query: Any) -> Any:

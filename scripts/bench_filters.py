@@ -138,7 +138,8 @@ def main() -> int:
     r = build(folder)
     version = r.current_index()
     segments = [f"{s.kind}:{s.rows}" for s in version.manifest.segments]
-    qv = r.encoder.encode_queries(held_out(args.queries))
+    texts = held_out(args.queries)
+    qv = r.encoder.encode_queries(texts)
     log(f"store: {r.store.count_documents():,} documents, segments {segments}; {len(qv)} queries")
     ids = version.ids
     order = np.argsort(ids)
@@ -191,7 +192,6 @@ def main() -> int:
     # Keyword and hybrid modes on the same store, the query vectors given (no encoding).
     from retrieval.search import pipeline
 
-    texts = held_out(args.queries)
     modes: dict[str, float] = {}
     for mode in ("keyword", "hybrid"):
         for label, where in (("", None), (" 10%", month_filters(r, [0.10], args.seed)[0][1])):

@@ -285,6 +285,15 @@ def test_the_min_score_setting_is_a_cosine_for_dense_mode_only(make_retriever: A
     assert r.search("waterproof trail shoes", mode="hybrid", min_score=1.0) == []  # given: the fused score
     with pytest.raises(Exception, match="hybrid"):
         r.search("shoes", alpha=0.5)
+    # The same over HTTP: the service leaves the setting to the retriever.
+    from fastapi.testclient import TestClient
+
+    from retrieval.http import create_app
+
+    with TestClient(create_app(r, api_key=None, run_sync_thread=False)) as tc:
+        assert tc.post("/v1/search", json={"query": "waterproof trail shoes"}).json()["results"] == []
+        body = tc.post("/v1/search", json={"query": "waterproof trail shoes", "mode": "hybrid", "k": 1}).json()
+        assert [h["id"] for h in body["results"]] == ["run-2"]
 
 
 def test_keyword_never_counts_an_indexed_row_without_its_document(make_retriever: Any) -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import click
 
 from retrieval.cli.common import CliState, emit, pass_state, warn
-
-MODES = ("dense", "keyword", "hybrid")
+from retrieval.config import SEARCH_MODES as MODES
 
 
 def _modes(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:

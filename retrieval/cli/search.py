@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from retrieval.cli.common import CliState, echo_json, pass_state, shorten
+from retrieval.config import SEARCH_MODES
 from retrieval.errors import RetrievalError
 
 log = logging.getLogger("retrieval")
@@ -72,7 +73,7 @@ def print_hits(hits: Iterable[Any]) -> None:
 @click.option("--server", envvar="RETRIEVE_SERVER", metavar="URL",
               help="Ask a running `retrieve serve` at URL instead of loading the model here. Env: RETRIEVE_SERVER.")
 @where_option
-@click.option("--mode", type=click.Choice(["dense", "keyword", "hybrid"]), default="dense", show_default=True,
+@click.option("--mode", type=click.Choice(SEARCH_MODES), default=SEARCH_MODES[0], show_default=True,
               help="dense: by meaning; keyword: BM25 over the words; hybrid: both, fused by reciprocal rank.")
 @click.option("--alpha", type=click.FloatRange(0, 1),
               help="Hybrid: weigh normalised dense scores by ALPHA and keyword ones by 1-ALPHA instead of RRF.")
@@ -108,9 +109,8 @@ def search(ctx: click.Context, state: CliState, query: str | None, top_k: int | 
         raise click.UsageError("--plus, --minus, --like and --unlike work with one QUERY, not --queries")
     filt = parse_where(where)
     options: dict[str, Any] = {"where": filt, "mode": mode, "alpha": alpha}
-    one_options = {**options, "plus": plus, "minus": minus, "like": like, "unlike": unlike}
-    if include_examples:
-        one_options["include_examples"] = True
+    one_options = {**options, "plus": plus, "minus": minus, "like": like, "unlike": unlike,
+                   "include_examples": include_examples}
     settings = state.settings
     retriever: Any
     prefetch = None

@@ -59,14 +59,15 @@ class Service:
             raise HTTPException(422, "query: the query is empty")
         if query is None and not (body.like or body.plus):
             raise HTTPException(422, "query: give a query (or like / plus examples)")
-        min_score = self.settings.min_score if body.min_score is None else body.min_score
         plain = (body.mode == "dense" and body.where is None and query is not None
                  and not (body.plus or body.minus or body.like or body.unlike))
         if self.batcher is not None and plain:
+            min_score = self.settings.min_score if body.min_score is None else body.min_score
             hits = await self.batcher.search(query, body.k, min_score)
         else:
+            # The retriever fills in the min_score setting (a cosine) for dense mode only.
             hits = await run_in_threadpool(lambda: self.retriever.search(
-                query, body.k, min_score=min_score, where=body.where, mode=body.mode, alpha=body.alpha,
+                query, body.k, min_score=body.min_score, where=body.where, mode=body.mode, alpha=body.alpha,
                 plus=body.plus, minus=body.minus, like=body.like, unlike=body.unlike,
                 include_examples=body.include_examples))
         return {"results": [h.as_dict() for h in hits], "took_ms": _ms(t0)}
@@ -76,10 +77,9 @@ class Service:
         k = self.settings.search_k if k is None else k
         if not 1 <= k <= self.settings.max_k:
             raise HTTPException(422, f"k: must be between 1 and {self.settings.max_k} (max_k)")
-        from retrieval.filters import parse
-
-        filt = parse(where)  # a FilterError is a 400 naming the offending part
-        hits = await run_in_threadpool(self.retriever.similar, doc_id, k, min_score=min_score, where=filt)
+        # ``where`` is the filter's JSON text: the retriever parses it (a FilterError answers
+        # 400, naming the offending part).
+        hits = await run_in_threadpool(self.retriever.similar, doc_id, k, min_score=min_score, where=where)
         return {"results": [h.as_dict() for h in hits], "took_ms": _ms(t0)}
 
     async def upsert(self, documents: list[dict[str, Any]]) -> dict[str, Any]:

@@ -263,7 +263,6 @@ EXACT_MAX_ROWS = 8192
 WIDEN_STEPS = 4  # efSearch x4 each time; then the allowed rows are scored exactly
 
 
-
 class IndexVersion:
     """One manifest generation, opened: what a search searches."""
 
@@ -306,6 +305,8 @@ class IndexVersion:
         q = np.ascontiguousarray(vectors, dtype=np.float32)
         nq = len(q)
         excl = np.unique(np.asarray(exclude, dtype=np.int64)) if exclude is not None and len(exclude) else None
+        if allow is not None and excl is not None:
+            allow = np.setdiff1d(allow, excl, assume_unique=True)
         all_scores, all_ids = [], []
         for view in self.views:
             if nq == 0:
@@ -318,8 +319,6 @@ class IndexVersion:
                 rows = seg.rows_of(allow)
                 if len(rows):
                     rows = rows[~view.dead[rows]]
-                if excl is not None and len(rows):
-                    rows = rows[~np.isin(seg.ids[rows], excl, assume_unique=True)]
                 if not len(rows):
                     continue
                 if view.meta.kind != "flat" and len(rows) <= exact_max:

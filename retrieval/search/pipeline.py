@@ -28,7 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from retrieval.config import SEARCH_MODES
 from retrieval.embed.base import Encoder
+from retrieval.errors import RetrievalError
 from retrieval.index.segments import EXACT_MAX_ROWS, IndexVersion, set_search_threads
 from retrieval.search.hits import Hit
 from retrieval.store.filters import Filter, compile_filter
@@ -114,7 +116,7 @@ def fetch_hits(store: Store, conn: Connection, ranked: list[list[tuple[float, in
     return hits
 
 
-MODES = ("dense", "keyword", "hybrid")
+MODES = SEARCH_MODES
 RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al., 2009)
 HYBRID_DEPTH = 100  # candidates taken from each list before fusing
 
@@ -162,14 +164,10 @@ def _dense_ranked(store: Store, conn: Connection, version: IndexVersion, encoder
 
 
 def _keyword_ranked(conn: Connection, req: Request, k: int) -> list[list[tuple[float, int, KeywordHit]]]:
-    assert req.texts is not None
+    assert req.texts is not None and not len(req.exclude), "examples (vector arithmetic) are dense-only"
     condition = compile_filter(req.where, conn.dialect.name) if req.where is not None else None
-    skip = set(req.exclude)
-    out = []
-    for text in req.texts:
-        found = keyword_search(conn, text, k + len(skip), condition=condition, snippets=False)
-        out.append([(h.score, h.id, h) for h in found if h.id not in skip][:k])
-    return out
+    return [[(h.score, h.id, h) for h in keyword_search(conn, text, k, condition=condition, snippets=False)]
+            for text in req.texts]
 
 
 def _with_snippets(conn: Connection, req: Request, ranked: list[list[tuple[float, int]]],
@@ -215,6 +213,17 @@ def _cut(ranked: list[tuple[float, int]], min_score: float | None) -> list[tuple
     return ranked if min_score is None else [c for c in ranked if c[0] >= min_score]
 
 
+def check_mode(mode: str, alpha: float | None = None) -> None:
+    """Refuse an unknown mode, and an ``alpha`` outside [0, 1] or without hybrid mode."""
+    if mode not in MODES:
+        raise RetrievalError(f"unknown search mode {mode!r}; use one of {', '.join(MODES)}")
+    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
+                              or not 0.0 <= alpha <= 1.0):
+        raise RetrievalError(f"alpha must be between 0 and 1, got {alpha!r}")
+    if alpha is not None and mode != "hybrid":
+        raise RetrievalError("alpha weighs the two rankings of hybrid mode; use it with mode hybrid")
+
+
 def run(store: Store, version: IndexVersion | None, encoder: Callable[[], Encoder], req: Request, *,
         ef_search: int | None = None, threads: int = 1, exact_rows: int = EXACT_MAX_ROWS) -> list[list[Hit]]:
     """Run the pipeline for ``req`` inside one read transaction.
@@ -224,8 +233,7 @@ def run(store: Store, version: IndexVersion | None, encoder: Callable[[], Encode
     position, see :class:`~retrieval.store.repository.MatchCache`); every stage then sees
     only the documents it allows.
     """
-    if req.mode not in MODES:
-        raise ValueError(f"unknown search mode {req.mode!r}")
+    check_mode(req.mode, req.alpha)
     set_search_threads(threads)
     nq = req.queries
     with store.read() as conn:
@@ -260,5 +268,5 @@ def search(store: Store, version: IndexVersion, encoder: Callable[[], Encoder], 
                threads=threads)
 
 
-__all__ = ["MODES", "Backlog", "Candidates", "Request", "backlog", "dense_candidates", "exact_candidates",
+__all__ = ["MODES", "Backlog", "check_mode", "Candidates", "Request", "backlog", "dense_candidates", "exact_candidates",
            "fetch_hits", "merge", "run", "search"]

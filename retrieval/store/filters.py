@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import and_, false, func, literal_column, not_, or_, true
 from sqlalchemy.sql.elements import ColumnElement
 
-from retrieval.filters import Cond, Filter, FilterError, Node, Scalar, from_cli, parse
+from retrieval.filters import Cond, Filter, FilterError, Node, Scalar
 from retrieval.store.models import Document
 
 
@@ -27,13 +27,19 @@ def json_path(path: Sequence[str]) -> str:
 
 def _path_sql(path: Sequence[str]) -> ColumnElement[Any]:
     # Rendered into the SQL text so that an expression index on the same expression can
-    # serve it; _path() has refused every character that could end the literal.
+    # serve it; field_path() has refused every character that could end the literal.
     return literal_column("'" + json_path(path).replace("'", "''") + "'")
 
 
 def field_expression(path: Sequence[str]) -> ColumnElement[Any]:
     """``json_extract(metadata, '$."a"."b"')``: what filters compare, and what an index covers."""
     return func.json_extract(Document.meta, _path_sql(path))
+
+
+def index_expression(path: Sequence[str]) -> ColumnElement[Any]:
+    """:func:`field_expression` as an index on ``documents`` declares it: SQLite allows no
+    table-qualified column in an index expression, and matches the two all the same."""
+    return func.json_extract(literal_column("metadata"), _path_sql(path))
 
 
 def _type(path: Sequence[str]) -> ColumnElement[Any]:
@@ -128,5 +134,4 @@ def compile_filter(f: Filter, dialect: str) -> ColumnElement[bool]:
     raise FilterError(f"metadata filters are not available on {dialect} yet")
 
 
-__all__ = ["Filter", "FilterError", "compile_filter", "compile_sqlite", "field_expression", "from_cli", "json_path",
-           "parse"]
+__all__ = ["compile_filter", "compile_sqlite", "field_expression", "index_expression", "json_path"]

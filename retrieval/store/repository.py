@@ -22,9 +22,10 @@ from sqlalchemy import Connection, Engine, and_, bindparam, delete, exists, func
 from sqlalchemy.exc import OperationalError
 
 from retrieval.errors import StoreError
+from retrieval.filters import Filter, field_path
+from retrieval.filters import parse as parse_filter
 from retrieval.store import db
-from retrieval.store.filters import Filter, compile_filter, field_expression, json_path
-from retrieval.store.filters import parse as parse_filter
+from retrieval.store.filters import compile_filter, index_expression, json_path
 from retrieval.store.models import Base, Change, Document, Embedding
 
 CHUNK = 900  # bound parameters per IN (...): well under every SQLite build's limit
@@ -310,14 +311,13 @@ class Store:
             oldest = conn.scalar(_MIN_SEQ)
             if oldest is not None and oldest <= entry[0] + 1:  # no pruned gap in between
                 changed = np.asarray(self.changed_ids(conn, entry[0], seq), dtype=np.int64)
-                if len(changed) <= self.matches.max_refresh:
-                    still = self._evaluate(conn, where, changed.tolist())
-                    kept = entry[1][~np.isin(entry[1], changed)]
-                    ids = np.concatenate([kept, still])
-                    ids.sort(kind="stable")  # two sorted runs: a linear merge
-                    self.matches.refreshes += 1
-                    self.matches.put(where.canonical, seq, ids)
-                    return ids
+                still = self._evaluate(conn, where, changed.tolist())
+                kept = entry[1][~np.isin(entry[1], changed)]
+                ids = np.concatenate([kept, still])
+                ids.sort(kind="stable")  # two sorted runs: a linear merge
+                self.matches.refreshes += 1
+                self.matches.put(where.canonical, seq, ids)
+                return ids
         self.matches.misses += 1
         ids = self._evaluate(conn, where)
         self.matches.put(where.canonical, seq, ids)
@@ -332,9 +332,7 @@ class Store:
 
     def index_field(self, field: str, *, drop: bool = False) -> str:
         """Create (or drop) an expression index on a metadata field that filters use often."""
-        f = parse_filter({field: {"$exists": True}})
-        assert f is not None and hasattr(f.root, "path")
-        path = f.root.path
+        path = field_path(field)
         name = "ix_meta_" + hashlib.sha1(json_path(path).encode()).hexdigest()[:10]
         with self.write() as conn:
             if conn.dialect.name != "sqlite":
@@ -342,8 +340,8 @@ class Store:
             if drop:
                 conn.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
             else:
-                expr = str(field_expression(path).compile(conn, compile_kwargs={"literal_binds": True}))
-                conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {name} ON documents ({expr.replace('documents.', '')})")
+                expr = index_expression(path).compile(conn, compile_kwargs={"literal_binds": True})
+                conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {name} ON documents ({expr})")
         return name
 
     def field_indexes(self) -> list[dict[str, str]]:
