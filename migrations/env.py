@@ -21,12 +21,22 @@ target_metadata = Base.metadata
 # Tables the models do not describe on purpose: the FTS5 keyword index of revision 0002
 # (the virtual table and its shadow tables documents_fts_data, _idx, _docsize, _config).
 UNMODELLED_PREFIXES = ("documents_fts",)
+# Columns and indexes the models leave out: PostgreSQL's generated tsvector for keyword
+# search and its GIN indexes (revision 0003), and the metadata indexes of index-field.
+UNMODELLED_COLUMNS = ("text_search",)
+UNMODELLED_INDEXES = ("ix_documents_text_search", "ix_documents_metadata", "ix_meta_")
 
 
 def _include_name(name: str | None, type_: str, parent_names: Mapping[str, str | None]) -> bool:
     """Leave the unmodelled tables out of autogenerate's comparison (``alembic check``)."""
-    if type_ == "table" and name is not None:
+    if name is None:
+        return True
+    if type_ == "table":
         return not name.startswith(UNMODELLED_PREFIXES)
+    if type_ == "column":
+        return name not in UNMODELLED_COLUMNS
+    if type_ == "index":
+        return not name.startswith(UNMODELLED_INDEXES)
     return True
 
 

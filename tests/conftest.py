@@ -11,6 +11,13 @@ Two encoders serve the suite:
   matters (the seed example, Cranfield exactness, backend agreement and choice, eval):
   the ``encoder`` fixture, ``make_retriever(model=REAL)`` and ``real_store_env``.
 
+Stores are real SQLite files, and for the tests marked ``both_databases`` also fresh
+databases on a real PostgreSQL server: the ``db_backend`` fixture is then parametrised
+over ``sqlite`` and ``postgresql``, and ``make_retriever``, ``store_env`` and
+``database_url`` follow it. The server's URL comes from ``RETRIEVAL_TEST_POSTGRES_URL``
+(``.ci/run`` starts a throwaway server and always sets it; without it the PostgreSQL
+variants are skipped). Each test gets databases of its own, dropped afterwards.
+
 The whole session runs with bf16 hidden from the backend chooser
 (``RETRIEVAL_HIDE_CPU_FEATURES=bf16``), so the default encoder is openvino fp32 on every
 CPU and the expected scores hold everywhere; the tests of the bf16 path unset it.
@@ -39,6 +46,72 @@ SEED = [
     "A stylish and lightweight laptop bag, designed to protect your electronics.",
     "Soft and breathable linen pants, ideal for warm weather and casual outings.",
 ]
+
+
+POSTGRES_ENV = "RETRIEVAL_TEST_POSTGRES_URL"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "both_databases: run the test on SQLite and on PostgreSQL (db_backend)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "db_backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_databases"):
+        metafunc.parametrize("db_backend", ["sqlite", "postgresql"], indirect=True)
+
+
+@pytest.fixture
+def db_backend(request: pytest.FixtureRequest) -> str:
+    """The database a test runs on: ``sqlite`` unless the test is marked ``both_databases``."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    """The test server's URL (to its ``postgres`` database), or skip without one."""
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        pytest.skip(f"no PostgreSQL server: set {POSTGRES_ENV} (.ci/run starts one)")
+    return url
+
+
+def admin_connect(url: str) -> Any:
+    """A psycopg connection in autocommit mode to the database of an SQLAlchemy URL."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    return psycopg.connect(conninfo, autocommit=True)
+
+
+@pytest.fixture
+def new_postgres_database(postgres_admin_url: str) -> Iterator[Callable[[], str]]:
+    """A factory of fresh, empty databases on the test server; dropped after the test."""
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    made: list[str] = []
+
+    def create() -> str:
+        name = f"t_{uuid.uuid4().hex[:16]}"
+        with admin_connect(postgres_admin_url) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        return make_url(postgres_admin_url).set(database=name).render_as_string(hide_password=False)
+
+    yield create
+    with admin_connect(postgres_admin_url) as conn:
+        for name in made:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(db_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """The URL of the test's store database (``tmp_path/store`` on SQLite)."""
+    if db_backend == "postgresql":
+        return str(request.getfixturevalue("new_postgres_database")())
+    return f"sqlite:///{tmp_path / 'store' / 'retrieval.db'}"
 
 
 @pytest.fixture(autouse=True)
@@ -86,18 +159,27 @@ def hash_encoder() -> Any:
 
 
 @pytest.fixture
-def make_retriever(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+def make_retriever(tmp_path: Path, db_backend: str, database_url: str,
+                   request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
     """Build Retrievers on a store in a temporary folder; the model is hash-384 unless a
     test passes ``model=REAL`` (then ask for the ``encoder`` fixture too, so the session's
-    export is in place)."""
+    export is in place). Each folder is one store: on PostgreSQL, a database of its own
+    (``tmp_path/store`` gets ``database_url``'s)."""
     from retrieval.config import load_settings
     from retrieval.retriever import Retriever
 
     made: list[Any] = []
+    databases: dict[Path, str] = {tmp_path / "store": database_url}
+
+    def url_for(folder: Path) -> str:
+        if folder not in databases:
+            databases[folder] = (request.getfixturevalue("new_postgres_database")() if db_backend == "postgresql"
+                                 else f"sqlite:///{folder / 'retrieval.db'}")
+        return databases[folder]
 
     def make(folder: Path | None = None, **overrides: Any) -> Any:
         folder = folder or tmp_path / "store"
-        values = {"database_url": f"sqlite:///{folder / 'retrieval.db'}", "index_dir": str(folder / "index"),
+        values = {"database_url": url_for(folder), "index_dir": str(folder / "index"),
                   "progress": False, "model": HASH}
         values.update(overrides)
         settings = load_settings(overrides=values, environ={}, cwd=tmp_path)
@@ -110,9 +192,9 @@ def make_retriever(tmp_path: Path) -> Iterator[Callable[..., Any]]:
         r.close()
 
 
-def _store_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: str) -> dict[str, str]:
+def _store_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: str, database_url: str) -> dict[str, str]:
     env = {
-        "RETRIEVE_DATABASE_URL": f"sqlite:///{tmp_path / 'store' / 'retrieval.db'}",
+        "RETRIEVE_DATABASE_URL": database_url,
         "RETRIEVE_INDEX_DIR": str(tmp_path / "store" / "index"),
         "RETRIEVE_PROGRESS": "false",
         "RETRIEVE_MODEL": model,
@@ -124,15 +206,15 @@ def _store_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: str) -> d
 
 
 @pytest.fixture
-def store_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def store_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str) -> dict[str, str]:
     """Environment pointing the CLI at a hash-384 store in tmp_path (for CliRunner and subprocesses)."""
-    return _store_env(tmp_path, monkeypatch, HASH)
+    return _store_env(tmp_path, monkeypatch, HASH, database_url)
 
 
 @pytest.fixture
-def real_store_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encoder: Any) -> dict[str, str]:
+def real_store_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encoder: Any, database_url: str) -> dict[str, str]:
     """:func:`store_env` with the real default model."""
-    return _store_env(tmp_path, monkeypatch, REAL)
+    return _store_env(tmp_path, monkeypatch, REAL, database_url)
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:

@@ -18,7 +18,15 @@ from retrieval.errors import StoreError
 # database's alembic_version and only loads Alembic when they differ, which keeps
 # commands such as `retrieve status` and `retrieve search` fast to start.
 # tests/test_migrations.py checks that it matches the migration scripts.
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
+
+# PostgreSQL advisory lock keys (per database). Revision 0003's trigger takes
+# CHANGE_LOG_LOCK for the rest of each transaction that changes documents, so that
+# change-log sequence order is commit order; MIGRATION_LOCK makes concurrent first opens
+# of a new database migrate it once; workers take WORKER_LOCK_BASE + their replica's key.
+CHANGE_LOG_LOCK = 7_283_460_113
+MIGRATION_LOCK = 7_283_460_114
+NOTIFY_CHANNEL = "retrieval_changes"
 
 
 def migrations_dir() -> Path:
@@ -28,6 +36,40 @@ def migrations_dir() -> Path:
         if (candidate / "env.py").is_file():
             return candidate
     raise StoreError("cannot find the migrations folder; install retrieval from its source tree (pip install -e .)")
+
+
+def normalise_url(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` mean psycopg 3 here (SQLAlchemy's default
+    for them would be psycopg2, which retrieval does not use)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def describe_url(url: str) -> str:
+    """Where a database is, for messages: the host, port and database, never a password."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return parsed.database or ":memory:"
+    where = parsed.host or "localhost"
+    if parsed.port:
+        where += f":{parsed.port}"
+    return f"{parsed.get_backend_name()} at {where}/{parsed.database or ''}"
+
+
+def _require_driver(url: str) -> None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        return
+    if parsed.get_driver_name() != "psycopg":
+        raise StoreError(f"use the psycopg 3 driver for PostgreSQL: postgresql+psycopg://... (got {parsed.drivername}://)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        raise StoreError(
+            "PostgreSQL needs the psycopg driver, which is not installed: pip install 'retrieval[postgres]'"
+        ) from None
 
 
 def _sqlite_path(url: str) -> str | None:
@@ -53,8 +95,15 @@ def create_store_engine(url: str, *, busy_timeout_ms: int = 30_000) -> Engine:
     ``sqlite_begin``), so that two writers queue on the busy timeout instead of one
     failing with "database is locked" when it upgrades a read lock.
     """
+    url = normalise_url(url)
+    _require_driver(url)
     path = _sqlite_path(url)
     kwargs: dict[str, Any] = {}
+    if make_url(url).get_backend_name() == "postgresql":
+        # A pooled connection that the server dropped (a restart, a failover) is noticed
+        # and replaced before use instead of failing the next query.
+        kwargs.update(pool_size=8, max_overflow=16, pool_pre_ping=True,
+                      connect_args={"connect_timeout": 10, "application_name": "retrieval"})
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         # Pooled connections: opening one (and setting its pragmas) costs more than a
@@ -90,8 +139,12 @@ def create_store_engine(url: str, *, busy_timeout_ms: int = 30_000) -> Engine:
 def current_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
         try:
+            if conn.dialect.name == "postgresql" and conn.scalar(text("SELECT to_regclass('alembic_version')")) is None:
+                return None
             row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
-        except OperationalError:
+        except OperationalError as exc:
+            if conn.dialect.name != "sqlite" or "no such table" not in str(exc.orig):
+                raise
             return None
         finally:
             conn.rollback()
@@ -114,6 +167,10 @@ def _migrate(engine: Engine, direction: str, revision: str) -> None:
 
     cfg = alembic_config()
     with engine.connect().execution_options(sqlite_begin="BEGIN IMMEDIATE") as conn:
+        if conn.dialect.name == "postgresql":
+            # Two processes opening a new database at once: the second waits here, then
+            # finds it migrated (Alembic reads the version after the lock is held).
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
         cfg.attributes["connection"] = conn
         getattr(command, direction)(cfg, revision)
         conn.commit()
@@ -134,7 +191,7 @@ def ensure_schema(engine: Engine) -> None:
     try:
         rev = current_revision(engine)
     except OperationalError as exc:
-        raise StoreError(f"cannot open the database: {exc.orig}") from exc
+        raise connection_error(exc, str(engine.url)) from exc
     if rev == HEAD_REVISION:
         return
     if rev is not None and not any((migrations_dir() / "versions").glob(f"{rev}_*.py")):
@@ -142,7 +199,18 @@ def ensure_schema(engine: Engine) -> None:
     try:
         upgrade(engine)
     except OperationalError as exc:
-        raise StoreError(f"cannot migrate the database: {exc.orig}") from exc
+        raise StoreError(f"cannot migrate the database ({describe_url(str(engine.url))}): {first_line(exc.orig)}") from exc
+
+
+def first_line(exc: BaseException | None) -> str:
+    """A driver's message on one line (libpq's span several, with hints)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def connection_error(exc: OperationalError, url: str) -> StoreError:
+    """One line for a database that cannot be reached or refuses the login."""
+    return StoreError(f"cannot open the database ({describe_url(url)}): {first_line(exc.orig)}")
 
 
 def file_size(url: str) -> int:

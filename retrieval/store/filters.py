@@ -1,5 +1,5 @@
 """Metadata filters compiled to SQL over ``documents.metadata`` (the language itself is
-:mod:`retrieval.filters`).
+:mod:`retrieval.filters`): SQLite's JSON functions, or PostgreSQL's jsonb operators.
 
 Every value is a bound parameter. A field path is rendered into the SQL text (so that an
 expression index made by :meth:`Store.index_field` on :func:`field_expression` serves
@@ -10,10 +10,13 @@ a number never equals a string and ``true`` is not 1.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import and_, false, func, literal_column, not_, or_, true
+from sqlalchemy import and_, bindparam, false, func, literal_column, not_, or_, true
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.elements import ColumnElement
 
 from retrieval.filters import Cond, Filter, FilterError, Node, Scalar
@@ -23,6 +26,11 @@ from retrieval.store.models import Document
 def json_path(path: Sequence[str]) -> str:
     """The SQLite JSON path of a field path: ``$."specs"."weight_g"``."""
     return "$" + "".join(f'."{p}"' for p in path)
+
+
+def index_name(path: Sequence[str]) -> str:
+    """The name :meth:`Store.index_field` gives the index on a field."""
+    return "ix_meta_" + hashlib.sha1(json_path(path).encode()).hexdigest()[:10]
 
 
 def _path_sql(path: Sequence[str]) -> ColumnElement[Any]:
@@ -96,25 +104,126 @@ def _negate(cond: ColumnElement[bool]) -> ColumnElement[bool]:
     return not_(func.coalesce(cond, false()))
 
 
-def _cond(c: Cond) -> ColumnElement[bool]:
+def _exists(path: Sequence[str]) -> ColumnElement[bool]:
+    return _type(path).is_not(None)
+
+
+class _Dialect:
+    """What a compiler needs from a database: equality, membership, order, presence."""
+
+    def __init__(self, eq: Callable[[Sequence[str], Scalar], ColumnElement[bool]],
+                 in_: Callable[[Sequence[str], Sequence[Scalar]], ColumnElement[bool]],
+                 compare: Callable[[Sequence[str], str, Any], ColumnElement[bool]],
+                 exists: Callable[[Sequence[str]], ColumnElement[bool]]) -> None:
+        self.eq, self.in_, self.compare, self.exists = eq, in_, compare, exists
+
+
+# -- PostgreSQL: jsonb ---------------------------------------------------------------
+#
+# jsonb equality is typed already (1 = 1.0, "1" <> 1, true <> 1), so equality needs no
+# type guard. Equality with a string, number or boolean is written as containment,
+# ``metadata @> '{"a": {"b": v}}'``, which revision 0003's GIN index (jsonb_path_ops)
+# serves for every field; for scalars it means exactly equality (an array holding v does
+# not contain {"a": v} below the top level). Order comparisons are guarded by
+# jsonb_typeof; strings compare by code point (COLLATE "C"), as on SQLite.
+
+
+def _pg_path(path: Sequence[str]) -> str:
+    # Rendered into the SQL text for the same reason as SQLite's path (an expression
+    # index made by index-field serves it); field_path() refused every quote.
+    return "".join(f" -> '{p}'" for p in path)
+
+
+def pg_field_expression(path: Sequence[str], *, qualified: bool = True) -> ColumnElement[Any]:
+    """``documents.metadata -> 'a' -> 'b'`` (jsonb): what filters compare, and what an index covers."""
+    return literal_column(("documents.metadata" if qualified else "metadata") + _pg_path(path), type_=JSONB)
+
+
+def _pg_text(path: Sequence[str]) -> ColumnElement[Any]:
+    head, last = list(path[:-1]), path[-1]
+    return literal_column(f"documents.metadata{_pg_path(head)} ->> '{last}'")
+
+
+def _pg_typeof(path: Sequence[str]) -> ColumnElement[Any]:
+    return func.jsonb_typeof(pg_field_expression(path))
+
+
+def _nest(path: Sequence[str], value: Scalar) -> Any:
+    doc: Any = value
+    for p in reversed(path):
+        doc = {p: doc}
+    return doc
+
+
+def _pg_contains(path: Sequence[str], value: Scalar) -> ColumnElement[bool]:
+    return literal_column("documents.metadata").op("@>")(bindparam(None, _nest(path, value), type_=JSONB))
+
+
+def _pg_eq(path: Sequence[str], value: Scalar) -> ColumnElement[bool]:
+    if value is None:
+        return or_(pg_field_expression(path).is_(None), _pg_typeof(path) == "null")
+    return _pg_contains(path, value)
+
+
+# Up to this many values, $in is ORed containments (each served by the GIN index); more
+# are compared with one = ANY(array) instead.
+_PG_IN_CONTAINS = 64
+
+
+def _pg_in(path: Sequence[str], values: Sequence[Scalar]) -> ColumnElement[bool]:
+    # One of each value by its JSON form (1 and 1.0 are one value to jsonb, True is not 1).
+    present = [json.loads(v) for v in dict.fromkeys(json.dumps(v) for v in values if v is not None)]
+    alts: list[ColumnElement[bool]] = []
+    if len(present) <= _PG_IN_CONTAINS:
+        alts.extend(_pg_contains(path, v) for v in present)
+    else:
+        alts.append(pg_field_expression(path).in_([bindparam(None, v, type_=JSONB) for v in present]))
+    if any(v is None for v in values):
+        alts.append(_pg_eq(path, None))
+    return or_(*alts) if alts else false()
+
+
+def _pg_compare(path: Sequence[str], op: str, value: int | float | str) -> ColumnElement[bool]:
+    x: ColumnElement[Any]
+    if isinstance(value, str):
+        x = _pg_text(path).collate("C")
+        guard = _pg_typeof(path) == "string"
+        operand: Any = value
+    else:
+        x = pg_field_expression(path)
+        guard = _pg_typeof(path) == "number"
+        operand = bindparam(None, value, type_=JSONB)
+    cmp = {"$gt": x > operand, "$gte": x >= operand, "$lt": x < operand, "$lte": x <= operand}[op]
+    return and_(guard, cmp)
+
+
+def _pg_exists(path: Sequence[str]) -> ColumnElement[bool]:
+    return pg_field_expression(path).is_not(None)
+
+
+_SQLITE = _Dialect(_eq, _in, _compare, _exists)
+_POSTGRES = _Dialect(_pg_eq, _pg_in, _pg_compare, _pg_exists)
+
+
+def _cond(c: Cond, d: _Dialect) -> ColumnElement[bool]:
     if c.op == "$eq":
-        return _eq(c.path, c.value)
+        return d.eq(c.path, c.value)
     if c.op == "$ne":
-        return _negate(_eq(c.path, c.value))
+        return _negate(d.eq(c.path, c.value))
     if c.op == "$in":
-        return _in(c.path, c.value)
+        return d.in_(c.path, c.value)
     if c.op == "$nin":
-        return _negate(_in(c.path, c.value))
+        return _negate(d.in_(c.path, c.value))
     if c.op == "$exists":
-        present = _type(c.path).is_not(None)
+        present = d.exists(c.path)
         return present if c.value else not_(present)
-    return _compare(c.path, c.op, c.value)
+    return d.compare(c.path, c.op, c.value)
 
 
-def _compile(node: Node) -> ColumnElement[bool]:
+def _compile(node: Node, d: _Dialect) -> ColumnElement[bool]:
     if isinstance(node, Cond):
-        return _cond(node)
-    parts = [_compile(p) for p in node.parts]
+        return _cond(node, d)
+    parts = [_compile(p, d) for p in node.parts]
     if node.op == "$and":
         return and_(true(), *parts)
     if node.op == "$or":
@@ -124,14 +233,17 @@ def _compile(node: Node) -> ColumnElement[bool]:
 
 def compile_sqlite(f: Filter) -> ColumnElement[bool]:
     """The filter as a condition over ``documents`` (SQLite's JSON functions)."""
-    return _compile(f.root)
+    return _compile(f.root, _SQLITE)
 
 
 def compile_filter(f: Filter, dialect: str) -> ColumnElement[bool]:
+    """The filter as a condition over ``documents`` for the database ``dialect``."""
     if dialect == "sqlite":
         return compile_sqlite(f)
-    # PostgreSQL (jsonb operators) comes with the PostgreSQL issue.
-    raise FilterError(f"metadata filters are not available on {dialect} yet")
+    if dialect == "postgresql":
+        return _compile(f.root, _POSTGRES)
+    raise FilterError(f"metadata filters are not available on {dialect}")
 
 
-__all__ = ["compile_filter", "compile_sqlite", "field_expression", "index_expression", "json_path"]
+__all__ = ["compile_filter", "compile_sqlite", "field_expression", "index_expression", "index_name", "json_path",
+           "pg_field_expression"]

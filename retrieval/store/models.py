@@ -8,6 +8,8 @@ these models describe it for queries and for ``alembic check``.
   texts share one vector, and a text is never embedded twice with the same model, even
   when a document changes back to an earlier text.
 * ``changes`` is filled by database triggers, so writes by any program are seen.
+* On PostgreSQL, ``documents`` also has a generated ``text_search`` tsvector column
+  (revision 0003) that the models leave out: only keyword search reads it.
 """
 
 from __future__ import annotations
@@ -27,10 +29,15 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # SQLite only gives an auto-incrementing key to INTEGER PRIMARY KEY columns.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+# jsonb on PostgreSQL (revision 0003): filters compile to its operators and a GIN index.
+Json = JSON().with_variant(postgresql.JSONB(), "postgresql")
+# timestamptz on PostgreSQL (revision 0003); SQLite stores UTC text.
+Stamp = DateTime().with_variant(postgresql.TIMESTAMP(timezone=True), "postgresql")
 
 
 class Base(DeclarativeBase):
@@ -49,12 +56,12 @@ class Document(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     external_id: Mapped[str] = mapped_column(String(512), nullable=False)
     text: Mapped[str] = mapped_column(Text, nullable=False)
-    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", Json, nullable=True)
     # sha256 of the UTF-8 text; NULL or stale when another program wrote the row, and
     # then recomputed by sync.
     content_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, server_default=func.current_timestamp())
-    updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, server_default=func.current_timestamp())
+    created_at: Mapped[datetime] = mapped_column(Stamp, nullable=False, server_default=func.current_timestamp())
+    updated_at: Mapped[datetime] = mapped_column(Stamp, nullable=False, server_default=func.current_timestamp())
 
 
 class Embedding(Base):
@@ -66,7 +73,7 @@ class Embedding(Base):
     content_hash: Mapped[str] = mapped_column(String(64), nullable=False)
     dim: Mapped[int] = mapped_column(Integer, nullable=False)
     vector: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)  # float32, little-endian
-    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, server_default=func.current_timestamp())
+    created_at: Mapped[datetime] = mapped_column(Stamp, nullable=False, server_default=func.current_timestamp())
 
 
 class Change(Base):
@@ -79,4 +86,19 @@ class Change(Base):
     seq: Mapped[int] = mapped_column(BigId, primary_key=True)
     doc_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
     op: Mapped[str] = mapped_column(String(8), nullable=False)  # insert | update | delete
-    changed_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, server_default=func.current_timestamp())
+    changed_at: Mapped[datetime] = mapped_column(Stamp, nullable=False, server_default=func.current_timestamp())
+
+
+class WorkerState(Base):
+    """One row per worker following the database: which replica (``name``), where it
+    runs, and its progress, so that ``retrieve status`` sees every worker from anywhere."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(512), primary_key=True)
+    host: Mapped[str] = mapped_column(String(256), nullable=False)
+    pid: Mapped[int] = mapped_column(Integer, nullable=False)
+    index_dir: Mapped[str] = mapped_column(Text, nullable=False)
+    state: Mapped[dict[str, Any]] = mapped_column(Json, nullable=False)
+    started_at: Mapped[datetime] = mapped_column(Stamp, nullable=False, server_default=func.current_timestamp())
+    heartbeat_at: Mapped[datetime] = mapped_column(Stamp, nullable=False, server_default=func.current_timestamp())

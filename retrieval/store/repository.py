@@ -1,13 +1,20 @@
 """The store: every database read and write of the service, in domain terms.
 
-Reads run inside one transaction (one SQLite snapshot), so the change-log position and
-the documents they return agree. Writes take the write lock up front (BEGIN IMMEDIATE).
+Reads run inside one transaction that sees one snapshot (SQLite's; REPEATABLE READ READ
+ONLY on PostgreSQL), so the change-log position and the documents they return agree.
 A document and its change-log rows are written in one transaction by the triggers.
+
+Writers on SQLite take the write lock up front (BEGIN IMMEDIATE). On PostgreSQL they run
+at READ COMMITTED and never check-then-insert: documents and vectors are written with
+``INSERT ... ON CONFLICT`` (large batches through ``COPY`` into a staging table first),
+so concurrent writers of the same ids neither fail nor duplicate anything, and revision
+0003's advisory lock makes change-log order commit order.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import threading
 from collections import OrderedDict
@@ -19,13 +26,14 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import Connection, Engine, and_, bindparam, delete, exists, func, insert, not_, select, text, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.exc import DataError, OperationalError
 
 from retrieval.errors import StoreError
 from retrieval.filters import Filter, field_path
 from retrieval.filters import parse as parse_filter
 from retrieval.store import db
-from retrieval.store.filters import compile_filter, index_expression, json_path
+from retrieval.store.filters import compile_filter, index_expression, index_name, pg_field_expression
 from retrieval.store.models import Base, Change, Document, Embedding
 
 CHUNK = 900  # bound parameters per IN (...): well under every SQLite build's limit
@@ -139,10 +147,19 @@ class Store:
 
     @classmethod
     def open(cls, url: str, *, busy_timeout_ms: int = 30_000, migrate: bool = True) -> Store:
+        url = db.normalise_url(url)
         engine = db.create_store_engine(url, busy_timeout_ms=busy_timeout_ms)
-        if migrate:
-            db.ensure_schema(engine)
+        try:
+            if migrate:
+                db.ensure_schema(engine)
+        except BaseException:
+            engine.dispose()
+            raise
         return cls(engine, url)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
 
     def close(self) -> None:
         self.engine.dispose()
@@ -153,10 +170,13 @@ class Store:
     def read(self) -> Iterator[Connection]:
         """One read transaction: every query inside sees the same snapshot."""
         try:
-            with self.engine.connect() as conn, conn.begin():
+            connection = self.engine.connect()
+            if connection.dialect.name == "postgresql":
+                connection = connection.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+            with connection as conn, conn.begin():
                 yield conn
         except OperationalError as exc:
-            raise _store_error(exc) from exc
+            raise _store_error(exc, self.url) from exc
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
@@ -165,7 +185,9 @@ class Store:
             with self.engine.connect().execution_options(sqlite_begin="BEGIN IMMEDIATE") as conn, conn.begin():
                 yield conn
         except OperationalError as exc:
-            raise _store_error(exc) from exc
+            raise _store_error(exc, self.url) from exc
+        except DataError as exc:  # PostgreSQL refuses what SQLite stores (a NUL in a text)
+            raise StoreError(f"the database refused the data: {db.first_line(exc.orig)}") from exc
 
     # -- documents --------------------------------------------------------------------
 
@@ -174,6 +196,8 @@ class Store:
 
         All in one transaction: either every document is stored or none is.
         """
+        if self.dialect == "postgresql":
+            return self._upsert_postgres(docs)
         counts = UpsertCounts()
         with self.write() as conn:
             existing: dict[str, tuple[int, str | None, str, Any]] = {}
@@ -225,6 +249,23 @@ class Store:
                     .values({_DOCS.c.metadata: bindparam("b_meta"), _DOCS.c.updated_at: func.current_timestamp()}),
                     meta_updates,
                 )
+        return counts
+
+    def _upsert_postgres(self, docs: Sequence[NewDocument]) -> UpsertCounts:
+        """One ``INSERT ... ON CONFLICT DO UPDATE`` from a staging table filled by COPY:
+        new ids are inserted, changed ones updated, identical ones left alone (the WHERE
+        of DO UPDATE), whatever other writers do meanwhile."""
+        latest = {d.external_id: d for d in docs}  # one row per id: ON CONFLICT may touch a row once
+        for d in latest.values():
+            if "\x00" in d.text or "\x00" in d.external_id:
+                raise StoreError(f"document {d.external_id!r}: PostgreSQL cannot store a NUL character in a text")
+        with self.write() as conn:
+            _staging(conn, "retrieval_staging_documents",
+                     "external_id text, text text, metadata jsonb, content_hash text",
+                     ((d.external_id, d.text, _json_or_none(d.metadata), content_hash(d.text)) for d in latest.values()))
+            inserted, written = conn.execute(text(_UPSERT_FROM_STAGING)).one()
+        counts = UpsertCounts(added=int(inserted), updated=int(written) - int(inserted))
+        counts.unchanged = len(docs) - counts.added - counts.updated
         return counts
 
     def delete(self, external_ids: Sequence[str]) -> tuple[int, list[str]]:
@@ -331,32 +372,41 @@ class Store:
             return len(self.matching_ids(conn, f))
 
     def index_field(self, field: str, *, drop: bool = False) -> str:
-        """Create (or drop) an expression index on a metadata field that filters use often."""
+        """Create (or drop) an expression index on a metadata field that filters use often.
+
+        On PostgreSQL, equality and ``$in`` are served by the GIN index on all of the
+        metadata already; this btree index on ``metadata -> field`` serves ranges."""
         path = field_path(field)
-        name = "ix_meta_" + hashlib.sha1(json_path(path).encode()).hexdigest()[:10]
+        name = index_name(path)
         with self.write() as conn:
-            if conn.dialect.name != "sqlite":
-                raise StoreError(f"index-field is not available on {conn.dialect.name} yet")
             if drop:
                 conn.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
+                return name
+            if conn.dialect.name == "postgresql":
+                expr = str(pg_field_expression(path, qualified=False))
             else:
-                expr = index_expression(path).compile(conn, compile_kwargs={"literal_binds": True})
-                conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {name} ON documents ({expr})")
+                expr = str(index_expression(path).compile(conn, compile_kwargs={"literal_binds": True}))
+            conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {name} ON documents (({expr}))")
         return name
 
     def field_indexes(self) -> list[dict[str, str]]:
         """Expression indexes on metadata fields (made by :meth:`index_field`)."""
         with self.read() as conn:
-            if conn.dialect.name != "sqlite":
-                return []
-            rows = conn.exec_driver_sql(
-                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND name LIKE 'ix_meta_%' ORDER BY name"
-            ).all()
+            if conn.dialect.name == "postgresql":
+                rows = conn.execute(
+                    text("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'documents' "
+                         "AND schemaname = current_schema() AND starts_with(indexname, 'ix_meta_') ORDER BY indexname")
+                ).all()
+                pattern = r"'([^']*)'::text"
+            else:
+                rows = conn.exec_driver_sql(
+                    "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND name LIKE 'ix_meta_%' ORDER BY name"
+                ).all()
+                pattern = r'"([^"]*)"'
         out = []
         for name, sql in rows:
-            m = re.search(r"'\$((?:\.\"[^\"]*\")+)'", sql or "")
-            field = ".".join(re.findall(r'"([^"]*)"', m.group(1))) if m else "?"
-            out.append({"name": name, "field": field, "sql": sql})
+            parts = re.findall(pattern, sql or "")
+            out.append({"name": name, "field": ".".join(parts) if parts else "?", "sql": sql})
         return out
 
     # -- change log -------------------------------------------------------------------
@@ -380,7 +430,9 @@ class Store:
 
         if isinstance(ts, str):
             ts = datetime.fromisoformat(ts)
-        return ts.replace(tzinfo=UTC).timestamp()
+        if ts.tzinfo is None:  # SQLite: UTC text
+            ts = ts.replace(tzinfo=UTC)
+        return ts.timestamp()
 
     @staticmethod
     def count_changes(conn: Connection, after: int) -> int:
@@ -405,6 +457,13 @@ class Store:
         """Store vectors for content hashes; hashes already stored for the model are kept."""
         if not items:
             return
+        if self.dialect == "postgresql":
+            unique = {h: v for h, v in items}
+            with self.write() as conn:
+                _staging(conn, "retrieval_staging_vectors", "model_key text, content_hash text, dim integer, vector bytea",
+                         ((model_key, h, dim, np.asarray(v, dtype="<f4").tobytes()) for h, v in unique.items()))
+                conn.execute(text(_VECTORS_FROM_STAGING))
+            return
         with self.write() as conn:
             have: set[str] = set()
             for part in _chunks([h for h, _ in items]):
@@ -421,7 +480,8 @@ class Store:
                 if h not in have
             ]
             if rows:
-                conn.execute(insert(_EMBEDDINGS), rows)
+                # Insert-or-ignore: a vector another writer stored meanwhile is kept.
+                conn.execute(sqlite_dialect.insert(_EMBEDDINGS).on_conflict_do_nothing(), rows)
 
     def set_hashes(self, fixes: Sequence[tuple[int, str]]) -> None:
         """Record content hashes computed by sync for rows written by other programs."""
@@ -532,11 +592,53 @@ def _unused_embeddings(model_keep: str | None) -> Any:
     return condition
 
 
-def _store_error(exc: OperationalError) -> StoreError:
-    msg = str(exc.orig)
+def _store_error(exc: OperationalError, url: str) -> StoreError:
+    msg = db.first_line(exc.orig)
     if "locked" in msg or "busy" in msg:
         return StoreError(
             f"the database is locked by another writer for longer than the busy timeout ({msg}); "
             "try again, or raise busy_timeout_ms"
         )
+    if exc.connection_invalidated or "connect" in msg or "server closed" in msg or "terminat" in msg:
+        return StoreError(f"lost the database ({db.describe_url(url)}): {msg}")
     return StoreError(f"database error: {msg}")
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, ensure_ascii=False)
+
+
+def _staging(conn: Connection, table: str, columns: str, rows: Iterable[tuple[Any, ...]]) -> None:
+    """Fill a temporary table of this connection with ``rows`` by COPY (PostgreSQL's
+    fastest way in: one stream, no statement per row). Its rows go at commit."""
+    made = conn.info.setdefault("retrieval_staging", set())
+    if table not in made:
+        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE IF NOT EXISTS {table} ({columns}) ON COMMIT DELETE ROWS")
+        made.add(table)
+    else:
+        conn.exec_driver_sql(f"TRUNCATE {table}")
+    names = ", ".join(c.split()[0] for c in columns.split(", "))
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    with cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+_UPSERT_FROM_STAGING = """
+WITH written AS (
+    INSERT INTO documents (external_id, text, metadata, content_hash)
+    SELECT external_id, text, metadata, content_hash FROM retrieval_staging_documents
+    ON CONFLICT (external_id) DO UPDATE
+        SET text = excluded.text, metadata = excluded.metadata, content_hash = excluded.content_hash
+        WHERE documents.text IS DISTINCT FROM excluded.text
+           OR documents.metadata IS DISTINCT FROM excluded.metadata
+    RETURNING (xmax = 0) AS inserted
+)
+SELECT count(*) FILTER (WHERE inserted), count(*) FROM written
+"""
+
+_VECTORS_FROM_STAGING = """
+INSERT INTO embeddings (model_key, content_hash, dim, vector)
+SELECT model_key, content_hash, dim, vector FROM retrieval_staging_vectors
+ON CONFLICT (model_key, content_hash) DO NOTHING
+"""
