@@ -475,7 +475,7 @@ def test_upgrade_indexes_existing_documents_and_downgrade_removes_the_index(tmp_
 
     # Opening the store migrates it again and indexes what was written meanwhile.
     store = Store.open(url)
-    assert db.current_revision(store.engine) == "0002"
+    assert db.current_revision(store.engine) == db.HEAD_REVISION
     assert found(store, "boots") == ["p2"]
     assert found(store, "socks") == ["p3"]
     assert found(store, "shirt") == []
