@@ -63,6 +63,9 @@ class Settings:
     keep_index_versions: int = 2
     worker_poll_interval: float = 1.0
     worker_max_batch: int = 10_000
+    # The name of this index folder among the replicas following one database (worker
+    # state, its lock); None: host name and index folder.
+    replica_name: str | None = None
     # `retrieve serve`: bind address, API key (required off loopback) and request limits.
     host: str = "127.0.0.1"
     port: int = 8000

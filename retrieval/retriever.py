@@ -166,6 +166,13 @@ class Retriever:
         Path(self.settings.index_dir).mkdir(parents=True, exist_ok=True)
         return FileLock(str(Path(self.settings.index_dir) / SYNC_LOCK))
 
+    @property
+    def replica_name(self) -> str:
+        """This index folder's name among the replicas following the database."""
+        import socket
+
+        return self.settings.replica_name or f"{socket.gethostname()}:{Path(self.settings.index_dir).resolve()}"
+
     def merge_lock(self) -> Any:
         """The lock a merge holds from reading its inputs to its manifest switch: one merge
         at a time per store, and garbage collection leaves the segment it is writing alone."""
@@ -595,7 +602,7 @@ class Retriever:
         manifest = self.index_store.read_manifest()
         segments = manifest.segments if manifest else ()
         rows = sum(s.rows for s in segments)
-        worker = read_state(self.settings.index_dir) or {}
+        worker = read_state(self) or {}
         last_merge = (manifest.last_merge or {}) if manifest else {}
         return {**self.lag(), "documents": self.store.count_documents(), "index_bytes": self.index_store.disk_usage(),
                 "segments": len(segments), "tombstone_fraction": sum(s.dead for s in segments) / rows if rows else 0.0,
@@ -607,7 +614,7 @@ class Retriever:
         from retrieval.embed import plan_for
         from retrieval.embed.choice import EncoderPlan
         from retrieval.maintenance import reclaimable
-        from retrieval.worker import read_state
+        from retrieval.worker import read_state, read_states
 
         try:
             encoder_plan = plan_for(self.settings, prefer_key=self.index_store.model_key())
@@ -620,7 +627,8 @@ class Retriever:
         manifest = self.index_store.read_manifest()
         lag = self.lag()
         return {
-            "database": self.settings.database_url,
+            "database": db.describe_url(self.settings.database_url),
+            "replica": self.replica_name,
             "index_dir": self.settings.index_dir,
             "documents": stats["documents"],
             "embedded": stats["embedded"],
@@ -642,7 +650,8 @@ class Retriever:
             "database_bytes": db.file_size(self.settings.database_url),
             "index_bytes": self.index_store.disk_usage(),
             "lag_seconds": round(lag["lag_seconds"], 1),
-            "worker": read_state(self.settings.index_dir),
+            "worker": read_state(self),
+            "workers": read_states(self.store),
             "reclaimable": reclaimable(self),
             "backend": encoder_plan.backend,  # what runs: torch after a fallback
             "precision": encoder_plan.precision,

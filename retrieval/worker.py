@@ -1,8 +1,12 @@
 """`retrieve worker`: follow the change log and keep the index in sync.
 
-One worker per store, enforced by a lock file next to the index; the holder's pid and
-progress are in ``worker.json`` beside it, which ``retrieve status`` reads. SIGTERM and
-SIGINT finish the batch in hand, publish it, and exit cleanly.
+One worker per replica (index folder), enforced by a lock file in the folder and, on
+PostgreSQL, by an advisory lock keyed by the replica's name as well (it dies with the
+worker's connection). The worker's pid and progress are a row of the database's
+``workers`` table (:mod:`retrieval.store.workers`), which ``retrieve status`` reads from
+any machine. On PostgreSQL the worker sleeps until a change is committed (LISTEN/NOTIFY)
+and polls as a fallback. SIGTERM and SIGINT finish the batch in hand, publish it, and
+exit cleanly.
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ from retrieval.index.segments import lock_held
 
 log = logging.getLogger("retrieval.worker")
 
-STATE_FILE = "worker.json"
 LOCK_FILE = "worker.lock"
+# A worker whose heartbeat is older than this many poll intervals (and at least a
+# minute) counts as gone where its lock cannot be seen (SQLite, from another machine).
+STALE_HEARTBEATS = 10
 
-__all__ = ["Schedule", "Worker", "WorkerBusyError", "parse_daily", "read_state"]
+__all__ = ["Schedule", "Worker", "WorkerBusyError", "parse_daily", "read_state", "read_states"]
 
 
 def _kv(**fields: Any) -> str:
@@ -39,15 +45,33 @@ def _kv(**fields: Any) -> str:
     return " ".join(parts)
 
 
-def read_state(index_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The worker's last published state, with ``running`` telling whether it is alive."""
-    path = Path(index_dir) / STATE_FILE
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    state["running"] = lock_held(Path(index_dir) / LOCK_FILE)
-    return state
+def _with_running(entry: dict[str, Any]) -> dict[str, Any]:
+    """Fill in ``running`` where the database cannot tell (SQLite): from the worker's
+    file lock when its folder is on this machine, else from its heartbeat."""
+    if entry.get("running") is None:
+        folder = Path(entry.get("index_dir") or "")
+        if entry.get("host") == socket.gethostname() and folder.is_dir():
+            entry["running"] = lock_held(folder / LOCK_FILE)
+        else:
+            poll = float(entry.get("poll_interval") or 1.0)
+            entry["running"] = not entry.get("stopped") and time.time() - (entry.get("heartbeat") or 0) < max(
+                60.0, STALE_HEARTBEATS * poll)
+    return entry
+
+
+def read_states(store: Any) -> list[dict[str, Any]]:
+    """Every worker following the database (one per replica), with ``running``."""
+    from retrieval.store.workers import load_states
+
+    return [_with_running(e) for e in load_states(store)]
+
+
+def read_state(retriever: Any) -> dict[str, Any] | None:
+    """The state of the worker of ``retriever``'s replica, with ``running`` telling whether it is alive."""
+    from retrieval.store.workers import load_states
+
+    states = load_states(retriever.store, retriever.replica_name)
+    return _with_running(states[0]) if states else None
 
 
 def parse_daily(value: str) -> tuple[int, int]:
@@ -90,6 +114,9 @@ class Worker:
         self.gc_every = gc_every
         self.stop_event = threading.Event()
         self.index_dir = Path(retriever.settings.index_dir)
+        self.name = retriever.replica_name
+        self._db_lock: Any = None
+        self._listener: Any = None
         self.started_at = time.time()
         self.cycles = 0
         self.synced_changes = 0
@@ -119,11 +146,12 @@ class Worker:
         try:
             lock.acquire(timeout=-1 if wait else 0)
         except Timeout:
-            state = read_state(self.index_dir) or {}
-            holder = f"pid {state.get('pid', '?')} on {state.get('host', '?')}, started {state.get('started', '?')}"
-            raise WorkerBusyError(
-                f"another worker ({holder}) already serves this store ({self.index_dir}); stop it first, or pass --wait"
-            ) from None
+            raise self._busy() from None
+        try:
+            self._take_database_lock(wait)
+        except BaseException:
+            lock.release()
+            raise
         try:
             log.info(_kv(event="started", pid=os.getpid(), store=self.retriever.settings.database_url,
                          poll_interval=self.poll_interval, max_batch=self.max_batch))
@@ -132,6 +160,10 @@ class Worker:
             self._merge_thread = threading.Thread(target=self._merge_loop, name="merges", daemon=True)
             self._merge_thread.start()
             while True:
+                if not self._keep_database_lock():
+                    self.last_error = "another worker took this replica's lock while the database was away"
+                    log.error(_kv(event="lock_lost", replica=self.name))
+                    break
                 had_work = self._cycle()
                 now = time.time()
                 if next_reindex is not None and now >= next_reindex:
@@ -144,14 +176,65 @@ class Worker:
                 if once or self.stop_event.is_set():
                     break
                 if not had_work:
-                    self.stop_event.wait(self.poll_interval)
+                    self._idle()
                 if self.stop_event.is_set():
                     # Finish what arrived meanwhile? No: stop promptly, the next start resumes.
                     break
             log.info(_kv(event="stopped", cycles=self.cycles, changes=self.synced_changes))
         finally:
-            self._write_state(stopped=True)
-            lock.release()
+            try:
+                self._write_state(stopped=True)
+            finally:
+                if self._listener is not None:
+                    self._listener.close()
+                if self._db_lock is not None:
+                    self._db_lock.release()
+                lock.release()
+
+    def _busy(self) -> WorkerBusyError:
+        state = read_state(self.retriever) or {}
+        holder = f"pid {state.get('pid', '?')} on {state.get('host', '?')}, started {state.get('started', '?')}"
+        return WorkerBusyError(
+            f"another worker ({holder}) already serves this replica ({self.name}); stop it first, or pass --wait")
+
+    def _take_database_lock(self, wait: bool) -> None:
+        """On PostgreSQL: the replica's advisory lock, and a listener for changes."""
+        if self.retriever.store.dialect != "postgresql":
+            return
+        from retrieval.store.workers import AdvisoryLock, ChangeListener, lock_key
+
+        self._db_lock = AdvisoryLock(self.retriever.store, lock_key(self.name))
+        while not self._db_lock.acquire():
+            if not wait:
+                raise self._busy()
+            self.stop_event.wait(self.poll_interval)
+            if self.stop_event.is_set():
+                raise WorkerBusyError(f"stopped while waiting for another worker of {self.name}")
+        self._listener = ChangeListener(self.retriever.store)
+
+    def _keep_database_lock(self) -> bool:
+        """After a lost connection (a server restart), take the advisory lock again;
+        False when another worker of this replica took it meanwhile."""
+        if self._db_lock is None or self._db_lock.held():
+            return True
+        if self._db_lock.acquire():
+            log.warning(_kv(event="lock_retaken", replica=self.name))
+            return True
+        try:
+            self.retriever.store.ping()
+        except RetrievalError:
+            return True  # the database is away: nobody else can hold the lock either; retry later
+        return False
+
+    def _idle(self) -> None:
+        """Wait for the next poll, or for a change notification on PostgreSQL."""
+        if self._listener is None:
+            self.stop_event.wait(self.poll_interval)
+            return
+        deadline = time.monotonic() + self.poll_interval
+        while not self.stop_event.is_set() and time.monotonic() < deadline:
+            if self._listener.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
+                return
 
     # -- work -----------------------------------------------------------------------
 
@@ -225,10 +308,10 @@ class Worker:
             log.info(_kv(event="gc", embeddings=removed["embeddings"], changes=removed["changes"]))
 
     def _write_state(self, *, stopped: bool = False) -> None:
+        from retrieval.store.workers import save_state
+
         manifest = self.retriever.index_store.read_manifest()
         state = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
             "started": datetime.fromtimestamp(self.started_at).isoformat(timespec="seconds"),
             "last_sync": datetime.fromtimestamp(self.last_sync_at).isoformat(timespec="seconds") if self.last_sync_at else None,
             "last_sync_epoch": self.last_sync_at,
@@ -240,8 +323,12 @@ class Worker:
             "merging": self.merging,
             "merges_done": self.merges_done,
             "last_merge": self.last_merge,
+            "poll_interval": self.poll_interval,
+            "listening": self._listener is not None,
             "stopped": stopped,
         }
-        tmp = self.index_dir / f".{STATE_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self.index_dir / STATE_FILE)
+        try:
+            save_state(self.retriever.store, self.name, host=socket.gethostname(), pid=os.getpid(),
+                       index_dir=str(self.index_dir.resolve()), state=state, started_at=self.started_at)
+        except RetrievalError as exc:  # the database is away: the state catches up next cycle
+            log.warning(_kv(event="state_not_saved", error=str(exc)))

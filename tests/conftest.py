@@ -222,3 +222,28 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def execute_sql(url: str, *statements: str) -> None:
+    """Run SQL on the store's database as another program would (sqlite3 or psycopg,
+    not SQLAlchemy), in one transaction."""
+    from sqlalchemy.engine import make_url
+
+    if make_url(url).get_backend_name() == "sqlite":
+        import sqlite3
+
+        con = sqlite3.connect(make_url(url).database or "")
+        try:
+            with con:
+                for statement in statements:
+                    con.execute(statement)
+        finally:
+            con.close()
+        return
+    conn = admin_connect(url)
+    try:
+        with conn.transaction():
+            for statement in statements:
+                conn.execute(statement)
+    finally:
+        conn.close()

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
-from conftest import SEED, write_jsonl
+from conftest import SEED, execute_sql, write_jsonl
 from retrieval.cli import cli
 
 
@@ -26,12 +26,16 @@ def _wait_for(predicate, timeout: float = 120.0, interval: float = 0.2) -> None:
     raise AssertionError("condition not reached in time")
 
 
-def test_worker_process_follows_plain_sql_writes_and_stops_cleanly(store_env, tmp_path: Path) -> None:
+@pytest.mark.both_databases
+def test_worker_process_follows_plain_sql_writes_and_stops_cleanly(store_env, tmp_path: Path, db_backend: str) -> None:
     runner = CliRunner()
     data = write_jsonl(tmp_path / "seed.jsonl", [{"id": f"d{i}", "text": t} for i, t in enumerate(SEED)])
     assert runner.invoke(cli, ["ingest", str(data)]).exit_code == 0
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "retrieval", "worker", "--poll-interval", "0.2"]
+    # On PostgreSQL the worker is woken by NOTIFY: with a poll interval longer than the
+    # test's timeouts, only the notification can make it apply the change in time.
+    poll = "0.2" if db_backend == "sqlite" else "600"
+    cmd = [sys.executable, "-m", "retrieval", "worker", "--poll-interval", poll]
     worker = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         status = lambda: json.loads(runner.invoke(cli, ["status", "--json"]).output)
@@ -42,12 +46,10 @@ def test_worker_process_follows_plain_sql_writes_and_stops_cleanly(store_env, tm
         assert second.returncode == 3
         assert f"pid {worker.pid}" in second.stderr and "--wait" in second.stderr
 
-        con = sqlite3.connect(tmp_path / "store" / "retrieval.db")
-        with con:
-            con.execute("INSERT INTO documents (external_id, text) VALUES ('sql1', 'A cast iron frying pan for the stove')")
-            con.execute("DELETE FROM documents WHERE external_id = 'd0'")
-        con.close()
-        _wait_for(lambda: status()["pending_changes"] == 0 and status()["indexed"] == 4)
+        execute_sql(store_env["RETRIEVE_DATABASE_URL"],
+                    "INSERT INTO documents (external_id, text) VALUES ('sql1', 'A cast iron frying pan for the stove')",
+                    "DELETE FROM documents WHERE external_id = 'd0'")
+        _wait_for(lambda: status()["pending_changes"] == 0 and status()["indexed"] == 4, timeout=60)
         top = json.loads(runner.invoke(cli, ["search", "--json", "-k", "1", "frying pan"]).output)["results"][0]
         assert top["id"] == "sql1"
         assert runner.invoke(cli, ["verify"]).exit_code == 0

@@ -31,6 +31,10 @@ def status_rows(st: dict[str, Any]) -> list[tuple[str, Any]]:
         rows.append(("worker", f"running, pid {w['pid']}, last sync {w['last_sync'] or 'not yet'}"))
     else:
         rows.append(("worker", "not running" + (f" (last: pid {w['pid']}, last sync {w['last_sync']})" if w else "")))
+    others = [o for o in st.get("workers") or [] if o["name"] != st.get("replica")]
+    for o in others:
+        seen = "running" if o.get("running") else "not running"
+        rows.append(("  replica", f"{o['name']}: {seen}, pid {o['pid']} on {o['host']}, at change {o.get('last_seq', 0)}"))
     rows.append(("lag", f"{st['pending_changes']} changes, {st['lag_seconds']:.0f} s"))
     for seg in st["segments"]:
         guard = ""

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, bindparam, false, func, literal_column, not_, or_, true
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import and_, any_, bindparam, false, func, literal_column, not_, or_, true
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.sql.elements import ColumnElement
 
 from retrieval.filters import Cond, Filter, FilterError, Node, Scalar
@@ -126,6 +128,18 @@ class _Dialect:
 # serves for every field; for scalars it means exactly equality (an array holding v does
 # not contain {"a": v} below the top level). Order comparisons are guarded by
 # jsonb_typeof; strings compare by code point (COLLATE "C"), as on SQLite.
+#
+# Two things jsonb cannot hold need care to keep SQLite's (and Python's) answers:
+#
+# * NUL: no jsonb string contains U+0000 (nor may a text parameter), so a value with one
+#   equals nothing, and orders against stored strings as its part before the NUL does;
+# * the difference between an integer and a double beyond 2**53. jsonb numbers are exact
+#   decimals, and a double arrives as its shortest repr: 2.0**60 is stored as
+#   1152921504606847000, although it is the integer 2**60 = 1152921504606846976, which
+#   SQLite and Python compare it with exactly. So a number at or beyond 2**53 is compared
+#   by its exact value, and also with the repr of the double nearest it (its "twin"),
+#   which stands for that double wherever the two differ. (An integer document whose
+#   value is exactly such a repr is then read as the double: jsonb cannot tell them apart.)
 
 
 def _pg_path(path: Sequence[str]) -> str:
@@ -140,8 +154,9 @@ def pg_field_expression(path: Sequence[str], *, qualified: bool = True) -> Colum
 
 
 def _pg_text(path: Sequence[str]) -> ColumnElement[Any]:
+    # Parenthesised, so that a COLLATE after it applies to the value and not to the key.
     head, last = list(path[:-1]), path[-1]
-    return literal_column(f"documents.metadata{_pg_path(head)} ->> '{last}'")
+    return literal_column(f"(documents.metadata{_pg_path(head)} ->> '{last}')")
 
 
 def _pg_typeof(path: Sequence[str]) -> ColumnElement[Any]:
@@ -155,6 +170,32 @@ def _nest(path: Sequence[str], value: Scalar) -> Any:
     return doc
 
 
+_EXACT = 2**53  # below it every integer is a double, and a double's repr orders as the double does
+
+
+def _pg_number(value: int | float) -> tuple[int | float, float | None]:
+    """A filter's number as jsonb should see it: its exact value (an integer from 2**53
+    on), and the twin double whose stored repr differs from that value, or None."""
+    if abs(value) < _EXACT:
+        return value, None
+    exact = int(value)  # a double this large is integral
+    try:
+        twin = float(value)
+    except OverflowError:  # no double is that large
+        return exact, None
+    return exact, (None if Decimal(repr(twin)) == exact else twin)
+
+
+def _pg_values(value: Scalar) -> list[Scalar]:
+    """The jsonb values that equal ``value`` as SQLite and Python compare (none for a string with NUL)."""
+    if isinstance(value, str):
+        return [] if "\x00" in value else [value]
+    if isinstance(value, bool) or value is None:
+        return [value]
+    exact, twin = _pg_number(value)
+    return [exact] if twin is None or twin != exact else [exact, twin]
+
+
 def _pg_contains(path: Sequence[str], value: Scalar) -> ColumnElement[bool]:
     return literal_column("documents.metadata").op("@>")(bindparam(None, _nest(path, value), type_=JSONB))
 
@@ -162,39 +203,49 @@ def _pg_contains(path: Sequence[str], value: Scalar) -> ColumnElement[bool]:
 def _pg_eq(path: Sequence[str], value: Scalar) -> ColumnElement[bool]:
     if value is None:
         return or_(pg_field_expression(path).is_(None), _pg_typeof(path) == "null")
-    return _pg_contains(path, value)
+    alts = [_pg_contains(path, v) for v in _pg_values(value)]
+    return or_(*alts) if len(alts) > 1 else alts[0] if alts else false()
 
 
 # Up to this many values, $in is ORed containments (each served by the GIN index); more
-# are compared with one = ANY(array) instead.
+# are compared with one = ANY(array), a single parameter (an IN list of 10,000 took a
+# bound parameter each, and PostgreSQL refuses a statement of more than 65,535).
 _PG_IN_CONTAINS = 64
 
 
 def _pg_in(path: Sequence[str], values: Sequence[Scalar]) -> ColumnElement[bool]:
     # One of each value by its JSON form (1 and 1.0 are one value to jsonb, True is not 1).
-    present = [json.loads(v) for v in dict.fromkeys(json.dumps(v) for v in values if v is not None)]
+    wanted = (w for v in values if v is not None for w in _pg_values(v))
+    present = [json.loads(v) for v in dict.fromkeys(json.dumps(w) for w in wanted)]
     alts: list[ColumnElement[bool]] = []
     if len(present) <= _PG_IN_CONTAINS:
         alts.extend(_pg_contains(path, v) for v in present)
     else:
-        alts.append(pg_field_expression(path).in_([bindparam(None, v, type_=JSONB) for v in present]))
+        alts.append(pg_field_expression(path) == any_(bindparam(None, present, type_=ARRAY(JSONB))))
     if any(v is None for v in values):
         alts.append(_pg_eq(path, None))
     return or_(*alts) if alts else false()
 
 
+_ORDER: dict[str, Callable[[Any, Any], Any]] = {"$gt": operator.gt, "$gte": operator.ge, "$lt": operator.lt,
+                                                "$lte": operator.le}
+
+
 def _pg_compare(path: Sequence[str], op: str, value: int | float | str) -> ColumnElement[bool]:
-    x: ColumnElement[Any]
     if isinstance(value, str):
-        x = _pg_text(path).collate("C")
-        guard = _pg_typeof(path) == "string"
-        operand: Any = value
-    else:
-        x = pg_field_expression(path)
-        guard = _pg_typeof(path) == "number"
-        operand = bindparam(None, value, type_=JSONB)
-    cmp = {"$gt": x > operand, "$gte": x >= operand, "$lt": x < operand, "$lte": x <= operand}[op]
-    return and_(guard, cmp)
+        if "\x00" in value:  # stored strings have no NUL: order against the part before it
+            value, op = value[: value.index("\x00")], ("$gt" if op in ("$gt", "$gte") else "$lte")
+        return and_(_pg_typeof(path) == "string", _ORDER[op](_pg_text(path).collate("C"), value))
+    x = pg_field_expression(path)
+    exact, twin = _pg_number(value)
+    cmp = _ORDER[op](x, bindparam(None, exact, type_=JSONB))
+    if twin is not None:  # the twin's repr may sit on the other side of the exact value
+        truth, stored = _ORDER[op](twin, exact), _ORDER[op](Decimal(repr(twin)), exact)
+        if truth and not stored:
+            cmp = or_(cmp, x == bindparam(None, twin, type_=JSONB))
+        elif stored and not truth:
+            cmp = and_(cmp, x != bindparam(None, twin, type_=JSONB))
+    return and_(_pg_typeof(path) == "number", cmp)
 
 
 def _pg_exists(path: Sequence[str]) -> ColumnElement[bool]:
