@@ -2,7 +2,7 @@
 index, full disk and locked database cases, and `retrieve selftest --crash`.
 
 Every kill is a SIGKILL of a real `python -m retrieval ...` process on a real SQLite
-store; after each one the store must hold everything reported as stored, `verify` must
+store (and, for the killed operations, on a real PostgreSQL database too); after each one the store must hold everything reported as stored, `verify` must
 find no drift and searches must find every document's latest text. The restart sync runs
 in this process to keep the run short; scripts/chaos.py and `retrieve selftest` run it as
 a process. The store uses the test encoder (hash-384): what is checked is storage,
@@ -33,9 +33,12 @@ def _assert_clean(report: ChaosReport) -> None:
     assert report.ok, summary
 
 
-def test_killed_operations_lose_nothing_and_leave_no_drift(tmp_path: Path) -> None:
+@pytest.mark.both_databases
+def test_killed_operations_lose_nothing_and_leave_no_drift(tmp_path: Path, db_backend: str,
+                                                          request: pytest.FixtureRequest) -> None:
+    where = {"database_url": request.getfixturevalue("new_postgres_database")()} if db_backend == "postgresql" else {}
     report = run_chaos(tmp_path / "chaos", iterations=12, seed=SEED, operations=OPERATIONS, special_cases=(),
-                       restart="in-process", model=HASH)
+                       restart="in-process", model=HASH, **where)
     _assert_clean(report)
     assert report.total_kills >= 10, report.table()
     expected_ops = set(OPERATIONS) if worker_available() else set(OPERATIONS) - {"worker"}

@@ -11,7 +11,11 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 from conftest import write_jsonl
+
+pytestmark = pytest.mark.both_databases
 
 
 def _catalog_like(prefix: str, n: int) -> list[dict[str, str]]:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-from conftest import SEED, write_jsonl
+from conftest import SEED, execute_sql, write_jsonl
 from retrieval.cli import cli
+
+pytestmark = pytest.mark.both_databases
 
 
 @pytest.fixture
@@ -90,16 +91,14 @@ def test_delete(make_retriever) -> None:
     assert r.verify().ok
 
 
-def test_rows_written_by_plain_sqlite_are_picked_up(make_retriever, tmp_path: Path) -> None:
+def test_rows_written_by_plain_sql_are_picked_up(make_retriever, tmp_path: Path) -> None:
     r = make_retriever()
     r.ingest(_docs(2))
-    con = sqlite3.connect(tmp_path / "store" / "retrieval.db")
-    with con:
-        # Another program knows nothing of content hashes or the change log.
-        con.execute("INSERT INTO documents (external_id, text, metadata) VALUES ('ext', ?, '{\"src\": \"sql\"}')", (SEED[2],))
-        con.execute("UPDATE documents SET text = ? WHERE external_id = 'd0'", ("A woollen winter scarf, warm and soft.",))
-        con.execute("DELETE FROM documents WHERE external_id = 'd1'")
-    con.close()
+    # Another program (sqlite3, psycopg) knows nothing of content hashes or the change log.
+    execute_sql(r.settings.database_url,
+                f"INSERT INTO documents (external_id, text, metadata) VALUES ('ext', '{SEED[2]}', '{{\"src\": \"sql\"}}')",
+                "UPDATE documents SET text = 'A woollen winter scarf, warm and soft.' WHERE external_id = 'd0'",
+                "DELETE FROM documents WHERE external_id = 'd1'")
 
     # Searches are consistent before any sync: the new row is found, the deleted one is not.
     hits = r.search("bag for my laptop", k=3)

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
@@ -60,11 +62,15 @@ def _vector(encoder: Any, text: str, query: bool = False) -> np.ndarray:
 
 
 class StoreMachine(RuleBasedStateMachine):
+    # Makes each run's database: a SQLite file in the run's folder unless a test sets it.
+    new_database: Callable[[], str] | None = None
+
     def __init__(self) -> None:
         super().__init__()
         self.folder = Path(tempfile.mkdtemp(prefix="retrieve-state-"))
+        url = type(self).new_database() if type(self).new_database else f"sqlite:///{self.folder / 'retrieval.db'}"
         # Tiny tiers and no inline merges: merges happen only in the merge rules, often.
-        values = {"database_url": f"sqlite:///{self.folder / 'retrieval.db'}", "index_dir": str(self.folder / "index"),
+        values = {"database_url": url, "index_dir": str(self.folder / "index"),
                   "progress": False, "model": HASH, "merge_segments_per_tier": 2, "merge_max_at_once": 3,
                   "merge_floor_docs": 1, "merge_inline_max_docs": 0}
         self.retriever = Retriever.from_settings(load_settings(overrides=values, environ={}, cwd=self.folder))
@@ -188,9 +194,13 @@ class StoreMachine(RuleBasedStateMachine):
             assert report.indexed == len(self.model)
 
 
-def test_store_agrees_with_a_plain_model() -> None:
+@pytest.mark.both_databases
+def test_store_agrees_with_a_plain_model(db_backend: str, request: pytest.FixtureRequest,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    if db_backend == "postgresql":
+        monkeypatch.setattr(StoreMachine, "new_database", request.getfixturevalue("new_postgres_database"))
     run_state_machine_as_test(
         StoreMachine,
-        settings=settings(max_examples=25, stateful_step_count=15, deadline=None,
+        settings=settings(max_examples=25 if db_backend == "sqlite" else 15, stateful_step_count=15, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow]),
     )
