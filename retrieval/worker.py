@@ -25,6 +25,7 @@ from typing import Any
 
 from retrieval.errors import RetrievalError, WorkerBusyError
 from retrieval.index.segments import lock_held
+from retrieval.store.db import describe_url
 
 log = logging.getLogger("retrieval.worker")
 
@@ -153,7 +154,8 @@ class Worker:
             lock.release()
             raise
         try:
-            log.info(_kv(event="started", pid=os.getpid(), store=self.retriever.settings.database_url,
+            log.info(_kv(event="started", pid=os.getpid(), store=describe_url(self.retriever.settings.database_url),
+                         replica=self.name,
                          poll_interval=self.poll_interval, max_batch=self.max_batch))
             next_reindex = self.schedule.next_after(time.time())
             next_gc = time.time() + self.gc_every

@@ -15,8 +15,9 @@ Stores are real SQLite files, and for the tests marked ``both_databases`` also f
 databases on a real PostgreSQL server: the ``db_backend`` fixture is then parametrised
 over ``sqlite`` and ``postgresql``, and ``make_retriever``, ``store_env`` and
 ``database_url`` follow it. The server's URL comes from ``RETRIEVAL_TEST_POSTGRES_URL``
-(``.ci/run`` starts a throwaway server and always sets it; without it the PostgreSQL
-variants are skipped). Each test gets databases of its own, dropped afterwards.
+(``.ci/run`` starts a throwaway server and always sets it; without it the session
+starts one of its own with scripts/postgres.sh where PostgreSQL is installed, and the
+PostgreSQL variants are skipped only where it is not). Each test gets databases of its own, dropped afterwards.
 
 The whole session runs with bf16 hidden from the backend chooser
 (``RETRIEVAL_HIDE_CPU_FEATURES=bf16``), so the default encoder is openvino fp32 on every
@@ -26,6 +27,7 @@ CPU and the expected scores hold everywhere; the tests of the bf16 path unset it
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -67,12 +69,29 @@ def db_backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def postgres_admin_url() -> str:
-    """The test server's URL (to its ``postgres`` database), or skip without one."""
+def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The test server's URL (to its ``postgres`` database): ``RETRIEVAL_TEST_POSTGRES_URL``,
+    else a throwaway server that scripts/postgres.sh starts for this session (when
+    PostgreSQL's initdb is installed); skip without either."""
+    import shutil
+    import subprocess
+
     url = os.environ.get(POSTGRES_ENV)
-    if not url:
-        pytest.skip(f"no PostgreSQL server: set {POSTGRES_ENV} (.ci/run starts one)")
-    return url
+    if url:
+        yield url
+        return
+    if shutil.which("initdb") is None or shutil.which("pg_ctl") is None:
+        pytest.skip(f"no PostgreSQL server: set {POSTGRES_ENV} or install PostgreSQL (.ci/run starts one)")
+    folder = Path(tempfile.mkdtemp(prefix="retrieval-test-pg-"))
+    script = REPO / "scripts" / "postgres.sh"
+    started = subprocess.run(["bash", str(script), "start", str(folder)], capture_output=True, text=True)
+    if started.returncode != 0:
+        pytest.fail(f"cannot start a PostgreSQL server for the tests: {started.stderr.strip()}")
+    try:
+        yield started.stdout.strip()
+    finally:
+        subprocess.run(["bash", str(script), "stop", str(folder)], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def admin_connect(url: str) -> Any:
