@@ -647,7 +647,7 @@ class Retriever:
             "segments": [_segment_status(s) for s in manifest.segments] if manifest else [],
             "last_merge": manifest.last_merge if manifest else None,
             "pending_merges": [p.describe() for p in plan_merges_for(manifest, self.settings)],
-            "database_bytes": db.file_size(self.settings.database_url),
+            "database_bytes": self.store.database_bytes(),
             "index_bytes": self.index_store.disk_usage(),
             "lag_seconds": round(lag["lag_seconds"], 1),
             "worker": read_state(self),

@@ -433,3 +433,34 @@ def test_two_processes_opening_a_new_database_migrate_it_once(pg_url: str, tmp_p
         assert db.current_revision(engine) == db.HEAD_REVISION
     finally:
         engine.dispose()
+
+
+# -- the HTTP service ------------------------------------------------------------------
+
+
+def test_retrieve_serve_on_postgresql(pg_url: str, tmp_path: Path) -> None:
+    import httpx
+    from test_server import AUTH, Server
+
+    srv = Server(tmp_path)
+    srv.env["RETRIEVE_DATABASE_URL"] = pg_url
+    srv.start()
+    try:
+        with httpx.Client(base_url=srv.url, headers=AUTH, timeout=60) as c:
+            docs = [{"id": "shoe", "text": "Running shoes with cushioning for marathon runners", "metadata": {"kind": "shoe"}},
+                    {"id": "boot", "text": "Waterproof hiking boots for the mountains", "metadata": {"kind": "boot"}},
+                    {"id": "shirt", "text": "A cotton t-shirt for everyday wear", "metadata": {"kind": "shirt"}}]
+            assert c.post("/v1/documents", json={"documents": docs}).status_code == 200
+            for mode in ("dense", "keyword", "hybrid"):
+                r = c.post("/v1/search", json={"query": "running shoes", "k": 2, "mode": mode})
+                assert r.status_code == 200, r.text
+                assert r.json()["results"][0]["id"] == "shoe", (mode, r.json())
+            r = c.post("/v1/search", json={"query": "running shoes", "k": 3, "where": {"kind": {"$in": ["boot", "shirt"]}}})
+            assert {h["id"] for h in r.json()["results"]} == {"boot", "shirt"}
+            assert c.get("/v1/documents/boot/similar", params={"k": 1}).status_code == 200
+            status = c.get("/v1/status").json()
+            assert status["documents"] == 3 and "postgresql at" in status["database"]
+    finally:
+        code = srv.stop()
+    assert code in (0, -signal.SIGTERM), srv.log_text()
+    assert "Application shutdown complete" in srv.log_text() and "Traceback" not in srv.log_text()

@@ -386,7 +386,10 @@ class Store:
                 expr = str(pg_field_expression(path, qualified=False))
             else:
                 expr = str(index_expression(path).compile(conn, compile_kwargs={"literal_binds": True}))
-            conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {name} ON documents (({expr}))")
+            # Without parameters, so that the driver reads no placeholder in the field's
+            # name (psycopg would take the % of a field "x%" for one).
+            conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {name} ON documents (({expr}))",
+                                 execution_options={"no_parameters": True})
         return name
 
     def field_indexes(self) -> list[dict[str, str]]:
@@ -515,6 +518,14 @@ class Store:
             vectors = int(conn.scalar(select(func.count()).select_from(Embedding)) or 0)
             max_seq = self.max_seq(conn)
         return {"documents": docs, "embedded": embedded, "stored_vectors": vectors, "max_seq": max_seq}
+
+    def database_bytes(self) -> int:
+        """The database's size on disk: the SQLite file with its WAL, or PostgreSQL's
+        ``pg_database_size``."""
+        if self.dialect != "postgresql":
+            return db.file_size(self.url)
+        with self.read() as conn:
+            return int(conn.scalar(text("SELECT pg_database_size(current_database())")) or 0)
 
     def ping(self) -> None:
         with self.read() as conn:
