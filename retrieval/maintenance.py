@@ -46,12 +46,26 @@ def reindex_needed(retriever: Any) -> ReindexDecision:
                                   f"{m.model_key}, {m.index_type})")
 
 
+def change_log_floor(retriever: Any) -> int:
+    """Change-log rows below this position may go: every index version kept here has
+    applied them, and so has every other replica following the database (their workers'
+    positions are rows of ``workers``). A replica that is gone for good holds the log
+    back until ``retrieve forget-replica`` removes its row."""
+    from retrieval.store.workers import load_states
+
+    floor = retriever.index_store.applied_floor()
+    for state in load_states(retriever.store):
+        if state["name"] != retriever.replica_name:
+            floor = min(floor, int(state.get("last_seq") or 0))
+    return floor
+
+
 def reclaimable(retriever: Any) -> dict[str, int]:
     """What `compact` would give back: unused vectors, applied change-log rows, free pages,
     old index versions."""
     manifest = retriever.index_store.read_manifest()
     keep_model = manifest.model_key if manifest else None
-    found = retriever.store.reclaimable(keep_model, retriever.index_store.applied_floor())
+    found = retriever.store.reclaimable(keep_model, change_log_floor(retriever))
     found["old_index_version_bytes"] = retriever.index_store.old_version_bytes()
     return found
 
@@ -62,7 +76,7 @@ def collect_garbage(retriever: Any, *, other_models: bool = False) -> dict[str, 
     manifest = retriever.index_store.read_manifest()
     if manifest is None:
         return {"embeddings": 0, "changes": 0}
-    removed, pruned = retriever.store.collect_garbage(manifest.model_key, retriever.index_store.applied_floor(),
+    removed, pruned = retriever.store.collect_garbage(manifest.model_key, change_log_floor(retriever),
                                                       other_models=other_models)
     return {"embeddings": removed, "changes": pruned}
 

@@ -124,8 +124,18 @@ def incremental(store: Store, index_store: IndexStore, encoder: Encoder, base: I
         if last_seq <= m.last_seq:
             report.seconds = time.perf_counter() - t0
             return report
-        changed = store.changed_ids(conn, m.last_seq, last_seq)
-        present = store.docs_by_ids(conn, changed)
+        oldest = store.oldest_seq(conn)
+        pruned_past = oldest is not None and oldest > m.last_seq + 1
+        if not pruned_past:
+            changed = store.changed_ids(conn, m.last_seq, last_seq)
+            present = store.docs_by_ids(conn, changed)
+    if pruned_past:
+        # The change log was pruned past this index's position (by another replica's
+        # compaction, say): what changed in between is unknown. Rebuild from the stored
+        # vectors (nothing is re-embedded) rather than miss a change.
+        log.warning("the change log starts at %d, after this index's position %d: rebuilding from the stored vectors",
+                    oldest, m.last_seq)
+        return full_build(store, index_store, encoder, opts)
     report.stages["read"] = time.perf_counter() - t0
     rows = [(d.id, d.text, d.content_hash) for d in present.values()]
     ids, matrix = report.vectors_for(store, encoder, rows)

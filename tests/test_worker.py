@@ -129,3 +129,41 @@ def test_compact_reclaims_unused_embeddings_and_keeps_search_working(store_env, 
     # Changes written after compaction are still applied.
     assert runner.invoke(cli, ["delete", "d1"]).exit_code == 0
     assert "d1" not in {r["id"] for r in json.loads(runner.invoke(cli, ["search", "--json", "-k", "5", "shoes"]).output)["results"]}
+
+
+@pytest.mark.both_databases
+def test_change_log_is_pruned_only_below_every_replicas_position(make_retriever, tmp_path: Path) -> None:
+    from retrieval.maintenance import collect_garbage
+    from retrieval.worker import Worker
+
+    a = make_retriever(replica_name="a")
+    b = make_retriever(tmp_path / "b", database_url=a.settings.database_url, replica_name="b")
+    a.ingest([{"id": f"d{i}", "text": f"document number {i}"} for i in range(20)])
+    Worker(a).run(once=True)
+    Worker(b).run(once=True)  # b is at the same position now, and says so in the database
+    b_seq = b.status()["last_seq"]
+    for i in range(3):  # three generations on a: every index version a keeps is past b
+        a.ingest([{"id": f"d{i}", "text": f"changed document {i}"}])
+        Worker(a).run(once=True)
+    assert a.index_store.applied_floor() > b_seq
+    collect_garbage(a)  # a has applied everything, b has not: b's rows stay
+    with a.store.read() as conn:
+        assert a.store.oldest_seq(conn) <= b_seq + 1
+    report = b.sync()
+    assert not report.full and report.changes == 3
+    Worker(b).run(once=True)
+
+    # A replica gone for good holds the log back until it is forgotten; a replica whose
+    # position was pruned anyway rebuilds from the stored vectors instead of missing changes.
+    a.ingest([{"id": f"d{i}", "text": f"changed again {i}"} for i in range(3)])
+    Worker(a).run(once=True)
+    assert CliRunner().invoke(cli, ["forget-replica", "b"], env={"RETRIEVE_DATABASE_URL": a.settings.database_url,
+                                                                "RETRIEVE_INDEX_DIR": a.settings.index_dir,
+                                                                "RETRIEVE_MODEL": a.settings.model}).exit_code == 0
+    a.ingest([{"id": "extra", "text": "one more document"}])
+    Worker(a).run(once=True)
+    collect_garbage(a)
+    report = b.sync()
+    assert report.full
+    assert b.search("changed again 1", k=1)[0].id == "d1"
+    assert b.verify().ok and b.status()["indexed"] == 21

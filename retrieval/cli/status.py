@@ -87,4 +87,23 @@ def config_cmd(state: CliState, as_json: bool) -> None:
     ])
 
 
-COMMANDS = [status, config_cmd]
+
+
+@click.command("forget-replica")
+@click.argument("name")
+@pass_retriever
+def forget_replica(retriever: Any, name: str) -> None:
+    """Forget a replica that is gone for good (its worker row in the database).
+
+    The change log is pruned only below the position every replica has applied; a
+    replica that no longer exists would hold it back. `retrieve status` lists them.
+    """
+    from retrieval.errors import RetrievalError
+    from retrieval.store.workers import forget_state
+
+    if not forget_state(retriever.store, name):
+        raise RetrievalError(f"no replica named {name!r} follows this database (see `retrieve status`)")
+    click.echo(f"forgot replica {name}")
+
+
+COMMANDS = [status, config_cmd, forget_replica]

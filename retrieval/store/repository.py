@@ -419,6 +419,12 @@ class Store:
         return int(conn.scalar(_MAX_SEQ) or 0)
 
     @staticmethod
+    def oldest_seq(conn: Connection) -> int | None:
+        """The lowest change-log position still stored (older rows were pruned)."""
+        value = conn.scalar(_MIN_SEQ)
+        return None if value is None else int(value)
+
+    @staticmethod
     def changed_ids(conn: Connection, after: int, upto: int) -> list[int]:
         """Distinct ids of documents changed by log entries in (after, upto]."""
         return list(conn.scalars(_CHANGED_IDS, {"after": after, "upto": upto}))

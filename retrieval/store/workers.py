@@ -59,6 +59,12 @@ def save_state(store: Store, name: str, *, host: str, pid: int, index_dir: str, 
         conn.execute(stmt)
 
 
+def forget_state(store: Store, name: str) -> bool:
+    """Remove the worker row of replica ``name``; False when there was none."""
+    with store.write() as conn:
+        return bool(conn.execute(_WORKERS.delete().where(_WORKERS.c.name == name)).rowcount)
+
+
 def load_states(store: Store, name: str | None = None) -> list[dict[str, Any]]:
     """The worker rows (of replica ``name``, or all), each with its ``state`` merged in and
     ``running``: whether its advisory lock is held now (PostgreSQL), or None where only
