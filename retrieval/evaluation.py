@@ -349,7 +349,7 @@ class EvalResult:
     def describe_mode(self) -> str:
         """One line on what the mode searched with."""
         if self.mode == "keyword":
-            return "keyword: BM25 over the FTS5 index"
+            return "keyword: BM25 over the FTS5 index (SQLite) or ts_rank_cd over the tsvector (PostgreSQL)"
         if self.mode == "hybrid":
             fusion = self.fusion or {}
             how = (f"reciprocal rank fusion (k={fusion['rrf_k']})" if self.alpha is None
@@ -496,7 +496,8 @@ def evaluate(
             from retrieval.store.keyword import keyword_available
 
             if not keyword_available(conn):
-                raise RetrievalError(f"{mode} mode needs the keyword index, which only SQLite stores have")
+                raise RetrievalError(f"{mode} mode needs the keyword index, which this database does not have; "
+                                     "open it with this version of retrieval to upgrade its schema")
     version = retriever.current_index()
     k_eff = min(k, retriever.settings.max_k)
     texts = [queries[qid] for qid in judged]

@@ -452,9 +452,10 @@ class Retriever:
                unlike: Sequence[str] = (), include_examples: bool = False) -> list[Hit]:
         """The top-``k`` documents for ``query``, best first.
 
-        ``mode``: ``dense`` (cosine similarity, the default), ``keyword`` (BM25 over the
-        FTS5 index) or ``hybrid`` (reciprocal rank fusion of both; with ``alpha``, a
-        convex combination of their normalised scores, ``alpha`` weighing the dense one).
+        ``mode``: ``dense`` (cosine similarity, the default), ``keyword`` (BM25 over
+        SQLite's FTS5 index, ts_rank_cd over PostgreSQL's tsvector) or ``hybrid``
+        (reciprocal rank fusion of both; with ``alpha``, a convex combination of their
+        normalised scores, ``alpha`` weighing the dense one).
         ``where`` is a metadata filter (:mod:`retrieval.filters`); the result has
         min(k, matching documents) hits.
 

@@ -16,8 +16,8 @@ program writes (this service, the ``sqlite3`` shell, another application).
 
 Existing documents are indexed by the 'rebuild' command.
 
-On PostgreSQL this revision does nothing yet: a later revision adds a tsvector column and
-a GIN index there.
+On PostgreSQL this revision does nothing: revision 0003 adds a generated tsvector column
+and a GIN index there.
 
 Revision ID: 0002
 Revises: 0001
@@ -75,8 +75,7 @@ def upgrade() -> None:
             op.execute(statement)
         op.execute("INSERT INTO documents_fts (documents_fts) VALUES ('rebuild')")
     elif dialect == "postgresql":
-        # Nothing yet: a later revision adds a tsvector column on documents with a GIN
-        # index; keyword search returns no hits on PostgreSQL until then.
+        # Nothing: revision 0003 adds a generated tsvector column with a GIN index.
         pass
 
 

@@ -14,7 +14,8 @@ from retrieval.config import Settings
 
 class SearchHit(BaseModel):
     id: str
-    score: float = Field(description="Cosine similarity (dense), BM25 (keyword) or the fused score (hybrid).")
+    score: float = Field(description=("Cosine similarity (dense), the keyword rank (BM25 on SQLite, ts_rank_cd on "
+                                     "PostgreSQL) or the fused score (hybrid)."))
     text: str
     metadata: dict[str, Any]
     mode: Literal["dense", "keyword", "hybrid"] = "dense"
@@ -76,7 +77,7 @@ class SearchRequest(BaseModel):
     where: dict[str, Any] | None = Field(
         None, description='Metadata filter, e.g. {"category": "footwear", "price": {"$lt": 100}}; operators '
                           "$eq $ne $gt $gte $lt $lte $in $nin $exists, $and $or $not, dotted paths.")
-    mode: Mode = Field("dense", description="dense (by meaning), keyword (BM25) or hybrid (both, fused by RRF).")
+    mode: Mode = Field("dense", description="dense (by meaning), keyword (by words) or hybrid (both, fused by RRF).")
     alpha: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False,
                                 description="Hybrid: convex combination of normalised scores, this weight on dense.")
     plus: list[str] = Field(default_factory=list, max_length=EXAMPLES, description="Texts whose vectors are added.")

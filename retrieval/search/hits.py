@@ -10,10 +10,10 @@ from typing import Any
 class Hit:
     """One search result.
 
-    ``score`` is the cosine similarity in dense mode, the BM25 score in keyword mode and
-    the fused score in hybrid mode; hybrid results carry each list's rank (1-based, None
-    where the document was not in that list), keyword and hybrid ones a ``snippet`` of
-    the text with the matched terms at the ``highlights`` (start, end) offsets.
+    ``score`` is the cosine similarity in dense mode, the keyword rank in keyword mode
+    (BM25 on SQLite, ts_rank_cd on PostgreSQL) and the fused score in hybrid mode; hybrid
+    results carry each list's rank (1-based, None where the document was not in that
+    list), keyword and hybrid ones a ``snippet`` of the text with the matched terms at the ``highlights`` (start, end) offsets.
     """
 
     id: str  # the document's external id

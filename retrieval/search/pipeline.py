@@ -16,8 +16,9 @@ with the database at that moment, whatever the index version has caught up with:
 A metadata filter is evaluated first, in the same snapshot, into the sorted ids it
 allows: the index search gets them as an allow-list (see :meth:`IndexVersion.search` for
 the plan by selectivity), the backlog is cut to them, and keyword search applies the
-filter's SQL condition. Keyword mode ranks by the FTS5 index's BM25 (same snapshot, so
-never stale); hybrid mode fuses the dense and keyword rankings (:func:`_fuse`).
+filter's SQL condition. Keyword mode ranks by the keyword index (BM25 over SQLite's FTS5,
+``ts_rank_cd`` over PostgreSQL's tsvector; same snapshot, so never stale); hybrid mode
+fuses the dense and keyword rankings (:func:`_fuse`).
 """
 
 from __future__ import annotations
