@@ -97,6 +97,9 @@ def forget_replica(retriever: Any, name: str) -> None:
 
     The change log is pruned only below the position every replica has applied; a
     replica that no longer exists would hold it back. `retrieve status` lists them.
+
+    \b
+        retrieve forget-replica search-c
     """
     from retrieval.errors import RetrievalError
     from retrieval.store.workers import forget_state
