@@ -272,7 +272,9 @@ class Retriever:
             embed_missing(self.store, self.encoder, {content_hash(d.text): d.text for d in docs.values()})
         counts = self.store.upsert(list(docs.values()))
         report = IngestReport(added=counts.added, updated=counts.updated, unchanged=counts.unchanged)
-        if sync and (counts.added or counts.updated):
+        # A backlog left by an earlier run that stored its documents but did not get to
+        # publish them (killed, or it lost the database) is published now too.
+        if sync and (counts.added or counts.updated or self.lag()["pending_changes"]):
             report.sync = self.sync()
         if self._encoder is not None:
             report.setup_seconds = self._encoder.setup_since(t0)
