@@ -121,3 +121,26 @@ def test_benchmark_report_writes_tables_plots_and_merges_sizes(tmp_path: Path) -
     assert second["sizes"][0] == first["sizes"][0]  # N=40 kept as measured
     assert [r["sizes"] for r in second["runs"]] == [[40], [60]]
     assert "--sizes 40,60" in second["runs"][0]["command"] and "--merge" in second["runs"][1]["command"]
+
+
+@pytest.mark.skipif(not (CATALOG.parent / "catalog.jsonl").is_file(), reason="the shared catalog data is not present")
+def test_postgres_ingest_benchmark_reports_both_databases(tmp_path: Path, postgres_admin_url: str) -> None:
+    """scripts/bench_postgres.py --quick against the test server: every pass on both
+    databases, with counts checked by the script itself and ratios in the JSON."""
+    out = tmp_path / "postgres_ingest.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETRIEVE_")}
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_postgres.py"), "--quick",
+                           "--postgres-url", postgres_admin_url, "--out", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == r
+    assert set(r) >= {"machine", "documents", "distinct_texts", "batch", "vector_batch", "repeats", "postgresql", "sqlite",
+                      "passes", "target_ratio", "target_met", "command"}
+    assert r["documents"] == 2000 and r["repeats"] == 1 and 0 < r["distinct_texts"] <= 2000
+    assert r["postgresql"]["server_version"] and r["postgresql"]["started_here"] is False
+    assert set(r["passes"]) == {"ingest", "unchanged", "update", "vectors"}
+    for row in r["passes"].values():
+        assert row["sqlite"]["per_second"] > 0 and row["postgresql"]["per_second"] > 0
+        assert row["ratio"] == pytest.approx(row["postgresql"]["per_second"] / row["sqlite"]["per_second"], rel=1e-3)
+    assert r["target_met"] == (r["passes"]["ingest"]["ratio"] >= r["target_ratio"])

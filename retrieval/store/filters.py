@@ -138,8 +138,10 @@ class _Dialect:
 #   1152921504606847000, although it is the integer 2**60 = 1152921504606846976, which
 #   SQLite and Python compare it with exactly. So a number at or beyond 2**53 is compared
 #   by its exact value, and also with the repr of the double nearest it (its "twin"),
-#   which stands for that double wherever the two differ. (An integer document whose
-#   value is exactly such a repr is then read as the double: jsonb cannot tell them apart.)
+#   which stands for that double wherever the two differ. jsonb cannot tell an integer
+#   from a double whose repr it is: a stored number equal to a twin's repr is read as
+#   that double, any other as the integer it is (so the double 1e30, stored as 10**30,
+#   equals the filter value 10**30).
 
 
 def _pg_path(path: Sequence[str]) -> str:
