@@ -617,7 +617,7 @@ class Retriever:
         from retrieval.embed import plan_for
         from retrieval.embed.choice import EncoderPlan
         from retrieval.maintenance import reclaimable
-        from retrieval.worker import read_state, read_states
+        from retrieval.worker import read_states
 
         try:
             encoder_plan = plan_for(self.settings, prefer_key=self.index_store.model_key())
@@ -629,6 +629,7 @@ class Retriever:
         stats = self.store.stats(model_key)
         manifest = self.index_store.read_manifest()
         lag = self.lag()
+        workers = read_states(self.store)  # every replica's, this one's among them
         return {
             "database": db.describe_url(self.settings.database_url),
             "replica": self.replica_name,
@@ -653,8 +654,8 @@ class Retriever:
             "database_bytes": self.store.database_bytes(),
             "index_bytes": self.index_store.disk_usage(),
             "lag_seconds": round(lag["lag_seconds"], 1),
-            "worker": read_state(self),
-            "workers": read_states(self.store),
+            "worker": next((w for w in workers if w["name"] == self.replica_name), None),
+            "workers": workers,
             "reclaimable": reclaimable(self),
             "backend": encoder_plan.backend,  # what runs: torch after a fallback
             "precision": encoder_plan.precision,

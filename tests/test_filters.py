@@ -206,15 +206,20 @@ leaf = st.one_of(
     st.builds(lambda x: {"mixed": x}, st.sampled_from([5, "5", True, 5.5, None, 5.0])),
     st.builds(lambda xs: {"mixed": {"$in": xs}}, st.lists(st.sampled_from([5, "5", True, 5.5, None]), max_size=3)),
 )
-filters = st.recursive(
-    leaf,
-    lambda inner: st.one_of(
-        st.builds(lambda xs: {"$and": xs}, st.lists(inner, min_size=1, max_size=3)),
-        st.builds(lambda xs: {"$or": xs}, st.lists(inner, min_size=1, max_size=3)),
-        st.builds(lambda x: {"$not": x}, inner),
-    ),
-    max_leaves=4,
-)
+def nested(leaves: st.SearchStrategy[Any], max_leaves: int) -> st.SearchStrategy[Any]:
+    """Filters built from ``leaves`` with $and, $or and $not, up to ``max_leaves`` leaves."""
+    return st.recursive(
+        leaves,
+        lambda inner: st.one_of(
+            st.builds(lambda xs: {"$and": xs}, st.lists(inner, min_size=1, max_size=3)),
+            st.builds(lambda xs: {"$or": xs}, st.lists(inner, min_size=1, max_size=3)),
+            st.builds(lambda x: {"$not": x}, inner),
+        ),
+        max_leaves=max_leaves,
+    )
+
+
+filters = nested(leaf, 4)
 
 
 # -- stores, on each database ------------------------------------------------------------
@@ -844,15 +849,7 @@ odd_leaf = st.one_of(
               st.one_of(st.lists(odd_operand, max_size=4), st.lists(odd_operand, min_size=65, max_size=80))),
     st.builds(lambda p, b: {p: {"$exists": b}}, odd_path, st.booleans()),
 )
-odd_filters = st.recursive(
-    odd_leaf,
-    lambda inner: st.one_of(
-        st.builds(lambda xs: {"$and": xs}, st.lists(inner, min_size=1, max_size=3)),
-        st.builds(lambda xs: {"$or": xs}, st.lists(inner, min_size=1, max_size=3)),
-        st.builds(lambda x: {"$not": x}, inner),
-    ),
-    max_leaves=5,
-)
+odd_filters = nested(odd_leaf, 5)
 
 
 def _sqlite_gap(where: Any) -> bool:

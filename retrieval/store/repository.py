@@ -349,7 +349,7 @@ class Store:
             self.matches.hits += 1
             return entry[1]
         if entry is not None and entry[0] < seq and seq - entry[0] <= self.matches.max_refresh:
-            oldest = conn.scalar(_MIN_SEQ)
+            oldest = self.oldest_seq(conn)
             if oldest is not None and oldest <= entry[0] + 1:  # no pruned gap in between
                 changed = np.asarray(self.changed_ids(conn, entry[0], seq), dtype=np.int64)
                 still = self._evaluate(conn, where, changed.tolist())
@@ -627,18 +627,23 @@ def _json_or_none(value: Any) -> str | None:
 
 def _staging(conn: Connection, table: str, columns: str, rows: Iterable[tuple[Any, ...]]) -> None:
     """Fill a temporary table of this connection with ``rows`` by COPY (PostgreSQL's
-    fastest way in: one stream, no statement per row). Its rows go at commit."""
-    made = conn.info.setdefault("retrieval_staging", set())
-    if table not in made:
-        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE IF NOT EXISTS {table} ({columns}) ON COMMIT DELETE ROWS")
-        made.add(table)
-    else:
-        conn.exec_driver_sql(f"TRUNCATE {table}")
+    fastest way in: one stream, no statement per row). Its rows go at commit or rollback.
+
+    The table is the session's; it is created in the transaction (IF NOT EXISTS each time,
+    since a transaction that rolls back takes a table it created with it)."""
+    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE IF NOT EXISTS {table} ({columns}) ON COMMIT DELETE ROWS")
     names = ", ".join(c.split()[0] for c in columns.split(", "))
+    import psycopg  # only PostgreSQL gets here
+
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    with cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row(row)
+    try:
+        with cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+    except psycopg.DataError as exc:  # the driver's own, not wrapped by SQLAlchemy: COPY is the raw cursor's
+        raise StoreError(f"the database refused the data: {db.first_line(exc)}") from exc
+    except psycopg.Error as exc:
+        raise StoreError(f"database error: {db.first_line(exc)}") from exc
 
 
 _UPSERT_FROM_STAGING = """
