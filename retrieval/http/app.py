@@ -7,7 +7,9 @@
   key when one is configured;
 * ``GET /healthz`` (liveness) and ``GET /readyz`` (model and index loaded, sync lag):
   open, for load balancers and orchestrators;
-* ``GET /metrics``: Prometheus text (requests, latencies, documents, index size, lag).
+* ``GET /metrics``: Prometheus text (requests, latencies, documents, index size, lag);
+* ``GET /``: the search page (:mod:`retrieval.http.page`), open: it holds no data, and
+  its API calls carry the key.
 
 Inside, a :class:`~retrieval.http.sync_thread.SyncThread` applies changes made by other
 writers (plain SQL, other processes), and a :class:`~retrieval.http.batcher.QueryBatcher`
@@ -31,6 +33,7 @@ from retrieval.config import Settings
 from retrieval.http import errors
 from retrieval.http.batcher import QueryBatcher
 from retrieval.http.edge import Edge, Metrics
+from retrieval.http.page import add_page
 from retrieval.http.routes import add_routes
 from retrieval.http.schemas import make_schemas
 from retrieval.http.security import key_checker
@@ -100,5 +103,6 @@ def create_app(
     app.state.sync_thread = sync_thread
     errors.install(app)
     add_routes(app, service, make_schemas(s), key_checker(api_key))
+    add_page(app)
     app.add_middleware(Edge, max_body_bytes=s.max_body_bytes, metrics=metrics)
     return app
