@@ -27,6 +27,7 @@ SEARCH_MODES = ("dense", "keyword", "hybrid")  # the first is the default
 BACKENDS = ("auto", "torch", "onnx", "openvino")
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 DEVICES = ("cpu", "cuda", "mps", "auto")
+EXECUTORS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,13 @@ class Settings:
     max_body_bytes: int = 10_485_760
     max_batch: int = 1000
     progress: bool = True
+    # Where `retrieve ingest` and `retrieve embed` embed: in this process (local) or on a
+    # Ray cluster (ray: the address, None for a local one or RAY_ADDRESS; the actors, None
+    # for as many as the cluster's CPUs hold; the CPUs, and encoder threads, per actor).
+    executor: str = "local"
+    ray_address: str | None = None
+    ray_actors: int | None = None
+    ray_threads: int = 1
     # Where each value came from: "default", "./config.yaml", "env RETRIEVE_MODEL", ...
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -99,6 +107,12 @@ class Settings:
             raise ConfigError(f"backend: must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision: must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"executor: must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
+        if self.ray_actors is not None and self.ray_actors < 1:
+            raise ConfigError(f"ray_actors: must be at least 1, got {self.ray_actors}")
+        if self.ray_threads < 1:
+            raise ConfigError(f"ray_threads: must be at least 1, got {self.ray_threads}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads: must be at least 1, got {self.threads}")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):

@@ -20,6 +20,7 @@ import numpy as np
 
 from retrieval.config import Settings, load_settings
 from retrieval.embed.base import Encoder
+from retrieval.embed.spec import EncoderSpec
 from retrieval.errors import (
     IndexCorruptError,
     InvalidInputError,
@@ -27,6 +28,7 @@ from retrieval.errors import (
     NotFoundError,
     RetrievalError,
 )
+from retrieval.executors import EmbedPool, LocalPool, check_executor
 from retrieval.filters import Filter
 from retrieval.filters import parse as parse_filter
 from retrieval.index.policy import MergePolicy
@@ -37,7 +39,7 @@ from retrieval.store import db
 from retrieval.store.keyword import keyword_problems, rebuild_keyword_index
 from retrieval.store.repository import NewDocument, Store, content_hash
 from retrieval.sync import MergeReport, SyncReport, convert_legacy, full_build, incremental, merge
-from retrieval.vectors import embed_missing, ensure_vectors
+from retrieval.vectors import EMBED_CHUNK, BulkEmbedReport, embed_missing, embed_stored, ensure_vectors
 
 log = logging.getLogger("retrieval")
 
@@ -54,6 +56,7 @@ class IngestReport:
     # first use), reported apart so that the rate means what it says.
     setup_seconds: float = 0.0
     sync: SyncReport | None = None
+    embed: BulkEmbedReport | None = None  # the bulk embedding on an executor (ray) before the sync
 
     @property
     def total(self) -> int:
@@ -72,7 +75,8 @@ class IngestReport:
             "seconds": round(self.seconds, 3),
             "docs_per_second": round(self.docs_per_second, 1),
             "setup_seconds": round(self.setup_seconds, 3),
-            "embedded": self.sync.embedded if self.sync else 0,
+            "embedded": (self.sync.embedded if self.sync else 0) + (self.embed.embedded if self.embed else 0),
+            **({"embed": self.embed.as_dict()} if self.embed else {}),
         }
 
 
@@ -242,7 +246,8 @@ class Retriever:
 
     # -- writes -----------------------------------------------------------------------
 
-    def ingest(self, documents: Iterable[Any], *, sync: bool = True, embed_first: bool = False) -> IngestReport:
+    def ingest(self, documents: Iterable[Any], *, sync: bool = True, embed_first: bool = False,
+               executor: str | None = None, address: str | None = None) -> IngestReport:
         """Upsert documents (dicts with id, text, optional metadata, or Records) and sync.
 
         A document whose text did not change is not re-embedded. With ``embed_first``,
@@ -251,6 +256,11 @@ class Retriever:
         and would otherwise embed them on the search path (the HTTP service does this).
         Vectors of a write that then fails are unused embeddings, which `retrieve
         compact` removes.
+
+        With ``executor`` ``ray`` (default: the ``executor`` setting), the documents are
+        stored first, then every text without a vector is embedded on the Ray cluster at
+        ``address`` (see :meth:`embed`), even with ``sync`` off; the sync then publishes
+        them from their stored vectors.
         """
         t0 = time.perf_counter()
         docs: dict[str, NewDocument] = {}
@@ -272,6 +282,8 @@ class Retriever:
             embed_missing(self.store, self.encoder, {content_hash(d.text): d.text for d in docs.values()})
         counts = self.store.upsert(list(docs.values()))
         report = IngestReport(added=counts.added, updated=counts.updated, unchanged=counts.unchanged)
+        if check_executor(executor or self.settings.executor) != "local":
+            report.embed = self.embed(executor=executor, address=address)
         # A backlog left by an earlier run that stored its documents but did not get to
         # publish them (killed, or it lost the database) is published now too.
         if sync and (counts.added or counts.updated or self.lag()["pending_changes"]):
@@ -292,6 +304,8 @@ class Retriever:
         skip_invalid: bool = False,
         stdin: Any = None,
         sync: bool = True,
+        executor: str | None = None,
+        address: str | None = None,
     ) -> IngestReport:
         """Validate every record of every file first; write only when all are valid
         (or, with ``skip_invalid``, the valid ones)."""
@@ -307,10 +321,51 @@ class Retriever:
         problems = [str(p) for p in invalid]
         if problems and not skip_invalid:
             raise InvalidInputError(problems, len(records) + len(problems))
-        report = self.ingest(records, sync=sync)
+        report = self.ingest(records, sync=sync, executor=executor, address=address)
         report.invalid = len(problems)
         report.problems = problems
         report.seconds = time.perf_counter() - t0 - report.setup_seconds
+        return report
+
+    def embed(self, *, executor: str | None = None, address: str | None = None, actors: int | None = None,
+              commit_every: int = EMBED_CHUNK, progress: bool | None = None,
+              runtime_env: dict[str, Any] | None = None) -> BulkEmbedReport:
+        """Embed every stored document that has no vector for the configured model.
+
+        ``executor`` (default: the setting) ``local`` embeds in this process; ``ray``
+        embeds on the Ray cluster at ``address`` (default: the ``ray_address`` setting;
+        None starts a local cluster), with ``actors`` actors (default: ``ray_actors``)
+        of ``ray_threads`` CPUs each, every one building the encoder this process pins
+        (backend and precision as chosen here). ``runtime_env`` is passed to the actors.
+        Vectors are committed every ``commit_every`` texts; a run killed at any point
+        and run again embeds only what has no stored vector. The index is not touched:
+        the next sync publishes the documents from the stored vectors.
+        """
+        s = self.settings
+        name = check_executor(executor or s.executor)
+        self._check_writable()
+        encoder = self.encoder
+        report = BulkEmbedReport(model_key=encoder.model_key, executor=name)
+        with self.store.read() as conn:
+            if not self.store.count_docs_without_vectors(conn, encoder.model_key):
+                return report  # nothing to do: no cluster is started
+        t0 = time.perf_counter()
+        pool: EmbedPool
+        if name == "local":
+            pool = LocalPool(encoder)
+        else:
+            try:
+                from retrieval.executors.ray_pool import RayPool
+            except ImportError as exc:
+                raise RetrievalError("the ray executor needs Ray, which is not installed: "
+                                     "pip install 'retrieval[ray]'") from exc
+            spec = EncoderSpec.pinned(encoder, s.model, threads=s.ray_threads, device=s.device)
+            pool = RayPool(spec, address=address or s.ray_address, actors=actors or s.ray_actors,
+                           runtime_env=runtime_env)
+        report.startup_seconds = time.perf_counter() - t0
+        with pool:
+            embed_stored(self.store, pool, commit_every=commit_every, report=report,
+                         progress=s.progress if progress is None else progress)
         return report
 
     def _check_writable(self) -> None:

@@ -8,13 +8,17 @@ an HTTP write embedding ahead of its commit.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from retrieval.embed.base import Encoder
 from retrieval.store.repository import Store, content_hash
+
+if TYPE_CHECKING:
+    from retrieval.executors import EmbedPool
 
 # Texts embedded between two commits of their vectors: bounds the work a crash repeats.
 EMBED_CHUNK = 4096
@@ -73,3 +77,142 @@ def ensure_vectors(
     ids = np.fromiter((d[0] for d in docs), dtype=np.int64, count=len(docs))
     matrix = np.stack([have[h] for h in hashes]).astype(np.float32, copy=False)
     return ids, matrix
+
+
+# -- bulk embedding of what is stored (`retrieve embed`) ------------------------------
+
+# Documents read from the store per page, and texts per batch handed to a worker.
+EMBED_PAGE = 4096
+EMBED_BATCH = 256
+
+
+@dataclass
+class BulkEmbedReport:
+    """What :func:`embed_stored` did. ``seconds`` runs from the first page read to the
+    last commit; starting the workers (a Ray cluster, the model loads) is ``startup_seconds``."""
+
+    model_key: str = ""
+    executor: str = "local"
+    workers: int = 1
+    documents: int = 0  # documents that had no vector for the model when the run began
+    embedded: int = 0  # distinct texts embedded and committed by this run
+    shared: int = 0  # documents whose text another document of this run already carried
+    commits: int = 0
+    seconds: float = 0.0
+    startup_seconds: float = 0.0
+    # Time the driver itself spent: reading pages and hashing, and committing vectors.
+    read_seconds: float = 0.0
+    write_seconds: float = 0.0
+    workers_info: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def texts_per_second(self) -> float:
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+        out["texts_per_second"] = round(self.texts_per_second, 1)
+        return out
+
+
+def embed_stored(store: Store, pool: EmbedPool, *, commit_every: int = EMBED_CHUNK, batch: int = EMBED_BATCH,
+                 page: int = EMBED_PAGE, progress: bool = True, report: BulkEmbedReport | None = None) -> BulkEmbedReport:
+    """Embed, on ``pool``, every stored text that has no vector for the pool's model.
+
+    The driver (this function) pages through the documents without a vector in id order,
+    hands each distinct text to the pool once (sorted by length within a page, so that a
+    batch pads to about its own length), and commits the vectors it gets back in chunks
+    of ``commit_every``, insert-or-ignore: a batch a worker redid after a crash, or a text
+    another writer embedded meanwhile, is stored once. Killed at any point, a rerun
+    embeds only what has no committed vector. Nothing is written to the index: the next
+    sync publishes the documents from their stored vectors.
+    """
+    report = report if report is not None else BulkEmbedReport()
+    report.model_key, report.workers, report.workers_info = pool.model_key, pool.workers, pool.workers_info
+    key = pool.model_key
+    t0 = time.perf_counter()
+    with store.read() as conn:
+        report.documents = store.count_docs_without_vectors(conn, key)
+    report.read_seconds += time.perf_counter() - t0
+    # Hash -> how many documents carry it, for every text handed out and not yet committed.
+    pending: dict[str, int] = {}
+    bar = None
+    if progress and report.documents:
+        from tqdm import tqdm
+
+        bar = tqdm(total=report.documents, desc=f"Embedding ({report.executor}, {report.workers} worker"
+                   f"{'s' if report.workers != 1 else ''})", unit="text", dynamic_ncols=True)
+
+    def batches() -> Iterator[tuple[list[str], list[str]]]:
+        after = 0
+        while True:
+            started = time.perf_counter()
+            with store.read() as conn:
+                rows = store.docs_without_vectors(conn, key, after, page)
+            if not rows:
+                report.read_seconds += time.perf_counter() - started
+                return
+            after = rows[-1][0]
+            texts = _new_texts(store, key, rows, pending, report)
+            report.read_seconds += time.perf_counter() - started
+            ordered = sorted(texts, key=lambda h: len(texts[h]))
+            for start in range(0, len(ordered), batch):
+                hashes = ordered[start : start + batch]
+                yield hashes, [texts[h] for h in hashes]
+
+    done: list[tuple[str, np.ndarray]] = []
+
+    def commit() -> None:
+        started = time.perf_counter()
+        store.add_embeddings(key, pool.dim, done)
+        report.write_seconds += time.perf_counter() - started
+        report.embedded += len(done)
+        report.commits += 1
+        finished = sum(pending.pop(h) for h, _ in done)
+        done.clear()
+        if bar is not None:
+            bar.update(finished)
+
+    try:
+        for hashes, vectors in pool.map(batches()):
+            if vectors.shape != (len(hashes), pool.dim):
+                raise RuntimeError(f"a worker returned vectors of shape {vectors.shape} for {len(hashes)} texts")
+            done.extend(zip(hashes, vectors))
+            if bar is not None:
+                # Shown as embedded now; documents that join one of these texts before
+                # its commit are counted at the commit.
+                bar.update(sum(pending[h] for h in hashes))
+                pending.update(dict.fromkeys(hashes, 0))
+            if len(done) >= commit_every:
+                commit()
+        if done:
+            commit()
+    finally:
+        if bar is not None:
+            bar.close()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _new_texts(store: Store, key: str, rows: Sequence[tuple[int, str, str | None]], pending: dict[str, int],
+               report: BulkEmbedReport) -> dict[str, str]:
+    """The distinct texts of a page of documents that still need a vector: stale or
+    missing hashes (rows other programs wrote) are recomputed and saved first, and
+    texts already handed out in this run are counted, not handed out again."""
+    hashes = [content_hash(text) for _, text, _ in rows]
+    fixes = [(doc_id, h) for (doc_id, _, old), h in zip(rows, hashes) if old != h]
+    have: set[str] = set()
+    if fixes:
+        store.set_hashes(fixes)
+        with store.read() as conn:
+            have = set(store.embeddings_for(conn, key, {h for _, h in fixes}))
+    texts: dict[str, str] = {}
+    for (_, text, _), h in zip(rows, hashes):
+        if h in have:
+            continue
+        if h in pending:
+            report.shared += 1
+        else:
+            texts[h] = text
+        pending[h] = pending.get(h, 0) + 1
+    return texts

@@ -1,14 +1,26 @@
-"""Documents in and out: `retrieve init`, `ingest`, `get` and `delete`."""
+"""Documents in and out: `retrieve init`, `ingest`, `embed`, `get` and `delete`."""
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
 from retrieval.cli.common import emit, json_option, pass_retriever, warn
+from retrieval.config import EXECUTORS
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def executor_options(f: F) -> F:
+    """--executor and --address (both default to the settings)."""
+    f = click.option("--address", help="The Ray cluster to use (default: the ray_address setting; none: start a "
+                     "local one).")(f)
+    return click.option("--executor", type=click.Choice(EXECUTORS),
+                        help="Where to embed: here, or on a Ray cluster (default: the executor setting).")(f)
 
 
 @click.command()
@@ -37,10 +49,12 @@ def init(retriever: Any) -> None:
 @click.option("--skip-invalid", is_flag=True, help="Store the valid records even when some are invalid.")
 @click.option("--no-sync", is_flag=True,
               help="Only store the documents; a running worker (or `retrieve sync`) embeds and indexes them.")
+@executor_options
 @json_option
 @pass_retriever
 def ingest(retriever: Any, files: tuple[str, ...], fmt: str | None, id_field: str, text_fields: tuple[str, ...],
-           metadata_fields: tuple[str, ...], skip_invalid: bool, no_sync: bool, as_json: bool) -> None:
+           metadata_fields: tuple[str, ...], skip_invalid: bool, no_sync: bool, executor: str | None,
+           address: str | None, as_json: bool) -> None:
     """Add or update documents from FILES (JSONL, JSON array, CSV or plain text; - for stdin).
 
     Every record is validated before anything is written. Documents are matched by id:
@@ -52,6 +66,7 @@ def ingest(retriever: Any, files: tuple[str, ...], fmt: str | None, id_field: st
         cat notes.txt | retrieve ingest --format text -
         retrieve ingest --id-field _id --text-field title --text-field text corpus.jsonl
         retrieve ingest --no-sync big-dump.jsonl   # a running worker indexes it
+        retrieve ingest --executor ray corpus.jsonl  # embed on a (local) Ray cluster
     """
     report = retriever.ingest_files(
         list(files),
@@ -62,6 +77,8 @@ def ingest(retriever: Any, files: tuple[str, ...], fmt: str | None, id_field: st
         skip_invalid=skip_invalid,
         stdin=None,
         sync=not no_sync,
+        executor=executor,
+        address=address,
     )
     for problem in report.problems:
         click.echo(f"skipped {problem}", err=True)
@@ -69,9 +86,56 @@ def ingest(retriever: Any, files: tuple[str, ...], fmt: str | None, id_field: st
         warn(f"preparing the encoder for its first use took {report.setup_seconds:.1f}s (model export and checks, "
              "once: cached for later runs; not counted in the rate below)")
     emit(as_json, report.as_dict(), lambda: [
+        *([_embed_line(report.embed)] if report.embed and report.embed.documents else []),
         f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged, {report.invalid} invalid "
         f"in {report.seconds:.1f}s ({report.docs_per_second:,.0f} documents/s)"
     ])
+
+
+@click.command()
+@executor_options
+@click.option("--actors", type=click.IntRange(min=1), help="Ray actors (default: the ray_actors setting, else as many "
+              "as the cluster's CPUs hold at ray_threads each).")
+@click.option("--commit-every", type=click.IntRange(min=1),
+              help="Texts embedded between two commits of their vectors, what a crash repeats at most (default 4096).")
+@click.option("--sync", "then_sync", is_flag=True, help="Publish the documents to the index afterwards.")
+@json_option
+@pass_retriever
+def embed(retriever: Any, executor: str | None, address: str | None, actors: int | None, commit_every: int | None,
+          then_sync: bool, as_json: bool) -> None:
+    """Embed every stored document that has no vector for the configured model.
+
+    On a Ray cluster (--executor ray) the model loads once per actor; this process reads
+    the database, hands out the texts and commits the vectors. Stopped at any point, run
+    it again: it embeds only what has no stored vector. The index is not changed; `retrieve
+    sync` (or a running worker) then publishes the documents from the stored vectors.
+
+    \b
+        retrieve embed --executor ray                      # a local Ray cluster
+        retrieve embed --executor ray --address head:6379  # a running one
+        retrieve embed --sync                              # here, then publish
+    """
+    report = retriever.embed(executor=executor, address=address, actors=actors,
+                             **({"commit_every": commit_every} if commit_every else {}))
+    data = report.as_dict()
+    synced = retriever.sync() if then_sync else None
+    if synced is not None:
+        data["sync"] = synced.as_dict()
+    emit(as_json, data, lambda: [
+        _embed_line(report) if report.documents else "Nothing to embed: every document has a vector for "
+        f"{report.model_key}.",
+        *([f"Published {synced.changes} changes ({synced.version})." if synced.published is not None
+           else "The index was already up to date."] if synced is not None else
+          ["Run `retrieve sync` (or a running worker does) to publish them."] if report.embedded else []),
+    ])
+
+
+def _embed_line(report: Any) -> str:
+    workers = f"{report.workers} actor{'s' if report.workers != 1 else ''}" if report.executor == "ray" else "here"
+    shared = f"; {report.shared:,} documents shared a text" if report.shared else ""
+    return (f"Embedded {report.embedded:,} texts ({report.executor}, {workers}) in {report.seconds:.1f}s "
+            f"({report.texts_per_second:,.0f} texts/s); start-up {report.startup_seconds:.1f}s, driver reads "
+            f"{report.read_seconds:.1f}s, writes {report.write_seconds:.1f}s{shared}")
 
 
 @click.command()
@@ -116,4 +180,4 @@ def delete(retriever: Any, ids: tuple[str, ...], id_file: str | None) -> None:
         sys.exit(1)
 
 
-COMMANDS = [init, ingest, get, delete]
+COMMANDS = [init, ingest, embed, get, delete]

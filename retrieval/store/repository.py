@@ -89,6 +89,14 @@ _CHANGED_IDS = (
 
 
 _MIN_SEQ = select(func.min(Change.seq))
+_NO_VECTOR = ~exists().where(Embedding.model_key == bindparam("key"), Embedding.content_hash == Document.content_hash)
+_WITHOUT_VECTORS_ALL = select(Document.id).where(_NO_VECTOR)
+_WITHOUT_VECTORS = (
+    select(Document.id, Document.text, Document.content_hash)
+    .where(Document.id > bindparam("after"), _NO_VECTOR)
+    .order_by(Document.id)
+    .limit(bindparam("limit"))
+)
 
 
 class MatchCache:
@@ -461,6 +469,20 @@ class Store:
             for h, blob in rows:
                 out[h] = np.frombuffer(blob, dtype="<f4")
         return out
+
+    @staticmethod
+    def docs_without_vectors(conn: Connection, model_key: str, after_id: int, limit: int) -> list[tuple[int, str, str | None]]:
+        """(id, text, content_hash) of up to ``limit`` documents after ``after_id``, in id
+        order, whose stored hash has no vector for ``model_key`` (a NULL hash counts as
+        none). Keyset-paged on the primary key, and the anti-join is served by the
+        (model_key, content_hash) unique index: each page costs its own size."""
+        return [(r[0], r[1], r[2]) for r in conn.execute(_WITHOUT_VECTORS, {"key": model_key, "after": after_id,
+                                                                             "limit": limit})]
+
+    @staticmethod
+    def count_docs_without_vectors(conn: Connection, model_key: str) -> int:
+        """How many documents :meth:`docs_without_vectors` would return in all."""
+        return int(conn.scalar(select(func.count()).select_from(_WITHOUT_VECTORS_ALL.subquery()), {"key": model_key}) or 0)
 
     def add_embeddings(self, model_key: str, dim: int, items: Sequence[tuple[str, np.ndarray]]) -> None:
         """Store vectors for content hashes; hashes already stored for the model are kept."""
