@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.embed.cpu import bf16_missing_reason, has_bf16
+from retrieval.embed.cpu import bf16_missing_reason, has_bf16, usable_cpus
 from retrieval.embed.onnx import OnnxEncoder
 from retrieval.errors import BackendUnavailableError
 
@@ -50,6 +50,10 @@ class OpenVINOEncoder(OnnxEncoder):
             # One stream: a batch uses every thread; throughput comes from batching.
             "NUM_STREAMS": 1,
             "PERFORMANCE_HINT": "LATENCY",
+            # OpenVINO pins its threads to cores, counting from the first: two processes of
+            # one thread each (Ray actors, say) then share core 0 and each runs at half
+            # speed. Pinning only while the threads cover every usable CPU keeps them apart.
+            "ENABLE_CPU_PINNING": self.threads >= usable_cpus(),
         }
         cache = self.export_dir / "openvino-cache"
         try:
