@@ -266,3 +266,23 @@ def execute_sql(url: str, *statements: str) -> None:
                 conn.execute(statement)
     finally:
         conn.close()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One local Ray cluster of 2 CPUs for the whole session (starting one takes seconds):
+    its GCS address, for subprocesses that join it. Its workers see what every test sees
+    (``_isolated_env``, which runs after session fixtures): the session's export cache,
+    bf16 hidden."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'retrieval[ray]')")
+    import logging
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
+        mp.setenv("RETRIEVAL_HIDE_CPU_FEATURES", "bf16")
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
