@@ -85,7 +85,7 @@ class Service:
     async def upsert(self, documents: list[dict[str, Any]]) -> dict[str, Any]:
         """Committed to the database and in the published index when this returns."""
         t0 = time.perf_counter()
-        report = await run_in_threadpool(lambda: self.retriever.ingest(documents, embed_first=True))
+        report = await run_in_threadpool(lambda: self.retriever.ingest(documents, embed_first=True, executor="local"))
         # The background worker may have published these changes before this request's
         # own sync got the lock; either way the current version holds them now.
         return {"added": report.added, "updated": report.updated, "unchanged": report.unchanged,

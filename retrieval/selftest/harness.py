@@ -225,7 +225,7 @@ class _Harness:
 
     def ingest_direct(self, docs: dict[str, str]) -> None:
         """Commit documents without syncing, as another program writing to the database would."""
-        self.retriever.ingest([{"id": k, "text": v} for k, v in docs.items()], sync=False)
+        self.retriever.ingest([{"id": k, "text": v} for k, v in docs.items()], sync=False, executor="local")
         self.expected.update(docs)
 
     def delete_some(self) -> None:
@@ -602,7 +602,7 @@ class _Harness:
                 problems.append(f"{len(written)} documents were written although the ingest failed")
             # Nothing lost: once the lock is gone, the same documents go in (in this
             # process: the point is the store's state, not another model load).
-            self.retriever.ingest([{"id": k, "text": v} for k, v in docs.items()])
+            self.retriever.ingest([{"id": k, "text": v} for k, v in docs.items()], executor="local")
             self.expected.update(docs)
         self.check("after database-locked", list(docs))
 
