@@ -37,7 +37,7 @@ CATALOG = REPO.parent / "shared" / "data" / "catalog" / "catalog.jsonl"
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import machine  # noqa: E402
+from benchlib import catalog_documents, machine  # noqa: E402
 from retrieval.store.repository import NewDocument, Store, content_hash  # noqa: E402
 from retrieval.vectors import EMBED_CHUNK  # noqa: E402
 
@@ -46,17 +46,6 @@ DIM = 384
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def load(n: int) -> list[NewDocument]:
-    docs = []
-    with CATALOG.open(encoding="utf-8") as fh:
-        for line in fh:
-            if len(docs) == n:
-                break
-            row = json.loads(line)
-            docs.append(NewDocument(str(row["id"]), row["text"], row.get("metadata") or {}))
-    return docs
 
 
 def fill(url: str, docs: list[NewDocument], vectors: np.ndarray) -> int:
@@ -100,7 +89,7 @@ def main() -> None:
     ap.add_argument("--postgres-url")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "footprint.json")
     args = ap.parse_args()
-    docs = load(args.docs)
+    docs = catalog_documents(CATALOG, args.docs)
     distinct = len({content_hash(d.text) for d in docs})
     vectors = np.random.default_rng(0).standard_normal((distinct, DIM), dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)

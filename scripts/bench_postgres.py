@@ -56,7 +56,7 @@ CATALOG = REPO.parent / "shared" / "data" / "catalog" / "catalog.jsonl"
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import machine  # noqa: E402
+from benchlib import catalog_documents, machine  # noqa: E402
 from retrieval.store.repository import NewDocument, Store, content_hash  # noqa: E402
 from retrieval.vectors import EMBED_CHUNK  # noqa: E402
 
@@ -68,19 +68,6 @@ MODEL_KEY = "bench-random-384"
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def load(path: Path, n: int) -> list[NewDocument]:
-    docs: list[NewDocument] = []
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            if len(docs) >= n:
-                break
-            row = json.loads(line)
-            docs.append(NewDocument(str(row["id"]), row["text"], row.get("metadata") or {}))
-    if len(docs) < n:
-        raise SystemExit(f"{path} holds {len(docs)} rows, fewer than --docs {n}")
-    return docs
 
 
 def changed(docs: Sequence[NewDocument], every: int = 10) -> list[NewDocument]:
@@ -265,7 +252,7 @@ def main() -> int:
 
     import sqlite3
 
-    docs = load(args.catalog, args.docs)
+    docs = catalog_documents(args.catalog, args.docs)
     updated = changed(docs)
     n_updated = sum(a.text != b.text for a, b in zip(docs, updated))
     hashes = list(dict.fromkeys(content_hash(d.text) for d in docs))

@@ -48,7 +48,7 @@ CATALOG = REPO.parent / "shared" / "data" / "catalog" / "catalog.jsonl"
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import machine  # noqa: E402
+from benchlib import catalog_documents, machine  # noqa: E402
 from retrieval.embed import create_encoder  # noqa: E402
 from retrieval.embed.cpu import physical_cores  # noqa: E402
 from retrieval.embed.spec import EncoderSpec  # noqa: E402
@@ -62,17 +62,6 @@ TARGET = 0.85
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def load(n: int) -> list[NewDocument]:
-    docs = []
-    with CATALOG.open(encoding="utf-8") as fh:
-        for line in fh:
-            if len(docs) == n:
-                break
-            row = json.loads(line)
-            docs.append(NewDocument(str(row["id"]), row["text"], row.get("metadata") or {}))
-    return docs
 
 
 def cpu_seconds() -> float:
@@ -114,7 +103,7 @@ def main() -> None:
         raise SystemExit(f"{CATALOG} is missing")
     import ray
 
-    docs = load(args.texts)
+    docs = catalog_documents(CATALOG, args.texts)
     cores = physical_cores()
     encoder = create_encoder(MODEL, progress=False)
     encoder.load()

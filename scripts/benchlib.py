@@ -19,3 +19,22 @@ def machine() -> str:
     except OSError:
         pass
     return f"{os.cpu_count()}-core {platform.machine()} CPU ({cpu}), no GPU, Python {platform.python_version()}"
+
+
+def catalog_documents(path: Path, n: int) -> list:
+    """The first ``n`` rows of a catalog JSONL file as ``NewDocument``s (as `retrieve
+    ingest` stores them); exits with a message when the file holds fewer."""
+    import json
+
+    from retrieval.store.repository import NewDocument
+
+    docs = []
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if len(docs) >= n:
+                break
+            row = json.loads(line)
+            docs.append(NewDocument(str(row["id"]), row["text"], row.get("metadata") or {}))
+    if len(docs) < n:
+        raise SystemExit(f"{path} holds {len(docs)} rows, fewer than the {n} asked for")
+    return docs
