@@ -286,3 +286,86 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServeProcess:
+    """`retrieve serve` in a subprocess on a free loopback port, on a SQLite store in
+    ``folder`` (its output in ``folder/server.log``). ``settings`` become RETRIEVE_*
+    variables; ``cache`` is its XDG_CACHE_HOME (the session's export, say)."""
+
+    def __init__(self, folder: Path, *, model: str = HASH, api_key: str | None = None, cache: Path | None = None,
+                 **settings: Any) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = folder / "server.log"
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RETRIEVE_")}
+        self.env.update(
+            HF_HUB_OFFLINE="1",
+            TOKENIZERS_PARALLELISM="false",
+            RETRIEVE_DATABASE_URL=f"sqlite:///{folder / 'retrieval.db'}",
+            RETRIEVE_INDEX_DIR=str(folder / "index"),
+            RETRIEVE_PROGRESS="false",
+            RETRIEVE_WORKER_POLL_INTERVAL="0.2",
+            RETRIEVE_MODEL=model,
+            **({"XDG_CACHE_HOME": str(cache)} if cache else {}),
+            **({"RETRIEVE_API_KEY": api_key} if api_key else {}),
+            **{f"RETRIEVE_{k.upper()}": str(v) for k, v in settings.items()},
+        )
+        self.proc: Any = None
+
+    def launch(self) -> None:
+        import subprocess
+        import sys
+
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "retrieval.cli", "serve", "--port", str(self.port)],
+                                         cwd=self.folder, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout_s: float = 240) -> None:
+        import time
+
+        import httpx
+
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.proc.returncode}:\n{self.log_text()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"the server did not become ready:\n{self.log_text()}")
+
+    def start(self) -> None:
+        self.launch()
+        self.wait_ready()
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")[-5000:]
+
+    def stop(self) -> int | None:
+        """SIGTERM, then the exit status (SIGKILL after a minute)."""
+        import signal
+        import subprocess
+
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode if self.proc else None

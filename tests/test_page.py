@@ -23,11 +23,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -36,7 +31,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import HASH, REAL, REPO
+from conftest import HASH, REAL, REPO, ServeProcess
 
 KEY = "page-test-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -51,66 +46,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-component-update", "--disable-sync"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    """`retrieve serve` in a subprocess on a store of its own."""
-
-    def __init__(self, folder: Path, cache: Path, model: str, api_key: str | None, **settings: str) -> None:
-        self.folder = folder
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = folder / "server.log"
-        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RETRIEVE_")}
-        self.env.update(
-            HF_HUB_OFFLINE="1",
-            TOKENIZERS_PARALLELISM="false",
-            XDG_CACHE_HOME=str(cache),  # the session's ONNX export, shared with the other tests
-            RETRIEVE_DATABASE_URL=f"sqlite:///{folder / 'retrieval.db'}",
-            RETRIEVE_INDEX_DIR=str(folder / "index"),
-            RETRIEVE_PROGRESS="false",
-            RETRIEVE_WORKER_POLL_INTERVAL="0.2",
-            RETRIEVE_MODEL=model,
-            **({"RETRIEVE_API_KEY": api_key} if api_key else {}),
-            **{f"RETRIEVE_{k.upper()}": v for k, v in settings.items()},
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def launch(self) -> None:
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "retrieval.cli", "serve", "--port", str(self.port)],
-                                         cwd=self.folder, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.proc.returncode}:\n{self.log_text()}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"the server did not become ready:\n{self.log_text()}")
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")[-5000:]
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+class Server(ServeProcess):
+    """`retrieve serve` in a subprocess on a store of its own, with the page's API calls."""
 
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         return httpx.request(method, self.url + path, headers=self.headers, timeout=60, **kwargs)
@@ -126,8 +63,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, 
     cache = tmp_path_factory.getbasetemp() / "xdg-cache"
     # torch fp32, the reference encoder: it starts without the ONNX export that a fresh
     # session's first default-encoder process pays for (the page does not care which runs).
-    served = Server(tmp_path_factory.mktemp("page-served"), cache, REAL, None, backend="torch", precision="fp32")
-    keyed = Server(tmp_path_factory.mktemp("page-keyed"), cache, HASH, KEY)
+    served = Server(tmp_path_factory.mktemp("page-served"), model=REAL, cache=cache, backend="torch",
+                    precision="fp32")
+    keyed = Server(tmp_path_factory.mktemp("page-keyed"), model=HASH, api_key=KEY, cache=cache)
     try:
         for srv in (served, keyed):
             srv.launch()

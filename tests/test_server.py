@@ -10,9 +10,7 @@ queries share words with the documents they should find.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,7 +25,7 @@ import schemathesis
 from click.testing import CliRunner
 from hypothesis import HealthCheck, settings
 
-from conftest import HASH, SEED
+from conftest import HASH, SEED, ServeProcess, free_port
 
 KEY = "test-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -36,62 +34,11 @@ SEED_DOCS = [{"id": f"seed-{i}", "text": text, "metadata": {"n": i}} for i, text
 SHOES = "seed-1"  # the running shoes
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+class Server(ServeProcess):
+    """The module's server: the test encoder, a key, and tight limits."""
 
-
-class Server:
     def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = folder / "server.log"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RETRIEVE_")}
-        self.env.update(
-            HF_HUB_OFFLINE="1",
-            TOKENIZERS_PARALLELISM="false",
-            RETRIEVE_DATABASE_URL=f"sqlite:///{folder / 'retrieval.db'}",
-            RETRIEVE_INDEX_DIR=str(folder / "index"),
-            RETRIEVE_PROGRESS="false",
-            RETRIEVE_API_KEY=KEY,
-            RETRIEVE_WORKER_POLL_INTERVAL="0.2",
-            RETRIEVE_MODEL=HASH,
-            **{f"RETRIEVE_{k.upper()}": str(v) for k, v in LIMITS.items()},
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "retrieval.cli", "serve", "--port", str(self.port)],
-                cwd=self.folder, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.proc.returncode}:\n{self.log_text()}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"the server did not become ready:\n{self.log_text()}")
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")[-5000:]
-
-    def stop(self) -> int | None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode if self.proc else None
+        super().__init__(folder, model=HASH, api_key=KEY, **LIMITS)
 
 
 @pytest.fixture(scope="module")
@@ -420,7 +367,7 @@ def test_search_server_loads_no_model_stack(server: Server) -> None:
 def test_search_server_says_when_nothing_listens(monkeypatch: pytest.MonkeyPatch) -> None:
     from retrieval.cli import cli
 
-    result = CliRunner().invoke(cli, ["search", "--server", f"http://127.0.0.1:{_free_port()}", "shoes"])
+    result = CliRunner().invoke(cli, ["search", "--server", f"http://127.0.0.1:{free_port()}", "shoes"])
     assert result.exit_code == 1 and "cannot reach the retrieval service" in result.output
 
 
