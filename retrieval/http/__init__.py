@@ -5,7 +5,8 @@
 * ``schemas``: request and response bodies (limits from the settings);
 * ``batcher``: micro-batched query encoding; ``sync_thread``: the worker inside;
 * ``security``: bind-address and API-key checks; ``errors``: every error as JSON;
-* ``edge``: request ids, the body limit, metrics and the generic 500.
+* ``edge``: request ids, the body limit, metrics and the generic 500;
+* ``page``: the search page at ``/`` (``static/``), open, under a strict CSP.
 """
 
 from retrieval.http.app import create_app
