@@ -37,10 +37,13 @@ def _assert_clean(report: ChaosReport) -> None:
 def test_killed_operations_lose_nothing_and_leave_no_drift(tmp_path: Path, db_backend: str,
                                                           request: pytest.FixtureRequest) -> None:
     where = {"database_url": request.getfixturevalue("new_postgres_database")()} if db_backend == "postgresql" else {}
-    report = run_chaos(tmp_path / "chaos", iterations=12, seed=SEED, operations=OPERATIONS, special_cases=(),
+    # Every operation is killed at least twice on SQLite, and once on PostgreSQL (whose
+    # store code is also killed mid-ingest in tests/test_postgres.py): the suite's budget.
+    iterations = 10 if db_backend == "sqlite" else 6
+    report = run_chaos(tmp_path / "chaos", iterations=iterations, seed=SEED, operations=OPERATIONS, special_cases=(),
                        restart="in-process", model=HASH, **where)
     _assert_clean(report)
-    assert report.total_kills >= 10, report.table()
+    assert report.total_kills >= iterations * 5 // 6, report.table()
     expected_ops = set(OPERATIONS) if worker_available() else set(OPERATIONS) - {"worker"}
     assert {op for op, n in report.kills.items() if n} == expected_ops, report.table()
     assert report.documents > 0

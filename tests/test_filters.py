@@ -741,7 +741,7 @@ def _query(seed: int, corpus: Corpus) -> np.ndarray:
 
 
 @both_databases
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(where=filters, k=st.sampled_from([1, 5, 10, 60]), seed=st.integers(0, 10**6))
 def test_filtered_search_equals_brute_force_on_exact_segments(flat: Any, corpus: Corpus, where: dict[str, Any],
                                                               k: int, seed: int) -> None:
@@ -883,7 +883,7 @@ def odd(db: Backend, stores: Stores) -> Any:
 
 
 @both_databases
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(where=odd_filters)
 def test_random_filters_over_odd_values_match_the_python_reading(odd: Any, db: Backend, where: dict[str, Any]) -> None:
     """Numbers beyond 2**53 and their doubles, 1 / 1.0 / true, null and missing, strings

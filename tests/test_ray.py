@@ -30,7 +30,7 @@ pytest.importorskip("ray", reason="Ray is not installed (pip install 'retrieval[
 CATALOG = SHARED_DATA / "catalog" / "catalog-100k.jsonl"
 CRANFIELD = SHARED_DATA / "cranfield"
 SAMPLE = Path(__file__).resolve().parent.parent / "retrieval" / "sample" / "products.jsonl"
-DOCS = 200  # Cranfield documents per store
+DOCS = 100  # Cranfield documents per store
 
 
 def catalog(n: int, skip: int = 0) -> list[dict[str, Any]]:
@@ -99,7 +99,7 @@ def test_ray_ingest_stores_the_local_encoders_vectors_and_verifies_clean(
 @pytest.mark.skipif(not (CRANFIELD / "corpus.jsonl").is_file(), reason="../shared/data/cranfield is absent")
 def test_cranfield_ndcg_is_the_same_as_local_ingest(ray_cluster: str, real_store_env: dict[str, str],
                                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The 200 shortest Cranfield documents ingested through the CLI on the cluster, and
+    """The 100 shortest Cranfield documents ingested through the CLI on the cluster, and
     into another store locally: `retrieve eval` gives the same nDCG@10 on all 225 queries."""
     rows = [json.loads(line) for line in (CRANFIELD / "corpus.jsonl").read_text(encoding="utf-8").splitlines()]
     rows = [{"id": d["_id"], "text": " ".join(p for p in (d["title"].strip(), d["text"].strip()) if p)} for d in rows]
@@ -121,7 +121,7 @@ def test_cranfield_ndcg_is_the_same_as_local_ingest(ray_cluster: str, real_store
                                  "--json"])
         assert ev.exit_code == 0, ev.output
         ndcg[executor] = json.loads(ev.output)["metrics"]["ndcg@10"]
-    assert ndcg["ray"] > 0.1
+    assert ndcg["ray"] > 0.05  # 100 of 1,400 documents: most judged ones are absent
     assert ndcg["ray"] == pytest.approx(ndcg["local"], abs=1e-4), ndcg
 
 
@@ -178,7 +178,7 @@ def test_a_killed_driver_resumes_where_its_commits_stopped(ray_cluster: str, rea
     from retrieval.retriever import Retriever
     from retrieval.store.repository import content_hash
 
-    docs = catalog(800, skip=3000)
+    docs = catalog(500, skip=3000)
     distinct = len({content_hash(d["text"]) for d in docs})
     runner = CliRunner()
     stored = runner.invoke(cli, ["ingest", "--no-sync", str(write_jsonl(tmp_path / "docs.jsonl", docs))])

@@ -201,6 +201,6 @@ def test_store_agrees_with_a_plain_model(db_backend: str, request: pytest.Fixtur
         monkeypatch.setattr(StoreMachine, "new_database", request.getfixturevalue("new_postgres_database"))
     run_state_machine_as_test(
         StoreMachine,
-        settings=settings(max_examples=25 if db_backend == "sqlite" else 15, stateful_step_count=15, deadline=None,
+        settings=settings(max_examples=25 if db_backend == "sqlite" else 10, stateful_step_count=15, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow]),
     )
