@@ -278,11 +278,12 @@ class Retriever:
             docs[ext] = NewDocument(ext, text_, meta)
         if sync:
             self._check_writable()
+        remote = check_executor(executor or self.settings.executor) != "local"  # before anything is written
         if embed_first:
             embed_missing(self.store, self.encoder, {content_hash(d.text): d.text for d in docs.values()})
         counts = self.store.upsert(list(docs.values()))
         report = IngestReport(added=counts.added, updated=counts.updated, unchanged=counts.unchanged)
-        if check_executor(executor or self.settings.executor) != "local":
+        if remote:
             report.embed = self.embed(executor=executor, address=address)
         # A backlog left by an earlier run that stored its documents but did not get to
         # publish them (killed, or it lost the database) is published now too.
@@ -347,18 +348,15 @@ class Retriever:
         encoder = self.encoder
         report = BulkEmbedReport(model_key=encoder.model_key, executor=name)
         with self.store.read() as conn:
-            if not self.store.count_docs_without_vectors(conn, encoder.model_key):
-                return report  # nothing to do: no cluster is started
+            if not self.store.docs_without_vectors(conn, encoder.model_key, 0, 1):
+                return report  # nothing to do (one indexed probe, not a count): no cluster is started
         t0 = time.perf_counter()
         pool: EmbedPool
         if name == "local":
             pool = LocalPool(encoder)
         else:
-            try:
-                from retrieval.executors.ray_pool import RayPool
-            except ImportError as exc:
-                raise RetrievalError("the ray executor needs Ray, which is not installed: "
-                                     "pip install 'retrieval[ray]'") from exc
+            from retrieval.executors.ray_pool import RayPool
+
             spec = EncoderSpec.pinned(encoder, s.model, threads=s.ray_threads, device=s.device)
             pool = RayPool(spec, address=address or s.ray_address, actors=actors or s.ray_actors,
                            runtime_env=runtime_env)

@@ -317,3 +317,17 @@ def test_more_actors_than_the_cluster_holds_is_refused(ray_cluster: str, make_re
 
     with pytest.raises(RetrievalError, match=r"3 actors of 1 CPU\(s\) each need 3 CPUs, but the Ray cluster has 2"):
         r.embed(executor="ray")
+
+
+def test_without_ray_the_ray_executor_is_refused_before_anything_is_stored(
+        store_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real_find_spec(name, *a))
+    docs = write_jsonl(tmp_path / "docs.jsonl", [{"id": "a", "text": "one text"}])
+    runner = CliRunner()
+    refused = runner.invoke(cli, ["ingest", "--executor", "ray", str(docs)])
+    assert refused.exit_code == 2
+    assert refused.output.strip().endswith("the ray executor needs Ray, which is not installed: pip install 'retrieval[ray]'")
+    assert json.loads(runner.invoke(cli, ["status", "--json"]).output)["documents"] == 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from retrieval.embed.base import Encoder
@@ -68,6 +68,3 @@ class EncoderSpec:
         return {"model_key": key, "backend": backend, "precision": precision, "fallback": fallback,
                 "host": socket.gethostname(), "pid": os.getpid(), "cpu_features": sorted(cpu.features()),
                 "matches": key == self.model_key}
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)

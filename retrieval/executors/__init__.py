@@ -8,6 +8,7 @@ touches the store or the index. Ray is imported only when the ``ray`` executor i
 
 from __future__ import annotations
 
+import importlib.util
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
@@ -61,6 +62,10 @@ class LocalPool(EmbedPool):
 
 
 def check_executor(name: str) -> str:
+    """``name`` if it is an executor that can run here; a one-line error otherwise (Ray
+    missing is found before anything is written, not after an ingest stored its rows)."""
     if name not in EXECUTORS:
         raise ConfigError(f"executor: must be one of {', '.join(EXECUTORS)}, got {name!r}")
+    if name == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConfigError("the ray executor needs Ray, which is not installed: pip install 'retrieval[ray]'")
     return name

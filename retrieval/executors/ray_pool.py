@@ -28,8 +28,6 @@ from retrieval.embed.spec import EncoderSpec
 from retrieval.errors import ModelMismatchError, RetrievalError
 from retrieval.executors import EmbedPool, T
 
-log = logging.getLogger("retrieval")
-
 # A process that dies this often in one run is not a passing fault: the run stops.
 MAX_RESTARTS = 8
 MAX_TASK_RETRIES = 4
@@ -46,7 +44,6 @@ class EmbedActor:
 
     def _built(self) -> Encoder:
         if self._encoder is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
             self._encoder = self.spec.build()
         return self._encoder
 
@@ -54,7 +51,6 @@ class EmbedActor:
         """What this actor builds. Its plan is checked first: an actor that would give
         other vectors reports so without exporting or loading anything; one that
         matches builds and loads its encoder now (which may still fall back)."""
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         planned = self.spec.describe()
         if not planned["matches"]:
             return planned
@@ -73,14 +69,13 @@ class EmbedActor:
         return os.getpid()
 
 
-def connect(address: str | None, runtime_env: dict[str, Any] | None = None) -> bool:
+def connect(address: str | None) -> bool:
     """Join the cluster at ``address`` (None: start a local one, or use ``RAY_ADDRESS``).
     Returns whether this call connected (and the caller should disconnect)."""
     if ray.is_initialized():
         return False
     try:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
-                 runtime_env=runtime_env)
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"at {address}" if address else "(a local one)"
         raise RetrievalError(f"cannot start or reach the Ray cluster {where}: {_first_line(exc)}") from exc
@@ -99,7 +94,7 @@ class RayPool(EmbedPool):
         self.spec = spec
         self.model_key = spec.model_key
         self.dim = spec.dim
-        self._connected = connect(address, None)
+        self._connected = connect(address)
         self.actors: list[Any] = []
         try:
             threads = spec.threads or 1
@@ -125,8 +120,7 @@ class RayPool(EmbedPool):
             raise RetrievalError(f"the Ray cluster did not start {len(self.actors)} actors within {timeout_s:.0f}s") from exc
         except RayError as exc:
             raise RetrievalError(f"a Ray actor could not build the encoder: {_task_error(exc)}") from exc
-        odd = [i for i in infos if i["model_key"] != self.spec.model_key]
-        if odd:
+        if not all(i["matches"] for i in infos):
             raise ModelMismatchError(mismatch_message(self.spec, infos))
         return infos
 
