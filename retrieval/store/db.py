@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 
 from retrieval.errors import StoreError
 
-# The newest revision in migrations/versions. Opening a store compares it with the
+# The newest revision in retrieval/migrations/versions. Opening a store compares it with the
 # database's alembic_version and only loads Alembic when they differ, which keeps
 # commands such as `retrieve status` and `retrieve search` fast to start.
 # tests/test_migrations.py checks that it matches the migration scripts.
@@ -30,12 +30,12 @@ NOTIFY_CHANNEL = "retrieval_changes"
 
 
 def migrations_dir() -> Path:
-    """The Alembic script folder: the repository's migrations/ (also in editable installs)."""
-    here = Path(__file__).resolve().parent.parent
-    for candidate in (here.parent / "migrations", here / "_migrations"):
-        if (candidate / "env.py").is_file():
-            return candidate
-    raise StoreError("cannot find the migrations folder; install retrieval from its source tree (pip install -e .)")
+    """The Alembic script folder, ``retrieval/migrations``: package data, so a wheel
+    install has it as much as the source tree does."""
+    folder = Path(__file__).resolve().parent.parent / "migrations"
+    if not (folder / "env.py").is_file():
+        raise StoreError(f"the migrations folder {folder} is missing from this installation of retrieval; reinstall it")
+    return folder
 
 
 def normalise_url(url: str) -> str:

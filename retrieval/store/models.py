@@ -1,6 +1,6 @@
 """Database schema (SQLAlchemy 2 typed models).
 
-The schema is created and upgraded only by the Alembic revisions in ``migrations/``;
+The schema is created and upgraded only by the Alembic revisions in ``retrieval/migrations/``;
 these models describe it for queries and for ``alembic check``.
 
 * ``documents.id`` is also the document's FAISS id.
