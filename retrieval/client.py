@@ -11,7 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from retrieval.errors import NotFoundError, ServiceError
+from retrieval.errors import ArgumentError, NotFoundError, RetrievalError, ServiceError
+from retrieval.filters import FilterError
+
+# The service's error codes whose error is the caller's, raised as the same class (and so
+# with the same exit status) as a local search raises.
+_ERRORS: dict[str, type[RetrievalError]] = {"invalid_request": ArgumentError, "invalid_filter": FilterError,
+                                            "not_found": NotFoundError}
 
 
 @dataclass(frozen=True)
@@ -94,7 +100,8 @@ class RemoteSearcher:
             message = body.get("message") if isinstance(body, dict) else None
             if response.status_code == 404 and message is None:
                 raise ServiceError(f"{self.url}{path} was not found: is {self.url} a `retrieve serve` service?")
-            error = NotFoundError if response.status_code == 404 else ServiceError
+            code = body.get("error") if isinstance(body, dict) else None
+            error = _ERRORS.get(str(code), NotFoundError if response.status_code == 404 else ServiceError)
             raise error(f"the service answered {response.status_code}: {message or response.text[:200]}")
         if not isinstance(body, dict):
             raise ServiceError(f"the service at {self.url} did not answer JSON; is it a `retrieve serve` service?")

@@ -60,6 +60,12 @@ class Settings:
     max_k: int = 1000
     min_score: float | None = None
     max_query_chars: int = 10_000
+    # The largest document text (and metadata, as JSON) accepted, in bytes of UTF-8: from
+    # files, over HTTP and from Python alike.
+    max_document_bytes: int = 1 << 20
+    # How long one search may run in the database before it is stopped (milliseconds;
+    # 0: no deadline). Ctrl-C stops a search at any time.
+    search_timeout_ms: int = 30_000
     busy_timeout_ms: int = 30_000
     keep_index_versions: int = 2
     worker_poll_interval: float = 1.0
@@ -140,6 +146,10 @@ class Settings:
             raise ConfigError("keep_index_versions: must be at least 1")
         if self.busy_timeout_ms < 0:
             raise ConfigError("busy_timeout_ms: must not be negative")
+        if self.max_document_bytes < 1:
+            raise ConfigError(f"max_document_bytes: must be at least 1, got {self.max_document_bytes}")
+        if self.search_timeout_ms < 0:
+            raise ConfigError(f"search_timeout_ms: must not be negative, got {self.search_timeout_ms}")
 
     def describe(self) -> list[tuple[str, Any, str]]:
         """(name, value, source) for every setting, in declaration order."""

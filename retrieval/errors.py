@@ -26,21 +26,36 @@ class ConfigError(RetrievalError):
     code = "config_error"
 
 
+class ArgumentError(RetrievalError):
+    """An argument of a call or a command is out of its range or of the wrong kind (k,
+    an empty query, a mode, min_score, a filter): the same error, and the same exit status
+    (2, as for any usage error), whether it comes from the CLI, HTTP or Python."""
+
+    exit_code = 2
+    http_status = 422
+    code = "invalid_request"
+
+
 class InvalidInputError(RetrievalError):
     """Input records failed validation; nothing was written.
 
-    ``problems`` holds one ``file:line: reason`` string per invalid record.
+    ``problems`` holds one ``source: reason`` string per invalid record (``file:line``
+    from files, ``documents[i]`` from the Python API and HTTP). ``summary`` is the line
+    the CLI prints after listing them; ``str()`` leads with the first problems, so that
+    a Python traceback or an HTTP message says what is wrong.
     """
 
     code = "invalid_input"
 
-    def __init__(self, problems: list[str], total: int) -> None:
+    def __init__(self, problems: list[str], total: int, *, hint: str = "--skip-invalid stores the valid ones",
+                 noun: str = "records") -> None:
         self.problems = problems
         self.total = total
-        super().__init__(
-            f"{len(problems)} of {total} records are invalid; nothing was written "
-            "(fix them, or pass --skip-invalid to store the valid ones)"
-        )
+        verb = "is" if len(problems) == 1 else "are"
+        self.summary = f"{len(problems)} of {total} {noun} {verb} invalid; nothing was written" + (
+            f" (fix them, or {hint})" if hint else "")
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        super().__init__(f"{shown}. {self.summary}" if shown else self.summary)
 
 
 class ModelMismatchError(RetrievalError):
@@ -48,6 +63,13 @@ class ModelMismatchError(RetrievalError):
 
     http_status = 409
     code = "model_mismatch"
+
+
+class SearchTimeoutError(RetrievalError):
+    """A search ran past its deadline (``search_timeout_ms``) and was stopped."""
+
+    http_status = 503
+    code = "search_timeout"
 
 
 class IndexCorruptError(RetrievalError):

@@ -32,13 +32,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from retrieval.errors import RetrievalError
+from retrieval.errors import ArgumentError
 
 
-class FilterError(RetrievalError):
+class FilterError(ArgumentError):
     """A metadata filter that is not valid; the message names the offending part."""
 
-    exit_code = 2
     http_status = 400
     code = "invalid_filter"
 

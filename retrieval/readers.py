@@ -1,30 +1,56 @@
-"""Read documents from JSONL, JSON, CSV and plain-text files and validate them.
+"""Read documents from JSONL, JSON, CSV and plain-text files and validate them, streaming.
 
-Every source is read as bytes and decoded here, so that a bad byte spoils only
-the line or record that holds it instead of the whole file.  Bad records never
-raise: each one becomes an :class:`Invalid` naming ``path:line`` and the reason,
-so a caller can index the good records and show the user every problem at once.
-Only a problem with a whole source (missing file, unknown format, a JSON file
-whose top level is not an array) raises.
+A file is never held in memory whole: a :class:`RecordScan` reads its sources twice, a
+record at a time. The first pass (:meth:`RecordScan.check`) validates every record and
+finds ids given more than once, keeping only ids and digests; the second
+(:meth:`RecordScan.batches`) reads them again and hands out the valid records in
+batches, so a caller can check every record before writing any and still hold only one
+batch of texts at a time. Standard input is spooled to a temporary file for the second
+pass.
+
+Every source is read as bytes and decoded here, so that a bad byte spoils only the line
+or record that holds it instead of the whole file. Bad records never raise: each one
+becomes an :class:`Invalid` naming ``path:line`` and the reason, so a caller can index
+the good records and show the user every problem at once. Only a problem with a whole
+source (missing file, a directory, unknown format, a JSON file whose top level is not an
+array, an unusable CSV header) raises ValueError or OSError, during the first pass.
+
+The rules a document must follow live in :mod:`retrieval.documents` (shared with the HTTP
+service and the Python API); a record larger than ``max_document_bytes`` is refused
+without being parsed when its line alone is far larger than any valid record can be.
 """
 
 from __future__ import annotations
 
-import bisect
 import csv
+import errno
 import hashlib
-import io
 import json
 import re
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
-__all__ = ["FORMATS", "Invalid", "Record", "detect_format", "read_records"]
+from retrieval.documents import (
+    DEFAULT_MAX_DOCUMENT_BYTES,
+    Deduplicator,
+    DocumentError,
+    Invalid,
+    check_document,
+    json_type,
+    size_text,
+)
+
+__all__ = ["CSV_TYPES", "FORMATS", "Invalid", "Record", "RecordScan", "detect_format", "read_queries", "read_records"]
 
 FORMATS = ("jsonl", "json", "csv", "text")
+# What --csv-types takes for a column (COLUMN:TYPE), besides the modes infer and text.
+CSV_TYPES = ("text", "int", "float", "number", "bool", "json")
 
 _EXTENSIONS = {
     ".jsonl": "jsonl",
@@ -36,6 +62,9 @@ _EXTENSIONS = {
     ".md": "text",
 }
 
+# The bundled sample catalog (`retrieve ingest --sample`), shipped as package data.
+SAMPLE_CATALOG = Path(__file__).resolve().parent / "sample" / "products.jsonl"
+
 _BOM = b"\xef\xbb\xbf"
 _STDIN_NAME = "<stdin>"
 
@@ -46,6 +75,19 @@ _STDIN_NAME = "<stdin>"
 _BAD_BYTE = re.compile("[\udc80-\udcff]")
 # JSON's own whitespace; str.isspace() would accept more than the parser does.
 _JSON_WS = re.compile(r"[ \t\n\r]*")
+# A number as --csv-types infer reads one: JSON's grammar, at most 15 significant digits
+# (so it survives a double), and no leading zero on a longer integer part ("02134" is a
+# code, not a number).
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]{0,14})(?:\.[0-9]{1,15})?(?:[eE][+-]?[0-9]{1,3})?")
+
+READ_CHUNK = 1 << 20  # bytes read at a time from a JSON array
+
+
+def line_limit(max_bytes: int) -> int:
+    """The longest line (or JSON array element) read at all: a valid record's text takes
+    at most 6 bytes per byte of its limit as escaped JSON (\\uXXXX), and its metadata
+    as much again. Longer ones are refused unread, so a huge line costs no memory."""
+    return 12 * max_bytes + (1 << 20)
 
 
 def _skip_ws(text: str, pos: int) -> int:
@@ -62,17 +104,6 @@ class Record:
     text: str
     metadata: dict[str, Any]
     source: str  # "path:line" where the record starts
-
-
-@dataclass(frozen=True)
-class Invalid:
-    """One record that could not be read, and why."""
-
-    source: str  # "path:line"
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.source}: {self.reason}"
 
 
 def detect_format(path: str) -> str:
@@ -93,6 +124,186 @@ def detect_format(path: str) -> str:
     return fmt
 
 
+# --------------------------------------------------------------------------
+# the scan: two passes over every source
+
+
+@dataclass
+class _Source:
+    name: str  # as given ("<stdin>" for -)
+    fmt: str
+    path: Path | None  # None: the spooled standard input
+    spool: IO[bytes] | None = None
+    # A JSON file with a syntax error: its one refusal (None: none; unset: not read yet).
+    broken: Invalid | None | bool = False
+
+    def open(self) -> AbstractContextManager[BinaryIO]:
+        if self.spool is not None:
+            self.spool.seek(0)
+            return nullcontext(self.spool)  # type: ignore[arg-type]  # kept open for the second pass
+        assert self.path is not None
+        return open(self.path, "rb")
+
+
+class RecordScan:
+    """Every record of ``sources``, validated in a first pass and handed out in a second.
+
+    Args:
+        sources: file paths; ``"-"`` reads standard input (named ``<stdin>``).
+        fmt: one of :data:`FORMATS` for every source; ``None`` picks the format from
+            each file's extension and sniffs standard input (``[`` -> json, ``{`` ->
+            jsonl, anything else -> text).
+        id_field: field holding the record id (a non-empty string or an integer).
+        text_fields: fields whose non-empty values, stripped, are joined with one
+            space to form the text (``("title", "text")`` for BEIR).
+        metadata_fields: fields to keep as metadata; ``None`` keeps every field other
+            than the id and text fields, with the keys of an object field named
+            ``metadata`` lifted to the top level. Ignored for text input.
+        stdin: binary stream used for ``"-"``; defaults to ``sys.stdin.buffer``.
+        max_bytes: ``max_document_bytes``: the largest text (and metadata) accepted.
+        csv_types: how CSV values become metadata: ``infer`` (the default: a value
+            written as a number is a number), ``text`` (every value a string), and
+            ``COLUMN:TYPE`` entries with TYPE one of :data:`CSV_TYPES` for single columns.
+
+    An id seen twice with the same text keeps one record (the later one's metadata and
+    source, the earlier position); an id seen twice with different texts drops both,
+    since either could be the one the user meant.
+
+    Raises (when constructed, or from the first pass):
+        FileNotFoundError: a source does not exist.
+        ValueError: unknown ``fmt`` or CSV type, a format that cannot be detected, a
+            source that is a directory, a CSV header that cannot be used, or a JSON file
+            whose top level is valid JSON but not an array.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[str],
+        *,
+        fmt: str | None = None,
+        id_field: str = "id",
+        text_fields: Sequence[str] = ("text",),
+        metadata_fields: Sequence[str] | None = None,
+        stdin: BinaryIO | None = None,
+        max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
+        csv_types: Sequence[str] = ("infer",),
+    ) -> None:
+        if fmt is not None and fmt not in FORMATS:
+            raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+        # A bare string would otherwise be taken as a sequence of one-letter fields.
+        fields = (text_fields,) if isinstance(text_fields, str) else tuple(text_fields)
+        if not fields:
+            raise ValueError("text_fields must name at least one field")
+        if id_field in fields:
+            raise ValueError(f"id field {id_field!r} cannot also be a text field")
+        selected = None if metadata_fields is None else tuple(metadata_fields)
+        self.max_bytes = max_bytes
+        self.limit = line_limit(max_bytes)
+        self._builder = _Builder(id_field, fields, selected, max_bytes)
+        self._csv = _CsvTypes.parse(csv_types)
+        self._stdin = stdin
+        # Every source is resolved before any is parsed, so that a whole-source error
+        # is raised before the caller has half a result.
+        self._sources: list[_Source] = []
+        for src in sources:
+            if src == "-":
+                self._sources.append(self._spool_stdin(fmt))
+                continue
+            path = Path(src)
+            if path.is_dir():
+                raise ValueError(f"{src} is a directory, not a file")
+            src_fmt = fmt or detect_format(src)
+            if not path.exists():
+                raise FileNotFoundError(errno.ENOENT, "no such file", src)
+            self._sources.append(_Source(src, src_fmt, path))
+        self._dedup: Deduplicator | None = None
+
+    def _spool_stdin(self, fmt: str | None) -> _Source:
+        stream = self._stdin if self._stdin is not None else sys.stdin.buffer
+        spool = tempfile.SpooledTemporaryFile(max_size=16 << 20)
+        shutil.copyfileobj(stream, spool, READ_CHUNK)
+        spool.seek(0)
+        head = spool.read(4096)
+        return _Source(_STDIN_NAME, fmt or _sniff(head), None, spool)
+
+    def close(self) -> None:
+        for source in self._sources:
+            if source.spool is not None:
+                source.spool.close()
+
+    def __enter__(self) -> RecordScan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- parsing --------------------------------------------------------------------
+
+    def _items(self) -> Iterator[Record | Invalid]:
+        """Every record and every refusal of every source, in file order."""
+        for source in self._sources:
+            with source.open() as stream:
+                if source.fmt == "jsonl":
+                    yield from _parse_jsonl(stream, source.name, self._builder, self.limit)
+                elif source.fmt == "json":
+                    if source.broken is False:
+                        # A JSON file is one value: after a syntax error nothing in it
+                        # can be trusted, so a broken file is one refusal and no record.
+                        # Find out first, without keeping what is read.
+                        source.broken = next((i for i in _parse_json(stream, source.name, self._builder, self.limit)
+                                              if isinstance(i, _Broken)), None)
+                        stream.seek(0)
+                    if isinstance(source.broken, Invalid):
+                        yield source.broken
+                    else:
+                        yield from _parse_json(stream, source.name, self._builder, self.limit)
+                elif source.fmt == "csv":
+                    yield from _parse_csv(stream, source.name, self._builder, self.limit, self._csv)
+                else:
+                    yield from _parse_text(stream, source.name, self._builder, self.limit)
+
+    # -- pass 1 ---------------------------------------------------------------------
+
+    def check(self) -> list[Invalid]:
+        """Read everything once: every refusal, in the order met (ids given twice with
+        different texts included). Keeps only ids and digests."""
+        if self._dedup is None:
+            dedup = Deduplicator()
+            for ordinal, item in enumerate(self._items()):
+                dedup.observe(ordinal, item)
+            self._dedup = dedup
+        return self._dedup.invalid
+
+    @property
+    def valid(self) -> int:
+        """How many records :meth:`records` gives (after :meth:`check`)."""
+        return self._dedup.distinct if self._dedup is not None else 0
+
+    # -- pass 2 ---------------------------------------------------------------------
+
+    def records(self) -> Iterator[Record]:
+        """The valid records, each id once, in first-seen order (reads everything again)."""
+        self.check()
+        assert self._dedup is not None
+        for ordinal, item in enumerate(self._items()):
+            kept = self._dedup.keep(ordinal, item)
+            if kept is not None:
+                yield kept
+
+    def batches(self, size: int = 1000, max_bytes: int = 64 << 20) -> Iterator[list[Record]]:
+        """:meth:`records` in lists of at most ``size`` records and about ``max_bytes`` of text."""
+        batch: list[Record] = []
+        held = 0
+        for record in self.records():
+            batch.append(record)
+            held += len(record.text)
+            if len(batch) >= size or held >= max_bytes:
+                yield batch
+                batch, held = [], 0
+        if batch:
+            yield batch
+
+
 def read_records(
     sources: Sequence[str],
     *,
@@ -101,75 +312,15 @@ def read_records(
     text_fields: Sequence[str] = ("text",),
     metadata_fields: Sequence[str] | None = None,
     stdin: BinaryIO | None = None,
+    max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
+    csv_types: Sequence[str] = ("infer",),
 ) -> tuple[list[Record], list[Invalid]]:
-    """Read and validate the records of every source, in order.
-
-    Args:
-        sources: file paths; ``"-"`` reads standard input (named ``<stdin>``).
-        fmt: one of :data:`FORMATS` for every source; ``None`` picks the format
-            from each file's extension and sniffs standard input (``[`` ->
-            json, ``{`` -> jsonl, anything else -> text).
-        id_field: field holding the record id (a non-empty string or an integer).
-        text_fields: fields whose non-empty values, stripped, are joined with
-            one space to form the text (``("title", "text")`` for BEIR).
-        metadata_fields: fields to keep as metadata; ``None`` keeps every field
-            other than the id and text fields, with the keys of an object field
-            named ``metadata`` lifted to the top level.  Ignored for text input.
-        stdin: binary stream used for ``"-"``; defaults to ``sys.stdin.buffer``.
-
-    Returns:
-        The valid records in input order, and one :class:`Invalid` per bad
-        record in the order met.  An id seen twice with the same text keeps one
-        record (the later one's metadata and source, the earlier position); an
-        id seen twice with different texts drops both, since either could be
-        the one the user meant.
-
-    Raises:
-        FileNotFoundError: a source does not exist.
-        ValueError: unknown ``fmt``, a format that cannot be detected, a source
-            that is a directory, a CSV header that cannot be used, or a JSON
-            file whose top level is valid JSON but not an array.
-    """
-    if fmt is not None and fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    # A bare string would otherwise be taken as a sequence of one-letter fields.
-    fields = (text_fields,) if isinstance(text_fields, str) else tuple(text_fields)
-    if not fields:
-        raise ValueError("text_fields must name at least one field")
-    if id_field in fields:
-        raise ValueError(f"id field {id_field!r} cannot also be a text field")
-    selected = None if metadata_fields is None else tuple(metadata_fields)
-    builder = _Builder(id_field, fields, selected)
-
-    # Resolve every format and read every file before parsing any, so that a
-    # whole-source error is raised before the caller has half a result.
-    loaded: list[tuple[str, str, bytes]] = []
-    for src in sources:
-        if src == "-":
-            stream = stdin if stdin is not None else sys.stdin.buffer
-            data = stream.read()
-            loaded.append((_STDIN_NAME, fmt or _sniff(data), data))
-        else:
-            src_fmt = fmt or detect_format(src)
-            path = Path(src)
-            if path.is_dir():
-                raise ValueError(f"{src} is a directory, not a file")
-            loaded.append((src, src_fmt, path.read_bytes()))
-
-    dedup = _Dedup()
-    for name, src_fmt, data in loaded:
-        text = _decode(data)
-        if src_fmt == "jsonl":
-            items = _parse_jsonl(text, name, builder)
-        elif src_fmt == "json":
-            items = iter(_parse_json(text, name, builder))
-        elif src_fmt == "csv":
-            items = _parse_csv(text, name, builder)
-        else:
-            items = _parse_text(text, name)
-        for item in items:
-            dedup.add(item)
-    return dedup.result()
+    """Every valid record (in a list) and every refusal of ``sources``: a
+    :class:`RecordScan` read whole. For small inputs; ingest streams instead."""
+    with RecordScan(sources, fmt=fmt, id_field=id_field, text_fields=text_fields, metadata_fields=metadata_fields,
+                    stdin=stdin, max_bytes=max_bytes, csv_types=csv_types) as scan:
+        invalid = scan.check()
+        return list(scan.records()), invalid
 
 
 # --------------------------------------------------------------------------
@@ -177,8 +328,6 @@ def read_records(
 
 
 def _decode(data: bytes) -> str:
-    if data.startswith(_BOM):
-        data = data[len(_BOM) :]
     return data.decode("utf-8", "surrogateescape")
 
 
@@ -204,23 +353,8 @@ def _utf8_reason(line: str, index: int, line_no: int | None = None) -> str:
     return f"text is not valid UTF-8 (byte 0x{byte:02x} at {where})"
 
 
-def _json_type(value: object) -> str:
-    # bool before int: bool is a subclass of int.
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
+class _Broken(Invalid):
+    """A JSON file's syntax error: the file's only refusal."""
 
 
 class _NonStandardJSONError(ValueError):
@@ -236,27 +370,58 @@ _STRICT = json.JSONDecoder(parse_constant=_reject_constant)
 _LENIENT = json.JSONDecoder()
 
 
+def _lines(stream: BinaryIO, limit: int) -> Iterator[tuple[int, str | int]]:
+    """(line number, decoded line without its line break) for every line; a line longer
+    than ``limit`` bytes is skipped unread and given as its length in bytes instead."""
+    number = 0
+    first = True
+    while True:
+        raw = stream.readline(limit + 1)
+        if not raw:
+            return
+        number += 1
+        if first:
+            first = False
+            if raw.startswith(_BOM):
+                raw = raw[len(_BOM) :]
+        if len(raw) > limit and not raw.endswith(b"\n"):
+            size = len(raw)
+            while True:  # the rest of the line, read and dropped a chunk at a time
+                more = stream.readline(READ_CHUNK)
+                size += len(more)
+                if not more or more.endswith(b"\n"):
+                    break
+            yield number, size
+            continue
+        if raw.endswith(b"\n"):
+            raw = raw[:-1]
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        yield number, _decode(raw)
+
+
+def _too_long(size: int, limit: int, what: str = "line") -> str:
+    return (f"{what} is {size_text(size)}, more than any document within max_document_bytes can take "
+            f"(lines are read up to {size_text(limit)}); not read")
+
+
 # --------------------------------------------------------------------------
 # turning one parsed object into a Record
 
 
 class _Builder:
     def __init__(
-        self, id_field: str, text_fields: tuple[str, ...], metadata_fields: tuple[str, ...] | None
+        self, id_field: str, text_fields: tuple[str, ...], metadata_fields: tuple[str, ...] | None, max_bytes: int
     ) -> None:
         self.id_field = id_field
         self.text_fields = text_fields
         self.metadata_fields = metadata_fields
+        self.max_bytes = max_bytes
 
     def build(self, obj: dict[str, Any], source: str) -> Record | Invalid:
         raw_id = obj.get(self.id_field, _MISSING)
         if raw_id is _MISSING:
             return Invalid(source, f"missing id field {self.id_field!r}")
-        if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
-            return Invalid(source, f"id must be a string or integer, got {_json_type(raw_id)}")
-        external_id = str(raw_id)
-        if not external_id.strip():
-            return Invalid(source, "empty id")
 
         parts: list[str] = []
         present = False
@@ -266,19 +431,28 @@ class _Builder:
             present = True
             value = obj[name]
             if not isinstance(value, str):
-                return Invalid(
-                    source, f"text field {name!r} must be a string, got {_json_type(value)}"
-                )
+                return Invalid(source, f"text field {name!r} must be a string, got {json_type(value)}")
             if value.strip():
                 parts.append(value.strip())
         if not present:
             names = ", ".join(repr(n) for n in self.text_fields)
             noun = "field" if len(self.text_fields) == 1 else "fields"
             return Invalid(source, f"missing text {noun} {names}")
-        if not parts:
-            return Invalid(source, "empty text")
+        try:
+            external_id, text, metadata = check_document(raw_id, " ".join(parts), self._metadata(obj),
+                                                         max_bytes=self.max_bytes)
+        except DocumentError as exc:
+            return Invalid(source, str(exc))
+        return Record(external_id, text, metadata, source)
 
-        return Record(external_id, " ".join(parts), self._metadata(obj), source)
+    def text_record(self, body: str, source: str) -> Record | Invalid:
+        # Content-derived ids keep re-indexing the same file idempotent.
+        digest = hashlib.sha256(body.encode("utf-8")).hexdigest()[:16]
+        try:
+            external_id, text, metadata = check_document(f"txt-{digest}", body, {}, max_bytes=self.max_bytes)
+        except DocumentError as exc:
+            return Invalid(source, str(exc))
+        return Record(external_id, text, metadata, source)
 
     def _metadata(self, obj: dict[str, Any]) -> dict[str, Any]:
         nested = obj.get("metadata")
@@ -312,18 +486,16 @@ _MISSING = object()
 # format parsers; each yields Records and Invalids in file order
 
 
-def _lines(text: str) -> Iterator[tuple[int, str]]:
-    # Split on "\n" only: str.splitlines() would also split on U+2028, U+0085
+def _parse_jsonl(stream: BinaryIO, name: str, builder: _Builder, limit: int) -> Iterator[Record | Invalid]:
+    # Lines are split on "\n" only: str.splitlines() would also split on U+2028, U+0085
     # and friends, which may legitimately appear inside a JSON string.
-    for number, line in enumerate(text.split("\n"), start=1):
-        yield number, line[:-1] if line.endswith("\r") else line
-
-
-def _parse_jsonl(text: str, name: str, builder: _Builder) -> Iterator[Record | Invalid]:
-    for number, line in _lines(text):
+    for number, line in _lines(stream, limit):
+        source = f"{name}:{number}"
+        if isinstance(line, int):
+            yield Invalid(source, _too_long(line, limit))
+            continue
         if not line.strip():
             continue
-        source = f"{name}:{number}"
         bad = _BAD_BYTE.search(line)
         if bad:
             yield Invalid(source, _utf8_reason(line, bad.start()))
@@ -340,133 +512,273 @@ def _parse_jsonl(text: str, name: str, builder: _Builder) -> Iterator[Record | I
             yield Invalid(source, "malformed JSON: nested too deeply")
             continue
         if not isinstance(value, dict):
-            yield Invalid(source, f"expected a JSON object, got {_json_type(value)}")
+            yield Invalid(source, f"expected a JSON object, got {json_type(value)}")
             continue
         yield builder.build(value, source)
 
 
-def _parse_text(text: str, name: str) -> Iterator[Record | Invalid]:
-    for number, line in _lines(text):
+def _parse_text(stream: BinaryIO, name: str, builder: _Builder, limit: int) -> Iterator[Record | Invalid]:
+    for number, line in _lines(stream, limit):
+        source = f"{name}:{number}"
+        if isinstance(line, int):
+            yield Invalid(source, _too_long(line, limit))
+            continue
         body = line.strip()
         if not body:
             continue
-        source = f"{name}:{number}"
         bad = _BAD_BYTE.search(line)
         if bad:
             yield Invalid(source, _utf8_reason(line, bad.start()))
             continue
-        # Content-derived ids keep re-indexing the same file idempotent.
-        digest = hashlib.sha256(body.encode("utf-8")).hexdigest()[:16]
-        yield Record(f"txt-{digest}", body, {}, source)
+        yield builder.text_record(body, source)
 
 
-class _Positions:
-    """Maps offsets in a decoded file to 1-based line numbers."""
+class _Buffer:
+    """A window of a decoded JSON file that grows at the end as the parser needs more and
+    is cut at the front at line starts, with the line number of its first line."""
 
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.newlines = [m.start() for m in re.finditer("\n", text)]
+    def __init__(self, stream: BinaryIO) -> None:
+        import codecs
+
+        self.stream = stream
+        self.decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+        self.text = ""
+        self.line = 1  # line number of self.text[0]
+        self.eof = False
+        self.started = False
+
+    def more(self) -> bool:
+        """Read another chunk; False at the end of the file."""
+        if self.eof:
+            return False
+        data = self.stream.read(READ_CHUNK)
+        if not self.started:
+            self.started = True
+            if data.startswith(_BOM):
+                data = data[len(_BOM) :]
+        if not data:
+            self.eof = True
+            self.text += self.decoder.decode(b"", final=True)
+            return False
+        self.text += self.decoder.decode(data)
+        return True
+
+    def drop_before(self, pos: int) -> int:
+        """Forget the text before the line that holds ``pos``; returns the new position."""
+        cut = self.text.rfind("\n", 0, pos) + 1
+        if cut:
+            self.line += self.text.count("\n", 0, cut)
+            self.text = self.text[cut:]
+        return pos - cut
 
     def line_of(self, pos: int) -> int:
-        return bisect.bisect_left(self.newlines, pos) + 1
+        return self.line + self.text.count("\n", 0, pos)
 
-    def line_text(self, line_no: int) -> tuple[int, str]:
-        start = self.newlines[line_no - 2] + 1 if line_no > 1 else 0
-        end = self.newlines[line_no - 1] if line_no - 1 < len(self.newlines) else len(self.text)
-        return start, self.text[start:end]
+    def column_of(self, pos: int) -> int:
+        return pos - self.text.rfind("\n", 0, pos)
 
     def utf8_reason(self, pos: int, record_line: int) -> str:
         line_no = self.line_of(pos)
-        start, line = self.line_text(line_no)
+        start = self.text.rfind("\n", 0, pos) + 1
+        end = self.text.find("\n", pos)
+        line = self.text[start : end if end >= 0 else len(self.text)]
         return _utf8_reason(line, pos - start, None if line_no == record_line else line_no)
 
 
-def _parse_json(text: str, name: str, builder: _Builder) -> list[Record | Invalid]:
-    pos_map = _Positions(text)
+def _parse_json(stream: BinaryIO, name: str, builder: _Builder, limit: int) -> Iterator[Record | Invalid]:
+    buf = _Buffer(stream)
 
-    def malformed(err: json.JSONDecodeError) -> list[Record | Invalid]:
-        # A JSON file is one value: after a syntax error nothing in it can be
-        # trusted, so the whole file becomes a single Invalid.
-        if err.pos < len(text) and _BAD_BYTE.match(text, err.pos):
-            line = pos_map.line_of(err.pos)
-            return [Invalid(f"{name}:{line}", pos_map.utf8_reason(err.pos, line))]
-        return [Invalid(f"{name}:{err.lineno}", f"malformed JSON: {err.msg} (column {err.colno})")]
+    def malformed(msg: str, pos: int) -> Invalid:
+        if pos < len(buf.text) and _BAD_BYTE.match(buf.text, pos):
+            line = buf.line_of(pos)
+            return _Broken(f"{name}:{line}", buf.utf8_reason(pos, line))
+        return _Broken(f"{name}:{buf.line_of(pos)}", f"malformed JSON: {msg} (column {buf.column_of(pos)})")
 
-    pos = _skip_ws(text, 0)
-    if pos == len(text) or text[pos] != "[":
+    def skip_ws(pos: int) -> int:
+        while True:
+            pos = _skip_ws(buf.text, pos)
+            if pos < len(buf.text) or not buf.more():
+                return pos
+
+    pos = skip_ws(0)
+    if pos == len(buf.text) or buf.text[pos] != "[":
+        # Not an array: read it whole (within the limit) to tell the user what it is.
+        while len(buf.text) <= limit and buf.more():
+            pass
+        if len(buf.text) > limit:
+            raise ValueError(f"{name}: expected a JSON array of objects at the top level")
         try:
-            value = _LENIENT.decode(text)
+            top = _LENIENT.decode(buf.text)
         except json.JSONDecodeError as err:
-            return malformed(err)
-        raise ValueError(
-            f"{name}: expected a JSON array of objects at the top level, got {_json_type(value)}"
-        )
+            yield malformed(err.msg, err.pos)
+            return
+        raise ValueError(f"{name}: expected a JSON array of objects at the top level, got {json_type(top)}")
 
-    # (start offset, end offset, value or the reason it was rejected)
-    elements: list[tuple[int, int, Any]] = []
-    pos = _skip_ws(text, pos + 1)
-    if text.startswith("]", pos):
+    pos = skip_ws(pos + 1)
+    if buf.text.startswith("]", pos):
         pos += 1
     else:
         while True:
+            pos = buf.drop_before(pos)
             start = pos
-            try:
-                value, pos = _STRICT.raw_decode(text, pos)
-            except json.JSONDecodeError as err:
-                return malformed(err)
-            except _NonStandardJSONError as err:
+            value: Any = None
+            end = start
+            while True:
                 try:
-                    _, pos = _LENIENT.raw_decode(text, pos)
-                except json.JSONDecodeError as err2:
-                    return malformed(err2)
-                value = err
-            except RecursionError:
-                line = pos_map.line_of(start)
-                return [Invalid(f"{name}:{line}", "malformed JSON: nested too deeply")]
-            elements.append((start, pos, value))
-            pos = _skip_ws(text, pos)
-            if text.startswith(",", pos):
-                pos = _skip_ws(text, pos + 1)
+                    value, end = _STRICT.raw_decode(buf.text, start)
+                    complete = end < len(buf.text) or buf.eof
+                    error: json.JSONDecodeError | None = None
+                except json.JSONDecodeError as err:
+                    complete, error = buf.eof, err
+                except _NonStandardJSONError as err:
+                    try:
+                        _, end = _LENIENT.raw_decode(buf.text, start)
+                        value, complete, error = err, end < len(buf.text) or buf.eof, None
+                    except json.JSONDecodeError as err2:
+                        complete, error = buf.eof, err2
+                except RecursionError:
+                    yield _Broken(f"{name}:{buf.line_of(start)}", "malformed JSON: nested too deeply")
+                    return
+                if complete:
+                    break
+                # A value cut off by the end of what was read so far: read on, unless the
+                # element is already larger than any valid record.
+                if len(buf.text) - start > limit:
+                    yield _Broken(f"{name}:{buf.line_of(start)}", _too_long(len(buf.text) - start, limit, "element"))
+                    return
+                buf.more()
+            if error is not None:
+                yield malformed(error.msg, error.pos)
+                return
+            line = buf.line_of(start)
+            source = f"{name}:{line}"
+            bad = _BAD_BYTE.search(buf.text, start, end)
+            if bad:
+                yield Invalid(source, buf.utf8_reason(bad.start(), line))
+            elif isinstance(value, _NonStandardJSONError):
+                yield Invalid(source, str(value))
+            elif not isinstance(value, dict):
+                yield Invalid(source, f"expected a JSON object, got {json_type(value)}")
+            else:
+                yield builder.build(value, source)
+            pos = skip_ws(end)
+            if buf.text.startswith(",", pos):
+                pos = skip_ws(pos + 1)
                 continue
-            if text.startswith("]", pos):
+            if buf.text.startswith("]", pos):
                 pos += 1
                 break
-            return malformed(json.JSONDecodeError("Expecting ',' delimiter", text, pos))
-    pos = _skip_ws(text, pos)
-    if pos != len(text):
-        return malformed(json.JSONDecodeError("Extra data", text, pos))
-
-    out: list[Record | Invalid] = []
-    for start, end, value in elements:
-        line = pos_map.line_of(start)
-        source = f"{name}:{line}"
-        bad = _BAD_BYTE.search(text, start, end)
-        if bad:
-            out.append(Invalid(source, pos_map.utf8_reason(bad.start(), line)))
-        elif isinstance(value, _NonStandardJSONError):
-            out.append(Invalid(source, str(value)))
-        elif not isinstance(value, dict):
-            out.append(Invalid(source, f"expected a JSON object, got {_json_type(value)}"))
-        else:
-            out.append(builder.build(value, source))
-    return out
+            yield malformed("Expecting ',' delimiter", pos)
+            return
+    pos = skip_ws(pos)
+    if pos != len(buf.text):
+        yield malformed("Extra data", pos)
 
 
-def _parse_csv(text: str, name: str, builder: _Builder) -> Iterator[Record | Invalid]:
-    # Documents can be far longer than csv's default 128 KiB field limit.
-    if csv.field_size_limit() < 2**31 - 1:
-        csv.field_size_limit(2**31 - 1)
+@dataclass(frozen=True)
+class _CsvTypes:
+    """How CSV cells become metadata values: a mode for every column and per-column types."""
+
+    mode: str = "infer"  # infer | text
+    columns: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, specs: Sequence[str]) -> _CsvTypes:
+        mode = "infer"
+        columns: dict[str, str] = {}
+        for spec in ([specs] if isinstance(specs, str) else specs):
+            for part in (p.strip() for p in spec.split(",")):
+                if not part:
+                    continue
+                if part in ("infer", "text"):
+                    mode = part
+                    continue
+                column, sep, kind = part.rpartition(":")
+                if not sep or not column or kind not in CSV_TYPES:
+                    raise ValueError(f"--csv-types: {part!r} is not infer, text or COLUMN:TYPE with TYPE one of "
+                                     f"{', '.join(CSV_TYPES)}")
+                columns[column] = kind
+        return cls(mode, tuple(columns.items()))
+
+    def convert(self, row: dict[str, str], skip: set[str]) -> dict[str, Any]:
+        """The row with its metadata cells typed; raises ValueError naming a bad cell."""
+        typed = dict(self.columns)
+        out: dict[str, Any] = {}
+        for key, value in row.items():
+            if key in skip:
+                out[key] = value
+                continue
+            kind = typed.get(key, "number?" if self.mode == "infer" else "text")
+            out[key] = _typed(key, value, kind)
+        return out
+
+
+_BOOLS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
+
+
+def _typed(column: str, value: str, kind: str) -> Any:
+    if kind == "text":
+        return value
+    if kind == "number?":  # infer: a cell written as a number is one
+        if _NUMBER.fullmatch(value) and sum(c.isdigit() for c in value.split("e")[0].split("E")[0]) <= 15:
+            return int(value) if re.fullmatch(r"-?[0-9]+", value) else float(value)
+        return value
+    stripped = value.strip()
+    if stripped == "":
+        return None
+    try:
+        if kind == "int":
+            return int(stripped)
+        if kind == "float":
+            return float(stripped)
+        if kind == "number":
+            return int(stripped) if re.fullmatch(r"[+-]?[0-9]+", stripped) else float(stripped)
+        if kind == "bool":
+            return _BOOLS[stripped.lower()]
+        return json.loads(stripped)
+    except (ValueError, KeyError):
+        want = {"int": "an integer", "float": "a number", "number": "a number", "bool": "true or false",
+                "json": "JSON"}[kind]
+        raise ValueError(f"column {column!r}: {value[:40]!r} is not {want} (--csv-types {column}:{kind})") from None
+
+
+def _parse_csv(stream: BinaryIO, name: str, builder: _Builder, limit: int,
+               types: _CsvTypes) -> Iterator[Record | Invalid]:
+    # Fields are bounded by the longest line read at all.
+    if csv.field_size_limit() < limit:
+        csv.field_size_limit(limit)
 
     # The reader pulls physical lines one at a time with no lookahead, so the
     # lines taken since the previous row are exactly the current row's lines;
-    # keeping them lets a bad byte be located.  newline="" splits lines the way
-    # the csv module expects and leaves quoted line breaks intact.
-    consumed: list[str] = []
+    # keeping them lets a bad byte be located and the lines of a broken row be
+    # counted. Lines keep their line breaks, as the csv module expects.
+    consumed: list[tuple[int, str]] = []
+    oversized: list[tuple[int, int]] = []
 
     def feed() -> Iterator[str]:
-        for physical in io.StringIO(text, newline=""):
-            consumed.append(physical)
-            yield physical
+        number = 0
+        first = True
+        while True:
+            raw = stream.readline(limit + 1)
+            if not raw:
+                return
+            number += 1
+            if first:
+                first = False
+                if raw.startswith(_BOM):
+                    raw = raw[len(_BOM) :]
+            if len(raw) > limit and not raw.endswith(b"\n"):
+                size = len(raw)
+                while True:
+                    more = stream.readline(READ_CHUNK)
+                    size += len(more)
+                    if not more or more.endswith(b"\n"):
+                        break
+                oversized.append((number, size))
+                raw = b"\n"  # the row is refused below; the reader goes on with the next line
+            line = _decode(raw)
+            consumed.append((number, line))
+            yield line
 
     # strict=True turns stray quotes into errors instead of silently merging
     # the rest of the file into one field.
@@ -477,7 +789,7 @@ def _parse_csv(text: str, name: str, builder: _Builder) -> Iterator[Record | Inv
         return
     except csv.Error as err:
         raise ValueError(f"{name}:1: cannot read the CSV header: {err}") from None
-    header_line = "".join(consumed)
+    header_line = "".join(line for _, line in consumed)
     bad = _BAD_BYTE.search(header_line)
     if bad:
         raise ValueError(f"{name}:1: CSV header {_utf8_reason(header_line, bad.start())}")
@@ -487,9 +799,11 @@ def _parse_csv(text: str, name: str, builder: _Builder) -> Iterator[Record | Inv
         raise ValueError(
             f"{name}:1: CSV header repeats column {', '.join(repr(d) for d in duplicates)}"
         )
+    not_metadata = {builder.id_field, *builder.text_fields}
 
     while True:
         consumed.clear()
+        oversized.clear()
         start_line = reader.line_num + 1
         source = f"{name}:{start_line}"
         try:
@@ -498,13 +812,22 @@ def _parse_csv(text: str, name: str, builder: _Builder) -> Iterator[Record | Inv
             return
         except csv.Error as err:
             yield Invalid(source, f"malformed CSV: {err}")
+            # A quote never closed swallows every line after it into one field: each of
+            # those lines is counted as lost, not silently dropped.
+            for number, line in consumed[1:]:
+                if line.strip():
+                    yield Invalid(f"{name}:{number}", f"not read: inside the quoted field that starts at line "
+                                                      f"{start_line}, which is never closed")
+            continue
+        if oversized:
+            yield Invalid(source, _too_long(oversized[0][1], limit))
             continue
         if not any(value.strip() for value in row):
             continue  # blank line, or a row of empty cells
-        for offset, physical in enumerate(consumed):
+        for offset, (number, physical) in enumerate(consumed):
             bad = _BAD_BYTE.search(physical)
             if bad:
-                line_no = start_line + offset if offset else None
+                line_no = number if offset else None
                 reason = _utf8_reason(physical.rstrip("\r\n"), bad.start(), line_no)
                 yield Invalid(source, reason)
                 break
@@ -514,67 +837,12 @@ def _parse_csv(text: str, name: str, builder: _Builder) -> Iterator[Record | Inv
                 continue
             # A short row simply lacks its trailing fields, like csv.DictReader
             # without a restval.
-            yield builder.build(dict(zip(header, row)), source)
-
-
-# --------------------------------------------------------------------------
-# duplicate ids across all sources
-
-
-class _Dedup:
-    def __init__(self) -> None:
-        self.records: list[Record | None] = []
-        self.invalid: list[Invalid] = []
-        # id -> index into self.records of the live record, or None once the
-        # id has been used with two different texts.
-        self.slots: dict[str, int | None] = {}
-        # id -> source of the record the conflict was first reported against.
-        self.first_seen: dict[str, str] = {}
-
-    def add(self, item: Record | Invalid) -> None:
-        if isinstance(item, Invalid):
-            self.invalid.append(item)
-            return
-        key = item.external_id
-        if key not in self.slots:
-            self.slots[key] = len(self.records)
-            self.first_seen[key] = item.source
-            self.records.append(item)
-            return
-        index = self.slots[key]
-        if index is None:
-            self.invalid.append(
-                Invalid(
-                    item.source,
-                    f"id {key!r} was already used with different texts "
-                    f"(first at {self.first_seen[key]})",
-                )
-            )
-            return
-        earlier = self.records[index]
-        assert earlier is not None
-        if earlier.text == item.text:
-            # Same document again: keep its first position, take the newer
-            # metadata and source.
-            self.records[index] = item
-            return
-        self.records[index] = None
-        self.slots[key] = None
-        self.first_seen[key] = earlier.source
-        self.invalid.append(
-            Invalid(
-                earlier.source, f"id {key!r} appears again with different text at {item.source}"
-            )
-        )
-        self.invalid.append(
-            Invalid(
-                item.source,
-                f"id {key!r} appears again with different text (first at {earlier.source})",
-            )
-        )
-
-    def result(self) -> tuple[list[Record], list[Invalid]]:
-        return [r for r in self.records if r is not None], self.invalid
+            try:
+                cells = types.convert(dict(zip(header, row)), not_metadata)
+            except ValueError as err:
+                yield Invalid(source, str(err))
+                continue
+            yield builder.build(cells, source)
 
 
 def read_queries(path: str) -> list[tuple[str, str]]:
@@ -600,3 +868,4 @@ def read_queries(path: str) -> list[tuple[str, str]]:
             else:
                 out.append((str(lineno), line))
     return out
+

@@ -9,6 +9,7 @@ the CLI's handler, or Python's default one.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -19,10 +20,13 @@ from typing import Any
 import numpy as np
 
 from retrieval.config import Settings, load_settings
+from retrieval.documents import Document, check_batch, check_ids
 from retrieval.embed.base import Encoder
 from retrieval.embed.spec import EncoderSpec
 from retrieval.errors import (
+    ArgumentError,
     IndexCorruptError,
+    IndexWriteError,
     InvalidInputError,
     ModelMismatchError,
     NotFoundError,
@@ -165,10 +169,8 @@ class Retriever:
     # -- the index --------------------------------------------------------------------
 
     def _sync_lock(self) -> Any:
-        from filelock import FileLock
-
-        Path(self.settings.index_dir).mkdir(parents=True, exist_ok=True)
-        return FileLock(str(Path(self.settings.index_dir) / SYNC_LOCK))
+        """The lock every publisher of this index folder holds (a file lock in it)."""
+        return _folder_lock(Path(self.settings.index_dir), SYNC_LOCK)
 
     @property
     def replica_name(self) -> str:
@@ -180,10 +182,7 @@ class Retriever:
     def merge_lock(self) -> Any:
         """The lock a merge holds from reading its inputs to its manifest switch: one merge
         at a time per store, and garbage collection leaves the segment it is writing alone."""
-        from filelock import FileLock
-
-        Path(self.settings.index_dir).mkdir(parents=True, exist_ok=True)
-        return FileLock(str(Path(self.settings.index_dir) / MERGE_LOCK))
+        return _folder_lock(Path(self.settings.index_dir), MERGE_LOCK)
 
     def _load(self) -> IndexVersion | None:
         """The current generation, converting a single-file index (format 1) on first sight."""
@@ -247,8 +246,16 @@ class Retriever:
     # -- writes -----------------------------------------------------------------------
 
     def ingest(self, documents: Iterable[Any], *, sync: bool = True, embed_first: bool = False,
-               executor: str | None = None, address: str | None = None) -> IngestReport:
-        """Upsert documents (dicts with id, text, optional metadata, or Records) and sync.
+               executor: str | None = None, address: str | None = None, skip_invalid: bool = False) -> IngestReport:
+        """Upsert documents and sync: dicts with ``id``, ``text`` and optional ``metadata``
+        (or :class:`~retrieval.documents.Document` objects).
+
+        Every document is checked first, by the rules the CLI and the HTTP service apply
+        too (:mod:`retrieval.documents`: ids, non-empty text within
+        ``max_document_bytes``, metadata that JSON can hold, no NaN); any invalid one
+        raises :class:`~retrieval.errors.InvalidInputError` listing them all, and nothing
+        is written, unless ``skip_invalid`` (then the valid ones are stored and the report
+        lists the rest). A bare string or dict instead of a list is a :class:`TypeError`.
 
         A document whose text did not change is not re-embedded. With ``embed_first``,
         texts without a stored vector are embedded before the documents are written:
@@ -263,35 +270,17 @@ class Retriever:
         them from their stored vectors.
         """
         t0 = time.perf_counter()
-        docs: dict[str, NewDocument] = {}
-        for d in documents:
-            if isinstance(d, dict):
-                ext, text_, meta = d.get("id"), d.get("text"), d.get("metadata") or {}
-            else:
-                ext, text_, meta = d.external_id, d.text, d.metadata
-            if isinstance(ext, int) and not isinstance(ext, bool):
-                ext = str(ext)
-            if not isinstance(ext, str) or not ext.strip():
-                raise RetrievalError(f"document id must be a non-empty string, got {ext!r}")
-            if not isinstance(text_, str) or not text_.strip():
-                raise RetrievalError(f"document {ext!r}: text must be a non-empty string")
-            docs[ext] = NewDocument(ext, text_, meta)
-        if sync:
-            self._check_writable()
-        remote = check_executor(executor or self.settings.executor) != "local"  # before anything is written
-        if embed_first:
-            embed_missing(self.store, self.encoder, {content_hash(d.text): d.text for d in docs.values()})
-        counts = self.store.upsert(list(docs.values()))
-        report = IngestReport(added=counts.added, updated=counts.updated, unchanged=counts.unchanged)
-        if remote:
-            report.embed = self.embed(executor=executor, address=address)
-        # A backlog left by an earlier run that stored its documents but did not get to
-        # publish them (killed, or it lost the database) is published now too.
-        if sync and (counts.added or counts.updated or self.lag()["pending_changes"]):
-            report.sync = self.sync()
-        if self._encoder is not None:
-            report.setup_seconds = self._encoder.setup_since(t0)
-        report.seconds = time.perf_counter() - t0 - report.setup_seconds
+        checked, invalid = check_batch(documents, max_bytes=self.settings.max_document_bytes)
+        problems = [str(p) for p in invalid]
+        if problems and not skip_invalid:
+            raise InvalidInputError(problems, len(checked) + len(problems), noun="documents",
+                                    hint="pass skip_invalid=True to store the valid ones")
+        docs = [NewDocument(c.external_id, c.text, c.metadata) for c in checked]
+        if embed_first and docs:
+            self._before_write(sync, executor)
+            embed_missing(self.store, self.encoder, {content_hash(d.text): d.text for d in docs})
+        report = self._write([docs], sync=sync, executor=executor, address=address, t0=t0)
+        report.invalid, report.problems = len(problems), problems
         return report
 
     def ingest_files(
@@ -307,24 +296,71 @@ class Retriever:
         sync: bool = True,
         executor: str | None = None,
         address: str | None = None,
+        csv_types: Sequence[str] = ("infer",),
     ) -> IngestReport:
         """Validate every record of every file first; write only when all are valid
-        (or, with ``skip_invalid``, the valid ones)."""
-        from retrieval.readers import read_records
+        (or, with ``skip_invalid``, the valid ones).
+
+        The files are read twice, a record at a time (:class:`~retrieval.readers.RecordScan`):
+        once to validate everything, once to store it in batches within one transaction,
+        so memory follows a batch, not the files. ``csv_types``: how CSV cells become
+        metadata (``infer``: numbers written as numbers are numbers; ``text``; or
+        ``COLUMN:TYPE``)."""
+        from retrieval.readers import RecordScan
 
         t0 = time.perf_counter()
         try:
-            records, invalid = read_records(
-                sources, fmt=fmt, id_field=id_field, text_fields=text_fields, metadata_fields=metadata_fields, stdin=stdin
-            )
+            scan = RecordScan(sources, fmt=fmt, id_field=id_field, text_fields=text_fields,
+                              metadata_fields=metadata_fields, stdin=stdin, max_bytes=self.settings.max_document_bytes,
+                              csv_types=csv_types)
         except (OSError, ValueError) as exc:
-            raise RetrievalError(str(exc)) from exc
-        problems = [str(p) for p in invalid]
-        if problems and not skip_invalid:
-            raise InvalidInputError(problems, len(records) + len(problems))
-        report = self.ingest(records, sync=sync, executor=executor, address=address)
+            raise RetrievalError(_file_error(exc)) from exc
+        with scan:
+            try:
+                problems = [str(p) for p in scan.check()]
+            except (OSError, ValueError) as exc:
+                raise RetrievalError(_file_error(exc)) from exc
+            if problems and not skip_invalid:
+                raise InvalidInputError(problems, scan.valid + len(problems))
+            batches = ([NewDocument(r.external_id, r.text, r.metadata) for r in batch] for batch in scan.batches())
+            try:
+                report = self._write(batches, sync=sync, executor=executor, address=address, t0=t0)
+            except (OSError, ValueError) as exc:  # a file changed between the two reads: nothing was written
+                raise RetrievalError(_file_error(exc)) from exc
         report.invalid = len(problems)
         report.problems = problems
+        report.seconds = time.perf_counter() - t0 - report.setup_seconds
+        return report
+
+    def _before_write(self, sync: bool, executor: str | None) -> bool:
+        """Everything that can refuse a write, checked before anything is written: the
+        index's model, the index folder's lock, the executor. True for a remote executor."""
+        if sync:
+            self._check_writable()
+            self._sync_lock()  # an index folder this user cannot write is refused now, not after the commit
+        return check_executor(executor or self.settings.executor) != "local"
+
+    def _write(self, batches: Iterable[list[NewDocument]], *, sync: bool, executor: str | None, address: str | None,
+               t0: float) -> IngestReport:
+        remote = self._before_write(sync, executor)
+        counts = self.store.upsert_batches(batches)
+        report = IngestReport(added=counts.added, updated=counts.updated, unchanged=counts.unchanged)
+        if remote:
+            report.embed = self.embed(executor=executor, address=address)
+        # A backlog left by an earlier run that stored its documents but did not get to
+        # publish them (killed, or it lost the database) is published now too.
+        if sync and (counts.added or counts.updated or self.lag()["pending_changes"]):
+            try:
+                report.sync = self.sync()
+            except RetrievalError as exc:
+                if not (counts.added or counts.updated):
+                    raise
+                raise IndexWriteError(
+                    f"stored {counts.added} new and {counts.updated} updated documents in the database, but could not "
+                    f"publish them to the index: {exc}. Searches find them already (scored exactly until they are "
+                    "published); `retrieve sync`, or a running worker, publishes them") from exc
+        if self._encoder is not None:
+            report.setup_seconds = self._encoder.setup_since(t0)
         report.seconds = time.perf_counter() - t0 - report.setup_seconds
         return report
 
@@ -375,17 +411,29 @@ class Retriever:
             )
 
     def delete(self, external_ids: Sequence[str], *, sync: bool = True) -> tuple[int, list[str]]:
-        """Delete documents; returns (deleted, ids that did not exist)."""
-        deleted, missing = self.store.delete(list(external_ids))
+        """Delete documents by id; returns (deleted, ids that did not exist). ``external_ids``
+        is a sequence (a bare string is a :class:`TypeError`: ``delete("12")`` would
+        otherwise delete "1" and "2")."""
+        ids = check_ids(external_ids)
+        if sync:
+            self._sync_lock()  # an index folder this user cannot write is refused before the delete
+        deleted, missing = self.store.delete(ids)
         if sync and deleted:
-            self.sync()
+            try:
+                self.sync()
+            except RetrievalError as exc:
+                raise IndexWriteError(
+                    f"deleted {deleted} documents from the database, but could not publish that to the index: {exc}. "
+                    "Searches no longer return them; `retrieve sync`, or a running worker, publishes it") from exc
         return deleted, missing
 
-    def get(self, external_id: str) -> Hit:
-        doc = self.store.get(external_id)
+    def get(self, external_id: str) -> Document:
+        """The stored document with this id (:class:`~retrieval.documents.Document`)."""
+        (key,) = check_ids([external_id], "id")
+        doc = self.store.get(key)
         if doc is None:
-            raise NotFoundError(f"no document with id {external_id!r}")
-        return Hit(doc.external_id, 1.0, doc.text, doc.metadata, doc.id)
+            raise NotFoundError(f"no document with id {key!r}")
+        return Document(doc.external_id, doc.text, doc.metadata)
 
     def sync(self, *, max_changes: int | None = None, inline_merges: bool = True) -> SyncReport:
         """Apply pending changes to the index as a new segment and publish a new generation.
@@ -482,23 +530,28 @@ class Retriever:
 
     # -- search -----------------------------------------------------------------------
 
-    def _check_query(self, query: str, k: int) -> None:
-        if not isinstance(query, str) or not query.strip():
-            raise RetrievalError("the query is empty")
+    def _check_query(self, query: str) -> None:
+        if not isinstance(query, str):
+            raise ArgumentError(f"a query is a string, got {type(query).__name__}")
+        if not query.strip():
+            raise ArgumentError("the query is empty")
         if len(query) > self.settings.max_query_chars:
-            raise RetrievalError(
+            raise ArgumentError(
                 f"the query has {len(query)} characters; the limit is {self.settings.max_query_chars} (max_query_chars)"
             )
-        if not 1 <= k <= self.settings.max_k:
-            raise RetrievalError(f"k must be between 1 and {self.settings.max_k} (max_k), got {k}")
+
+    def _check_k(self, k: Any) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.settings.max_k:
+            raise ArgumentError(f"k must be between 1 and {self.settings.max_k} (max_k), got {k!r}")
 
     def _search_args(self, queries: Sequence[str], k: int | None,
                      min_score: float | None) -> tuple[int, float | None, IndexVersion]:
         """Defaults filled in, every query checked, and the index version to search."""
         k = self.settings.search_k if k is None else k
+        self._check_k(k)
         min_score = self.settings.min_score if min_score is None else min_score
         for q in queries:
-            self._check_query(q, k)
+            self._check_query(q)
         return k, min_score, self.current_index()
 
     def search(self, query: str | None = None, k: int | None = None, *, min_score: float | None = None,
@@ -519,11 +572,13 @@ class Retriever:
         external id), less those of the ``minus`` texts and ``unlike`` documents. The
         example documents are left out of the results unless ``include_examples``.
         """
+        plus, minus = _strings(plus, "plus"), _strings(minus, "minus")
+        like, unlike = check_ids(like, "like"), check_ids(unlike, "unlike")
         arithmetic = bool(plus or minus or like or unlike)
         if arithmetic and mode != "dense":
-            raise RetrievalError("--plus, --minus, --like and --unlike work in dense mode only")
+            raise ArgumentError("--plus, --minus, --like and --unlike work in dense mode only")
         if query is None and not arithmetic:
-            raise RetrievalError("the query is empty")
+            raise ArgumentError("the query is empty")
         positive = [*([query] if query is not None else []), *plus]
         texts, k, min_score, f = self._prepare([*positive, *minus], k, min_score, mode, alpha, where)
         if not arithmetic:
@@ -537,18 +592,23 @@ class Retriever:
 
     def _prepare(self, texts: Sequence[str], k: int | None, min_score: float | None, mode: str,
                  alpha: float | None, where: Any) -> tuple[list[str], int, float | None, Filter | None]:
-        """A search's arguments checked, with the settings' defaults: the query texts
-        (lone surrogates replaced), k, min_score and the parsed filter."""
+        """A search's arguments checked (the one place: the CLI, HTTP and Python all come
+        here), with the settings' defaults: the query texts (lone surrogates replaced), k,
+        min_score and the parsed filter. Every refusal is an :class:`ArgumentError`."""
         pipeline.check_mode(mode, alpha)
         f = parse_filter(where)
         k = self.settings.search_k if k is None else k
+        self._check_k(k)
+        if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))
+                                      or math.isnan(min_score)):
+            raise ArgumentError(f"min_score must be a number, got {min_score!r}")
         # The min_score setting is a cosine: it applies to dense searches; a min_score
         # given with a search applies to that mode's score.
         if min_score is None and mode == "dense":
             min_score = self.settings.min_score
         texts = [_text(t) for t in texts]
         for t in texts:
-            self._check_query(t, k)
+            self._check_query(t)
         return texts, k, min_score, f
 
     def similar(self, external_id: str, k: int | None = None, *, where: Any = None,
@@ -579,7 +639,7 @@ class Retriever:
             examples = [docs[e].id for e in (*like, *unlike)]
         norm = float(np.linalg.norm(total))
         if not np.isfinite(norm) or norm < 1e-6:
-            raise RetrievalError("the positive and negative examples cancel out: there is no direction to search")
+            raise ArgumentError("the positive and negative examples cancel out: there is no direction to search")
         return np.asarray(total / norm, dtype=np.float32).reshape(1, -1), examples
 
     def _pipeline(self, version: IndexVersion | None, req: pipeline.Request) -> list[list[Hit]]:
@@ -603,7 +663,7 @@ class Retriever:
                     snippets: bool = True) -> list[list[Hit]]:
         """Search several queries at once (encoded in batches). ``snippets=False`` leaves
         out keyword and hybrid snippets (each costs a lookup in the keyword index)."""
-        texts, k, min_score, f = self._prepare(queries, k, min_score, mode, alpha, where)
+        texts, k, min_score, f = self._prepare(_strings(queries, "queries"), k, min_score, mode, alpha, where)
         return self._run(texts, k, min_score, f, mode, alpha, snippets)
 
     def search_encoded(self, query: str, vector: np.ndarray, model_key: str, k: int | None = None, *,
@@ -648,8 +708,10 @@ class Retriever:
         }
 
     def index_version(self) -> str | None:
-        """The name of the index version searches use now (reads one small file)."""
-        return self.index_store.current_name()
+        """The index version searches use now, as status names it (``g0000000042``; reads
+        one small file)."""
+        name = self.index_store.current_name()
+        return name.removesuffix(".json") if name else None
 
     def vitals(self) -> dict[str, Any]:
         """The figures a monitor polls: :meth:`lag`, documents and the index's size on disk."""
@@ -744,6 +806,9 @@ class Retriever:
             hashes = {doc_id: content_hash(text_) for doc_id, text_, _ in rows}
             stored = self.store.embeddings_for(conn, m.model_key, set(hashes.values()))
             problems.extend(keyword_problems(conn))
+            problems.extend(f"document {e!r}: its metadata is not valid JSON (a NaN or infinity stored by an older "
+                            "version); filtered searches fail on it: ingest it again with valid metadata"
+                            for e in self.store.invalid_metadata(conn))
         in_index = {int(i): pos for pos, i in enumerate(index_ids)}
         in_db = set(hashes)
         for i in sorted(set(in_index) - in_db - pending):
@@ -757,6 +822,39 @@ class Retriever:
             elif not np.allclose(vectors[in_index[i]], vec, atol=1e-6):
                 problems.append(f"document {i}: the indexed vector is not the embedding of its current text")
         return VerifyReport(ok=not problems, documents=len(in_db), indexed=len(in_index), pending=len(pending), problems=problems)
+
+
+def _folder_lock(folder: Path, name: str) -> Any:
+    """A file lock in the index folder; a folder this user cannot write is one line (what
+    to do included), not a PermissionError traceback from inside the lock library."""
+    from filelock import FileLock
+
+    path = folder / name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        raise IndexWriteError(f"cannot lock the index folder {folder} ({path.name}: {exc.strerror or exc}); "
+                              "run this as a user who can write it") from exc
+    return FileLock(str(path))
+
+
+def _file_error(exc: BaseException) -> str:
+    """An input file's problem in one line (an OSError's own text names errno and path)."""
+    if isinstance(exc, FileNotFoundError):
+        return f"{exc.filename or exc}: no such file" if exc.filename else str(exc)
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc)
+
+
+def _strings(value: Any, what: str) -> list[str]:
+    """A sequence of texts as a list; a bare string (which would be read as one-letter
+    texts) is a TypeError."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{what} must be a sequence of texts, not a single string; for one, pass [{value!r:.60}]")
+    return list(value)
 
 
 def _text(query: Any) -> Any:

@@ -30,8 +30,29 @@ def test_every_command_has_help_with_an_example(name: str) -> None:
 
 def test_bad_k_is_a_one_line_error(store_env) -> None:
     result = CliRunner().invoke(cli, ["search", "shoes", "-k", "100000"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert result.output.strip() == "Error: k must be between 1 and 1000 (max_k), got 100000"
+
+
+def test_argument_errors_have_one_exit_status_in_every_command(store_env, tmp_path) -> None:
+    """A bad k, filter, mode or min_score is a usage error (exit 2) wherever it is given:
+    `similar -k 0` once printed "No results." with exit 0 while `search -k 0` exited 1."""
+    runner = CliRunner()
+    assert runner.invoke(cli, ["ingest", "-"], input="two shoes\nred socks\n").exit_code == 0
+    stored = runner.invoke(cli, ["search", "shoes", "--json"])
+    some_id = __import__("json").loads(stored.output)["results"][0]["id"]
+    for args, message in [
+        (["search", "shoes", "-k", "0"], "k must be between 1 and 1000 (max_k), got 0"),
+        (["similar", some_id, "-k", "0"], "k must be between 1 and 1000 (max_k), got 0"),
+        (["search", "shoes", "--where", '{"n": {"$nope": 1}}'], "unknown operator"),
+        (["similar", some_id, "--where", '{"a": {"$gt": []}}'], "$gt takes a number or a string"),
+        (["search", "shoes", "--min-score", "nan"], "min_score must be a number, got nan"),
+        (["search", "shoes", "--alpha", "0.5"], "alpha weighs the two rankings"),
+        (["search", "   "], "the query is empty"),
+    ]:
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output and len(result.output.strip().splitlines()) == 1, (args, result.output)
 
 
 def test_status_does_not_import_torch(real_store_env) -> None:

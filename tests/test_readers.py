@@ -432,12 +432,35 @@ def test_csv_basic_and_multiline(tmp_path: Path) -> None:
     ]
 
 
-def test_csv_values_are_strings_and_selection(tmp_path: Path) -> None:
-    path = write(tmp_path, "docs.csv", "id,text,price,note\n1,x,9.99,\n")
+def test_csv_values_written_as_numbers_are_numbers(tmp_path: Path) -> None:
+    path = write(tmp_path, "docs.csv", "id,text,price,qty,zip,note,big\n1,x,9.99,3,02134,,12345678901234567\n")
     records, _ = read_records([path])
-    assert records[0].metadata == {"price": "9.99", "note": ""}
+    # A code with a leading zero, and a number a double cannot hold, stay strings.
+    assert records[0].metadata == {"price": 9.99, "qty": 3, "zip": "02134", "note": "", "big": "12345678901234567"}
+    records, _ = read_records([path], csv_types=["text"])
+    assert records[0].metadata == {"price": "9.99", "qty": "3", "zip": "02134", "note": "", "big": "12345678901234567"}
     records, _ = read_records([path], metadata_fields=["note", "absent"])
     assert records[0].metadata == {"note": ""}
+
+
+def test_csv_column_types(tmp_path: Path) -> None:
+    path = write(tmp_path, "docs.csv", "id,text,zip,flag,qty,spec\n1,x,02134,yes,7,\"{\"\"a\"\": [1]}\"\n2,y,1,no,seven,null\n")
+    records, invalid = read_records([path], csv_types=["zip:text,flag:bool", "qty:int", "spec:json"])
+    assert records == [Record("1", "x", {"zip": "02134", "flag": True, "qty": 7, "spec": {"a": [1]}}, f"{path}:2")]
+    assert reasons(invalid) == [("3", "column 'qty': 'seven' is not an integer (--csv-types qty:int)")]
+    with pytest.raises(ValueError, match="--csv-types: 'price:money'"):
+        read_records([path], csv_types=["price:money"])
+
+
+def test_csv_unterminated_quote_counts_every_line_it_swallows(tmp_path: Path) -> None:
+    path = write(tmp_path, "docs.csv", 'id,text\n1,fine\n2,"never closed\n3,three\n\n4,four\n')
+    records, invalid = read_records([path])
+    assert [r.external_id for r in records] == ["1"]
+    assert reasons(invalid)[0][0] == "3" and invalid[0].reason.startswith("malformed CSV: ")
+    assert reasons(invalid)[1:] == [
+        ("4", "not read: inside the quoted field that starts at line 3, which is never closed"),
+        ("6", "not read: inside the quoted field that starts at line 3, which is never closed"),
+    ]
 
 
 def test_csv_missing_columns(tmp_path: Path) -> None:
@@ -780,6 +803,6 @@ def test_round_trip_csv(tmp_path: Path, docs: list[tuple[str, str, dict[str, str
     for i, t, m in docs:
         writer.writerow([i, t, m["a"], m["b"]])
     path = write(tmp_path, "rt.csv", buf.getvalue())
-    records, invalid = read_records([path])
+    records, invalid = read_records([path], csv_types=["text"])
     assert invalid == []
     assert [(r.external_id, r.text, r.metadata) for r in records] == docs

@@ -10,6 +10,7 @@ queries share words with the documents they should find.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -96,6 +97,31 @@ def test_upsert_then_search_then_update(client: httpx.Client) -> None:
     changed = {**doc, "text": "A heavy cast-iron frying pan for camp cooking."}
     assert client.post("/v1/documents", json={"documents": [changed]}).json()["updated"] == 1
     assert search(client, "frying pan for cooking", k=1)[0]["id"] == "tent-1"
+
+
+def test_upserts_follow_the_rules_of_files_and_python(client: httpx.Client) -> None:
+    """NaN metadata was once stored as null without a word, and an id twice in one batch
+    took the last one, where the CLI refuses both."""
+    for docs, reason in [
+        ([{"id": "nan-1", "text": "a lamp", "metadata": {"x": float("nan")}}], "metadata.x: nan is not valid JSON"),
+        ([{"id": "inf-1", "text": "a lamp", "metadata": {"y": [float("inf")]}}], "metadata.y[0]: inf is not valid JSON"),
+        ([{"id": "dup-1", "text": "one"}, {"id": "dup-1", "text": "two"}], "id 'dup-1' appears again with different text"),
+    ]:
+        # As Python's json module (and JavaScript's JSON.parse of some servers) writes them.
+        response = client.post("/v1/documents", content=json.dumps({"documents": docs}),
+                               headers={"Content-Type": "application/json"})
+        body = response.json()
+        assert response.status_code == 422 and body["error"] == "invalid_input", response.text
+        assert reason in body["message"] and "nothing was written" in body["message"]
+        assert any(reason in d["message"] for d in body["details"])
+        assert "skip" not in body["message"]  # no CLI flag or Python argument to suggest over HTTP
+        assert all(client.get(f"/v1/documents/{d['id']}").status_code == 404 for d in docs)
+    same = client.post("/v1/documents", json={"documents": [{"id": "dup-2", "text": "one", "metadata": {"v": 1}},
+                                                            {"id": "dup-2", "text": "one", "metadata": {"v": 2}}]})
+    assert same.status_code == 200 and same.json()["added"] == 1
+    assert client.get("/v1/documents/dup-2").json()["metadata"] == {"v": 2}
+    # The version is named as the CLI and status name it.
+    assert re.fullmatch(r"g\d{10}", same.json()["index_version"])
 
 
 def test_delete_then_search(client: httpx.Client) -> None:
@@ -347,7 +373,7 @@ def test_search_server_prints_like_a_local_search(server: Server, client: httpx.
     assert refused.exit_code == 1 and "RETRIEVE_API_KEY" in refused.output
     monkeypatch.setenv("RETRIEVE_API_KEY", KEY)
     too_many = runner.invoke(cli, ["search", "shoes", "-k", str(LIMITS["max_k"] + 1)])
-    assert too_many.exit_code == 1 and "max_k" in too_many.output
+    assert too_many.exit_code == 2 and "max_k" in too_many.output  # as a local search: a usage error
 
 
 def test_search_server_loads_no_model_stack(server: Server) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -70,7 +71,24 @@ def json_option(f: F) -> F:
 
 
 def echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, ensure_ascii=False, default=str))
+    """One line of standard JSON. A NaN or infinity (metadata a store took before they were
+    refused; `retrieve verify` names such documents) is written as null, never as the
+    ``NaN`` token no other JSON reader accepts."""
+    try:
+        text = json.dumps(data, ensure_ascii=False, default=str, allow_nan=False)
+    except ValueError:
+        text = json.dumps(_finite(data), ensure_ascii=False, default=str)
+    click.echo(text)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def emit(as_json: bool, data: Any, lines: Callable[[], Iterable[str]]) -> None:
@@ -117,7 +135,7 @@ class RetrieveGroup(click.Group):
                 raise
             for problem in exc.problems:
                 click.echo(problem, err=True)
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {exc.summary}", err=True)
             ctx.exit(exc.exit_code)
         except RetrievalError as exc:
             if _debug(ctx):

@@ -38,7 +38,8 @@ def init(retriever: Any) -> None:
 
 
 @click.command()
-@click.argument("files", nargs=-1, required=True)
+@click.argument("files", nargs=-1)
+@click.option("--sample", is_flag=True, help="Also ingest the bundled sample catalog (50 product descriptions).")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "json", "csv", "text"]),
               help="Input format (default: from each file's extension; sniffed for -).")
 @click.option("--id-field", default="id", show_default=True, help="Field holding the document id.")
@@ -46,15 +47,19 @@ def init(retriever: Any) -> None:
               help="Field(s) holding the text; repeat to join several (e.g. title and body). Default: text.")
 @click.option("--metadata-field", "metadata_fields", multiple=True,
               help="Field(s) kept as metadata; repeatable. Default: every other field.")
+@click.option("--csv-types", "csv_types", multiple=True, metavar="SPEC",
+              help="How CSV cells become metadata: infer (default: cells written as numbers are numbers), text "
+                   "(every cell a string), or COLUMN:TYPE with TYPE text, int, float, number, bool or json "
+                   "(repeatable, or comma-separated).")
 @click.option("--skip-invalid", is_flag=True, help="Store the valid records even when some are invalid.")
 @click.option("--no-sync", is_flag=True,
               help="Only store the documents; a running worker (or `retrieve sync`) embeds and indexes them.")
 @executor_options
 @json_option
 @pass_retriever
-def ingest(retriever: Any, files: tuple[str, ...], fmt: str | None, id_field: str, text_fields: tuple[str, ...],
-           metadata_fields: tuple[str, ...], skip_invalid: bool, no_sync: bool, executor: str | None,
-           address: str | None, as_json: bool) -> None:
+def ingest(retriever: Any, files: tuple[str, ...], sample: bool, fmt: str | None, id_field: str,
+           text_fields: tuple[str, ...], metadata_fields: tuple[str, ...], csv_types: tuple[str, ...],
+           skip_invalid: bool, no_sync: bool, executor: str | None, address: str | None, as_json: bool) -> None:
     """Add or update documents from FILES (JSONL, JSON array, CSV or plain text; - for stdin).
 
     Every record is validated before anything is written. Documents are matched by id:
@@ -63,17 +68,27 @@ def ingest(retriever: Any, files: tuple[str, ...], fmt: str | None, id_field: st
 
     \b
         retrieve ingest products.jsonl
+        retrieve ingest --sample                   # the bundled sample catalog
+        retrieve ingest --csv-types zip:text items.csv
         cat notes.txt | retrieve ingest --format text -
         retrieve ingest --id-field _id --text-field title --text-field text corpus.jsonl
         retrieve ingest --no-sync big-dump.jsonl   # a running worker indexes it
         retrieve ingest --executor ray corpus.jsonl  # embed on a (local) Ray cluster
     """
+    sources = list(files)
+    if sample:
+        from retrieval.readers import SAMPLE_CATALOG
+
+        sources.insert(0, str(SAMPLE_CATALOG))
+    if not sources:
+        raise click.UsageError("give FILES to ingest (- for stdin), or --sample")
     report = retriever.ingest_files(
-        list(files),
+        sources,
         fmt=fmt,
         id_field=id_field,
         text_fields=text_fields or ("text",),
         metadata_fields=metadata_fields or None,
+        csv_types=csv_types or ("infer",),
         skip_invalid=skip_invalid,
         stdin=None,
         sync=not no_sync,
@@ -148,9 +163,9 @@ def get(retriever: Any, external_id: str, as_json: bool) -> None:
     \b
         retrieve get p002
     """
-    hit = retriever.get(external_id)
-    emit(as_json, {"id": hit.id, "text": hit.text, "metadata": hit.metadata}, lambda: [
-        f"id:       {hit.id}", f"text:     {hit.text}", f"metadata: {json.dumps(hit.metadata, ensure_ascii=False)}"
+    doc = retriever.get(external_id)
+    emit(as_json, doc.as_dict(), lambda: [
+        f"id:       {doc.id}", f"text:     {doc.text}", f"metadata: {json.dumps(doc.metadata, ensure_ascii=False)}"
     ])
 
 

@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from retrieval.errors import RetrievalError
+from retrieval.errors import InvalidInputError, RetrievalError
 
 log = logging.getLogger("retrieval.server")
 
@@ -25,6 +25,7 @@ HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "n
 # Which setting bounds a request field: named in 4xx answers so that users know what
 # to change (or ask their operator to change).
 LIMITS = {"k": "max_k", "query": "max_query_chars", "documents": "max_batch"}
+MAX_DETAILS = 100  # problems listed in one answer (max_batch documents could each have one)
 
 
 class BodyTooLarge(HTTPException):
@@ -96,7 +97,10 @@ def install(app: FastAPI) -> None:
     async def _retrieval(request: Request, exc: RetrievalError) -> JSONResponse:
         if exc.http_status >= 500:
             log.error("%s (request id %s): %s", type(exc).__name__, request_id(request), exc)
-        return error_response(exc.http_status, exc.code, str(exc), request_id(request))
+        extra: dict[str, Any] = {}
+        if isinstance(exc, InvalidInputError):  # every refused document, as the CLI lists them
+            extra["details"] = [{"message": p} for p in exc.problems[:MAX_DETAILS]]
+        return error_response(exc.http_status, exc.code, str(exc), request_id(request), **extra)
 
     @app.exception_handler(RecursionError)
     async def _nested(request: Request, _exc: RecursionError) -> JSONResponse:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from retrieval.config import Settings
+from retrieval.documents import MAX_ID_CHARS
 
 
 class SearchHit(BaseModel):
@@ -57,10 +58,15 @@ class ErrorResponse(BaseModel):
 
 
 class DocumentIn(BaseModel):
+    """A document's shape; its rules (sizes, NaN, an id twice in one batch) are checked by
+    :mod:`retrieval.documents`, as for files and the Python API, whose limits these are."""
+
     model_config = ConfigDict(extra="forbid")
-    id: str = Field(min_length=1, max_length=1024, pattern=r"\S", description="Your id for the document.")
-    text: str = Field(min_length=1, pattern=r"\S", description="The text that is embedded and searched.")
-    metadata: dict[str, Any] = Field(default_factory=dict, description="Any JSON object, returned with results.")
+    id: str = Field(min_length=1, max_length=MAX_ID_CHARS, pattern=r"\S", description="Your id for the document.")
+    text: str = Field(min_length=1, pattern=r"\S", description=(
+        "The text that is embedded and searched (at most max_document_bytes of UTF-8)."))
+    metadata: dict[str, Any] = Field(default_factory=dict, description=(
+        "Any JSON object (no NaN or infinities), returned with results."))
 
 
 Mode = Literal["dense", "keyword", "hybrid"]

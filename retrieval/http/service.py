@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from retrieval.config import Settings
-from retrieval.errors import NotFoundError, RetrievalError
+from retrieval.errors import InvalidInputError, NotFoundError, RetrievalError
 from retrieval.http.batcher import QueryBatcher
 from retrieval.http.edge import Metrics
 from retrieval.http.sync_thread import SyncThread
@@ -74,9 +74,6 @@ class Service:
 
     async def similar(self, doc_id: str, k: int | None, min_score: float | None, where: str | None) -> dict[str, Any]:
         t0 = time.perf_counter()
-        k = self.settings.search_k if k is None else k
-        if not 1 <= k <= self.settings.max_k:
-            raise HTTPException(422, f"k: must be between 1 and {self.settings.max_k} (max_k)")
         # ``where`` is the filter's JSON text: the retriever parses it (a FilterError answers
         # 400, naming the offending part).
         hits = await run_in_threadpool(self.retriever.similar, doc_id, k, min_score=min_score, where=where)
@@ -85,15 +82,19 @@ class Service:
     async def upsert(self, documents: list[dict[str, Any]]) -> dict[str, Any]:
         """Committed to the database and in the published index when this returns."""
         t0 = time.perf_counter()
-        report = await run_in_threadpool(lambda: self.retriever.ingest(documents, embed_first=True, executor="local"))
+        try:
+            report = await run_in_threadpool(lambda: self.retriever.ingest(documents, embed_first=True,
+                                                                           executor="local"))
+        except InvalidInputError as exc:  # the same rules as files and Python; no CLI flag to suggest here
+            raise InvalidInputError(exc.problems, exc.total, noun="documents", hint="") from None
         # The background worker may have published these changes before this request's
         # own sync got the lock; either way the current version holds them now.
         return {"added": report.added, "updated": report.updated, "unchanged": report.unchanged,
                 "index_version": self.retriever.index_version(), "took_ms": _ms(t0)}
 
     async def get(self, doc_id: str) -> dict[str, Any]:
-        hit = await run_in_threadpool(self.retriever.get, doc_id)
-        return {"id": hit.id, "text": hit.text, "metadata": hit.metadata}
+        doc = await run_in_threadpool(self.retriever.get, doc_id)
+        return doc.as_dict()
 
     async def delete(self, doc_id: str) -> dict[str, Any]:
         deleted, _missing = await run_in_threadpool(self.retriever.delete, [doc_id])

@@ -31,7 +31,7 @@ import numpy as np
 
 from retrieval.config import SEARCH_MODES
 from retrieval.embed.base import Encoder
-from retrieval.errors import RetrievalError
+from retrieval.errors import ArgumentError
 from retrieval.index.segments import EXACT_MAX_ROWS, IndexVersion, set_search_threads
 from retrieval.search.hits import Hit
 from retrieval.store.filters import Filter, compile_filter
@@ -217,12 +217,12 @@ def _cut(ranked: list[tuple[float, int]], min_score: float | None) -> list[tuple
 def check_mode(mode: str, alpha: float | None = None) -> None:
     """Refuse an unknown mode, and an ``alpha`` outside [0, 1] or without hybrid mode."""
     if mode not in MODES:
-        raise RetrievalError(f"unknown search mode {mode!r}; use one of {', '.join(MODES)}")
+        raise ArgumentError(f"unknown search mode {mode!r}; use one of {', '.join(MODES)}")
     if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
                               or not 0.0 <= alpha <= 1.0):
-        raise RetrievalError(f"alpha must be between 0 and 1, got {alpha!r}")
+        raise ArgumentError(f"alpha must be between 0 and 1, got {alpha!r}")
     if alpha is not None and mode != "hybrid":
-        raise RetrievalError("alpha weighs the two rankings of hybrid mode; use it with mode hybrid")
+        raise ArgumentError("alpha weighs the two rankings of hybrid mode; use it with mode hybrid")
 
 
 def run(store: Store, version: IndexVersion | None, encoder: Callable[[], Encoder], req: Request, *,

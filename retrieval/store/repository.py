@@ -204,76 +204,18 @@ class Store:
 
         All in one transaction: either every document is stored or none is.
         """
-        if self.dialect == "postgresql":
-            return self._upsert_postgres(docs)
-        counts = UpsertCounts()
-        with self.write() as conn:
-            existing: dict[str, tuple[int, str | None, str, Any]] = {}
-            ext_ids = [d.external_id for d in docs]
-            for part in _chunks(ext_ids):
-                for row in conn.execute(
-                    select(Document.external_id, Document.id, Document.content_hash, Document.text, Document.meta).where(
-                        Document.external_id.in_(part)
-                    )
-                ):
-                    existing[row[0]] = (row[1], row[2], row[3], row[4])
-            inserts: list[dict[str, Any]] = []
-            text_updates: list[dict[str, Any]] = []
-            meta_updates: list[dict[str, Any]] = []
-            for d in docs:
-                h = content_hash(d.text)
-                old = existing.get(d.external_id)
-                if old is None:
-                    inserts.append({"external_id": d.external_id, "text": d.text, "metadata": d.metadata, "content_hash": h})
-                    counts.added += 1
-                elif old[2] != d.text:
-                    text_updates.append({"b_id": old[0], "b_text": d.text, "b_meta": d.metadata, "b_hash": h})
-                    counts.updated += 1
-                elif (old[3] or {}) != d.metadata:
-                    meta_updates.append({"b_id": old[0], "b_meta": d.metadata})
-                    counts.updated += 1
-                else:
-                    counts.unchanged += 1
-            if inserts:
-                conn.execute(insert(_DOCS), inserts)
-            if text_updates:
-                conn.execute(
-                    update(_DOCS)
-                    .where(_DOCS.c.id == bindparam("b_id"))
-                    .values(
-                        {
-                            _DOCS.c.text: bindparam("b_text"),
-                            _DOCS.c.metadata: bindparam("b_meta"),
-                            _DOCS.c.content_hash: bindparam("b_hash"),
-                            _DOCS.c.updated_at: func.current_timestamp(),
-                        }
-                    ),
-                    text_updates,
-                )
-            if meta_updates:
-                conn.execute(
-                    update(_DOCS)
-                    .where(_DOCS.c.id == bindparam("b_id"))
-                    .values({_DOCS.c.metadata: bindparam("b_meta"), _DOCS.c.updated_at: func.current_timestamp()}),
-                    meta_updates,
-                )
-        return counts
+        return self.upsert_batches([docs])
 
-    def _upsert_postgres(self, docs: Sequence[NewDocument]) -> UpsertCounts:
-        """One ``INSERT ... ON CONFLICT DO UPDATE`` from a staging table filled by COPY:
-        new ids are inserted, changed ones updated, identical ones left alone (the WHERE
-        of DO UPDATE), whatever other writers do meanwhile."""
-        latest = {d.external_id: d for d in docs}  # one row per id: ON CONFLICT may touch a row once
-        for d in latest.values():
-            if "\x00" in d.text or "\x00" in d.external_id:
-                raise StoreError(f"document {d.external_id!r}: PostgreSQL cannot store a NUL character in a text")
+    def upsert_batches(self, batches: Iterable[Sequence[NewDocument]]) -> UpsertCounts:
+        """:meth:`upsert` of every batch, in one transaction: the caller streams documents
+        in (a file too large to hold in memory), and either all of them are stored or
+        none. Each id may appear once in all the batches."""
+        counts = UpsertCounts()
+        postgres = self.dialect == "postgresql"
         with self.write() as conn:
-            _staging(conn, "retrieval_staging_documents",
-                     "external_id text, text text, metadata jsonb, content_hash text",
-                     ((d.external_id, d.text, _json_or_none(d.metadata), content_hash(d.text)) for d in latest.values()))
-            inserted, written = conn.execute(text(_UPSERT_FROM_STAGING)).one()
-        counts = UpsertCounts(added=int(inserted), updated=int(written) - int(inserted))
-        counts.unchanged = len(docs) - counts.added - counts.updated
+            for docs in batches:
+                if docs:
+                    (_upsert_postgres if postgres else _upsert_sqlite)(conn, docs, counts)
         return counts
 
     def delete(self, external_ids: Sequence[str]) -> tuple[int, list[str]]:
@@ -419,6 +361,17 @@ class Store:
             parts = re.findall(pattern, sql or "")
             out.append({"name": name, "field": ".".join(parts) if parts else "?", "sql": sql})
         return out
+
+    @staticmethod
+    def invalid_metadata(conn: Connection, limit: int = 20) -> list[str]:
+        """External ids of documents whose stored metadata is not valid JSON (SQLite took
+        NaN and infinities before they were refused everywhere; its JSON functions, and so
+        every filtered search, fail on them). PostgreSQL's jsonb cannot hold them."""
+        if conn.dialect.name != "sqlite":
+            return []
+        return list(conn.exec_driver_sql(
+            "SELECT external_id FROM documents WHERE metadata IS NOT NULL AND NOT json_valid(metadata) "
+            f"ORDER BY id LIMIT {int(limit)}").scalars())
 
     # -- change log -------------------------------------------------------------------
 
@@ -622,6 +575,75 @@ class Store:
             raw.close()
 
 
+def _upsert_sqlite(conn: Connection, docs: Sequence[NewDocument], counts: UpsertCounts) -> None:
+    """One batch of :meth:`Store.upsert_batches` on SQLite (the write lock is held)."""
+    existing: dict[str, tuple[int, str | None, str, Any]] = {}
+    for part in _chunks([d.external_id for d in docs]):
+        for row in conn.execute(
+            select(Document.external_id, Document.id, Document.content_hash, Document.text, Document.meta).where(
+                Document.external_id.in_(part)
+            )
+        ):
+            existing[row[0]] = (row[1], row[2], row[3], row[4])
+    inserts: list[dict[str, Any]] = []
+    text_updates: list[dict[str, Any]] = []
+    meta_updates: list[dict[str, Any]] = []
+    for d in docs:
+        h = content_hash(d.text)
+        old = existing.get(d.external_id)
+        if old is None:
+            inserts.append({"external_id": d.external_id, "text": d.text, "metadata": d.metadata, "content_hash": h})
+            counts.added += 1
+        elif old[2] != d.text:
+            text_updates.append({"b_id": old[0], "b_text": d.text, "b_meta": d.metadata, "b_hash": h})
+            counts.updated += 1
+        elif (old[3] or {}) != d.metadata:
+            meta_updates.append({"b_id": old[0], "b_meta": d.metadata})
+            counts.updated += 1
+        else:
+            counts.unchanged += 1
+    if inserts:
+        conn.execute(insert(_DOCS), inserts)
+    if text_updates:
+        conn.execute(
+            update(_DOCS)
+            .where(_DOCS.c.id == bindparam("b_id"))
+            .values(
+                {
+                    _DOCS.c.text: bindparam("b_text"),
+                    _DOCS.c.metadata: bindparam("b_meta"),
+                    _DOCS.c.content_hash: bindparam("b_hash"),
+                    _DOCS.c.updated_at: func.current_timestamp(),
+                }
+            ),
+            text_updates,
+        )
+    if meta_updates:
+        conn.execute(
+            update(_DOCS)
+            .where(_DOCS.c.id == bindparam("b_id"))
+            .values({_DOCS.c.metadata: bindparam("b_meta"), _DOCS.c.updated_at: func.current_timestamp()}),
+            meta_updates,
+        )
+
+
+def _upsert_postgres(conn: Connection, docs: Sequence[NewDocument], counts: UpsertCounts) -> None:
+    """One batch of :meth:`Store.upsert_batches` on PostgreSQL: one ``INSERT ... ON
+    CONFLICT DO UPDATE`` from a staging table filled by COPY. New ids are inserted,
+    changed ones updated, identical ones left alone (the WHERE of DO UPDATE), whatever
+    other writers do meanwhile."""
+    latest = {d.external_id: d for d in docs}  # one row per id: ON CONFLICT may touch a row once
+    for d in latest.values():
+        if "\x00" in d.text or "\x00" in d.external_id:
+            raise StoreError(f"document {d.external_id!r}: PostgreSQL cannot store a NUL character in a text")
+    _staging(conn, "retrieval_staging_documents", "external_id text, text text, metadata jsonb, content_hash text",
+             ((d.external_id, d.text, _json_or_none(d.metadata), content_hash(d.text)) for d in latest.values()))
+    inserted, written = conn.execute(text(_UPSERT_FROM_STAGING)).one()
+    counts.added += int(inserted)
+    counts.updated += int(written) - int(inserted)
+    counts.unchanged += len(docs) - int(written)
+
+
 def _unused_embeddings(model_keep: str | None) -> Any:
     """Embeddings no document uses: hashes of no current text, or another model's vectors."""
     used = exists().where(Document.content_hash == Embedding.content_hash)
@@ -654,6 +676,7 @@ def _staging(conn: Connection, table: str, columns: str, rows: Iterable[tuple[An
     The table is the session's; it is created in the transaction (IF NOT EXISTS each time,
     since a transaction that rolls back takes a table it created with it)."""
     conn.exec_driver_sql(f"CREATE TEMPORARY TABLE IF NOT EXISTS {table} ({columns}) ON COMMIT DELETE ROWS")
+    conn.exec_driver_sql(f"DELETE FROM {table}")  # an earlier batch of the same transaction
     names = ", ".join(c.split()[0] for c in columns.split(", "))
     import psycopg  # only PostgreSQL gets here
 
