@@ -79,6 +79,15 @@ class IndexCorruptError(RetrievalError):
     code = "index_corrupt"
 
 
+class IndexDivergedError(RetrievalError):
+    """The index follows another database history than the database now holds (a
+    restore, another store's copy): it must be rebuilt from the stored vectors, which a
+    search or sync does by itself where it can write the index folder."""
+
+    http_status = 503
+    code = "index_diverged"
+
+
 class IndexWriteError(RetrievalError):
     """A new index version could not be written (disk full, permissions); the previous
     version is untouched and keeps serving."""

@@ -26,6 +26,7 @@ from retrieval.embed.spec import EncoderSpec
 from retrieval.errors import (
     ArgumentError,
     IndexCorruptError,
+    IndexDivergedError,
     IndexWriteError,
     InvalidInputError,
     ModelMismatchError,
@@ -42,7 +43,7 @@ from retrieval.search.hits import Hit
 from retrieval.store import db
 from retrieval.store.keyword import keyword_problems, rebuild_keyword_index
 from retrieval.store.repository import NewDocument, Store, content_hash
-from retrieval.sync import MergeReport, SyncReport, convert_legacy, full_build, incremental, merge
+from retrieval.sync import MergeReport, SyncReport, convert_legacy, follows, full_build, incremental, merge
 from retrieval.vectors import EMBED_CHUNK, BulkEmbedReport, embed_missing, embed_stored, ensure_vectors
 
 log = logging.getLogger("retrieval")
@@ -449,6 +450,14 @@ class Retriever:
             except IndexCorruptError as exc:
                 log.warning("%s; rebuilding the index from the stored embeddings", exc)
                 base = None
+            if base is not None:
+                with self.store.read() as conn:
+                    diverged = follows(self.store, conn, base.manifest)
+                if diverged is not None:
+                    log.warning("%s; rebuilding the index from the stored embeddings (nothing is re-embedded)",
+                                diverged)
+                    self._forget(base)
+                    base = None
             if base is None:
                 report = full_build(self.store, self.index_store, self.encoder, opts)
             else:
@@ -643,8 +652,49 @@ class Retriever:
         return np.asarray(total / norm, dtype=np.float32).reshape(1, -1), examples
 
     def _pipeline(self, version: IndexVersion | None, req: pipeline.Request) -> list[list[Hit]]:
-        return pipeline.run(self.store, version, lambda: self.encoder, req, ef_search=self.settings.hnsw_ef_search,
-                            threads=self.settings.search_threads, exact_rows=self.settings.filter_exact_rows)
+        def run(v: IndexVersion | None) -> list[list[Hit]]:
+            return pipeline.run(self.store, v, lambda: self.encoder, req, ef_search=self.settings.hnsw_ef_search,
+                                threads=self.settings.search_threads, exact_rows=self.settings.filter_exact_rows)
+
+        try:
+            return run(version)
+        except IndexDivergedError as exc:
+            if version is None:
+                raise
+            return run(self._rebuild_diverged(version, str(exc)))
+
+    def _rebuild_diverged(self, stale: IndexVersion, reason: str) -> IndexVersion:
+        """Replace an index that follows another history than the database's (a search
+        found out) by one built from the stored vectors, unless another process did."""
+        try:
+            lock = self._sync_lock()
+        except IndexWriteError as exc:
+            raise IndexDivergedError(f"{reason}; the index must be rebuilt, and this user cannot write its folder: "
+                                     "run `retrieve sync` as one who can") from exc
+        with lock:
+            current = self._load()
+            if current is not None and current.manifest.filename != stale.manifest.filename:
+                with self.store.read() as conn:
+                    if follows(self.store, conn, current.manifest) is None:
+                        with self._lock:
+                            self._loaded, self._loaded_name = current, current.manifest.filename
+                        return current
+            log.warning("%s; rebuilding the index from the stored embeddings (nothing is re-embedded)", reason)
+            self._forget(stale)
+            report = full_build(self.store, self.index_store, self.encoder, build_options(self.settings))
+            self._adopt(report)
+        assert report.published is not None
+        return report.published
+
+    def _forget(self, stale: IndexVersion) -> None:
+        """After the database moved backwards: new documents and changes get ids above any
+        the stale index held, and no cached filter match of the old history is used."""
+        self.store.matches.clear()
+        top = max((int(v.segment.ids[-1]) for v in stale.views if len(v.segment.ids)), default=0)
+        try:
+            self.store.never_reuse(top, stale.manifest.last_seq)
+        except RetrievalError as exc:  # a read-only database: the rebuild still serves the truth
+            log.warning("could not move the database's id counters past the old index's (%s)", exc)
 
     def _run(self, queries: Sequence[str], k: int, min_score: float | None, where: Filter | None, mode: str,
              alpha: float | None, snippets: bool = True) -> list[list[Hit]]:
@@ -699,12 +749,19 @@ class Retriever:
         the age of the oldest, and the current version (reads one manifest and the log)."""
         manifest = self.index_store.read_manifest()
         pending, oldest = self.store.backlog(manifest.last_seq if manifest else 0)
+        diverged = None
+        if manifest is not None:
+            with self.store.read() as conn:
+                diverged = follows(self.store, conn, manifest)
         return {
             "pending_changes": pending,
             "lag_seconds": round(max(0.0, time.time() - oldest), 3) if oldest is not None else 0.0,
             "index_version": manifest.version if manifest else None,
             "indexed": manifest.count if manifest else 0,
             "last_seq": manifest.last_seq if manifest else 0,
+            # Why the index does not follow this database (a restore): the next sync or
+            # search rebuilds it. None when it does.
+            "diverged": diverged,
         }
 
     def index_version(self) -> str | None:
@@ -769,6 +826,7 @@ class Retriever:
             "database_bytes": self.store.database_bytes(),
             "index_bytes": self.index_store.disk_usage(),
             "lag_seconds": round(lag["lag_seconds"], 1),
+            "diverged": lag["diverged"],
             "worker": next((w for w in workers if w["name"] == self.replica_name), None),
             "workers": workers,
             "reclaimable": reclaimable(self),
@@ -800,6 +858,10 @@ class Retriever:
             problems.append(f"document {int(i)} is live in more than one segment")
         vectors = version.vectors()
         with self.store.read() as conn:
+            diverged = follows(self.store, conn, m)
+            if diverged is not None:
+                problems.append(f"the index does not follow this database: {diverged}; the next sync or search "
+                                "rebuilds it from the stored vectors")
             max_seq = self.store.max_seq(conn)
             pending = set(self.store.changed_ids(conn, m.last_seq, max_seq)) if max_seq > m.last_seq else set()
             rows = [r for batch in self.store.iter_docs(conn) for r in batch]

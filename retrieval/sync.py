@@ -26,8 +26,8 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from retrieval.index.policy import Merge
 from retrieval.index.segments import BuildOptions, IndexStore, IndexVersion, Manifest, SegmentMeta, read_legacy
 from retrieval.store.repository import Store
 from retrieval.vectors import EmbedStats, ensure_vectors
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 log = logging.getLogger("retrieval.sync")
 
@@ -80,6 +83,37 @@ class SyncReport:
         return self
 
 
+def follows(store: Store, conn: Connection, manifest: Manifest, *, max_seq: int | None = None,
+            identity: bool = True) -> str | None:
+    """None when ``conn``'s database is the one ``manifest``'s index follows, at or past
+    its position; otherwise why not, in words.
+
+    A database restored from a backup (or replaced by a copy of another store) can be
+    behind the index, or hold other changes under the positions the index applied, and
+    reuse the internal ids it holds: served as it is, the index would return deleted
+    documents and lend old vectors to new ones. ``identity`` compares the store ids too
+    (a sync does; a search relies on the change token, one primary-key read)."""
+    if identity and manifest.store_id and store.store_id(conn) != manifest.store_id:
+        return "the index was built from another database (its store id differs)"
+    max_seq = store.max_seq(conn) if max_seq is None else max_seq
+    if max_seq < manifest.last_seq:
+        return (f"the database's change log ends at {max_seq}, before the index's position {manifest.last_seq} "
+                "(was the database restored from a backup?)")
+    if manifest.store_id and manifest.last_seq:
+        token = store.change_token(conn, manifest.last_seq)
+        if token is None:
+            return f"the change the index last applied ({manifest.last_seq}) is not in the database's change log"
+        if token != (manifest.anchor or ""):
+            return (f"the database's change {manifest.last_seq} is not the one the index applied (was the database "
+                    "restored from a backup, or replaced by another copy?)")
+    return None
+
+
+def _position(store: Store, conn: Connection, seq: int) -> dict[str, Any]:
+    """What a manifest records of the database it follows at ``seq``."""
+    return {"last_seq": seq, "store_id": store.store_id(conn), "anchor": store.change_token(conn, seq)}
+
+
 def full_build(store: Store, index_store: IndexStore, encoder: Encoder, opts: BuildOptions) -> SyncReport:
     """Build a new index from every document (embedding only what was never embedded):
     one segment, typed by its size."""
@@ -87,7 +121,7 @@ def full_build(store: Store, index_store: IndexStore, encoder: Encoder, opts: Bu
     written = index_store.bytes_written
     report = SyncReport(full=True)
     with store.read() as conn:
-        last_seq = store.max_seq(conn)
+        position = _position(store, conn, store.max_seq(conn))
         docs = [row for batch in store.iter_docs(conn) for row in batch]
     report.stages["read"] = time.perf_counter() - t0
     ids, matrix = report.vectors_for(store, encoder, docs)
@@ -97,7 +131,7 @@ def full_build(store: Store, index_store: IndexStore, encoder: Encoder, opts: Bu
     if len(ids):
         segments = (index_store.write_segment(ids, matrix, opts=opts, origin="build", generation=generation),)
     manifest = Manifest(generation=generation, model_key=encoder.model_key, dim=encoder.dim, index_type=opts.index_type,
-                        last_seq=last_seq, segments=segments, created_at=time.time(), lineage=uuid.uuid4().hex)
+                        segments=segments, created_at=time.time(), lineage=uuid.uuid4().hex, **position)
     version = index_store.commit(manifest)
     report.stages["index"] = time.perf_counter() - t1
     report.changes = report.added = len(ids)
@@ -119,14 +153,15 @@ def incremental(store: Store, index_store: IndexStore, encoder: Encoder, base: I
     report = SyncReport(last_seq=m.last_seq, version=m.version, segments=len(m.segments))
     with store.read() as conn:
         last_seq = store.max_seq(conn)
-        if max_changes is not None:
-            last_seq = min(last_seq, m.last_seq + max_changes)
+        if max_changes is not None and last_seq - m.last_seq > max_changes:
+            last_seq = store.nth_change_after(conn, m.last_seq, max_changes) or last_seq
         if last_seq <= m.last_seq:
             report.seconds = time.perf_counter() - t0
             return report
         oldest = store.oldest_seq(conn)
         pruned_past = oldest is not None and oldest > m.last_seq + 1
         if not pruned_past:
+            position = _position(store, conn, last_seq)
             changed = store.changed_ids(conn, m.last_seq, last_seq)
             present = store.docs_by_ids(conn, changed)
     if pruned_past:
@@ -158,9 +193,8 @@ def incremental(store: Store, index_store: IndexStore, encoder: Encoder, base: I
         segments.append(meta)
     if len(ids):
         segments.append(index_store.write_segment(ids, matrix, opts=opts, origin="sync", generation=generation))
-    manifest = Manifest(generation=generation, model_key=m.model_key, dim=m.dim, index_type=opts.index_type,
-                        last_seq=last_seq, segments=tuple(segments), created_at=time.time(), last_merge=m.last_merge,
-                        lineage=m.lineage)
+    manifest = replace(m, generation=generation, index_type=opts.index_type, segments=tuple(segments),
+                       created_at=time.time(), **position)
     version = index_store.commit(manifest)
     report.stages["index"] = time.perf_counter() - t1
     report.changes = len(changed)
@@ -269,9 +303,8 @@ def merge(index_store: IndexStore, plan: Merge, opts: BuildOptions, sync_lock: C
         report.seconds = time.perf_counter() - t0
         last = {"at": time.time(), "reason": plan.reason, "inputs": len(views), "rows": report.live,
                 "kind": report.kind or None, "seconds": round(report.seconds, 3)}
-        manifest = Manifest(generation=generation, model_key=current.manifest.model_key, dim=current.manifest.dim,
-                            index_type=opts.index_type, last_seq=current.manifest.last_seq, segments=tuple(segments),
-                            created_at=time.time(), last_merge=last, lineage=current.manifest.lineage)
+        manifest = replace(current.manifest, generation=generation, index_type=opts.index_type,
+                           segments=tuple(segments), created_at=time.time(), last_merge=last)
         version = index_store.commit(manifest)
     report.version = version.manifest.version
     report.bytes_written = index_store.bytes_written - written

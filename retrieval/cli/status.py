@@ -9,6 +9,10 @@ import click
 from retrieval.cli.common import CliState, emit, json_option, pass_retriever, pass_state, size
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def status_rows(st: dict[str, Any]) -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = [
         ("documents", st["documents"]),
@@ -17,7 +21,7 @@ def status_rows(st: dict[str, Any]) -> list[tuple[str, Any]]:
         ("pending changes", st["pending_changes"]),
         ("model", f"{st['model']}  [{st['model_key']}]"),
         ("index", f"{st['index_type']}, generation {st['index_version'] or '(none yet)'}, "
-                  f"{len(st['segments'])} segments"),
+                  f"{_count(len(st['segments']), 'segment')}"),
         ("database", f"{st['database']}  ({size(st['database_bytes'])})"),
         ("index folder", f"{st['index_dir']}  ({size(st['index_bytes'])})"),
     ]
@@ -52,6 +56,9 @@ def status_rows(st: dict[str, Any]) -> list[tuple[str, Any]]:
                                    f"{last['kind'] or 'dropped'} in {last['seconds']:.1f}s"))
     if st["pending_merges"]:
         rows.append(("pending merges", f"{len(st['pending_merges'])} (the worker runs them; or `retrieve compact`)"))
+    if st.get("diverged"):
+        rows.append(("WARNING", f"the index does not follow this database: {st['diverged']}; the next sync or "
+                                "search rebuilds it from the stored vectors"))
     if not st["model_matches_index"]:
         rows.append(("WARNING", f"index was built with {st['index_model_key']}; run `retrieve reindex`"))
     return rows

@@ -150,6 +150,11 @@ class Manifest:
     lineage: str = ""
     metric: str = "inner_product"
     format: int = FORMAT
+    # Which database this index follows, and where in its history (revision 0004): the
+    # database's store_id, and the token of the change at last_seq. Manifests written
+    # before them have store_id "" (followed by position only).
+    store_id: str = ""
+    anchor: str | None = None
 
     @property
     def version(self) -> str:

@@ -31,12 +31,13 @@ import numpy as np
 
 from retrieval.config import SEARCH_MODES
 from retrieval.embed.base import Encoder
-from retrieval.errors import ArgumentError
+from retrieval.errors import ArgumentError, IndexDivergedError
 from retrieval.index.segments import EXACT_MAX_ROWS, IndexVersion, set_search_threads
 from retrieval.search.hits import Hit
 from retrieval.store.filters import Filter, compile_filter
 from retrieval.store.keyword import KeywordHit, keyword_search, keyword_snippets
 from retrieval.store.repository import Store, StoredDocument
+from retrieval.sync import follows
 from retrieval.vectors import ensure_vectors
 
 if TYPE_CHECKING:
@@ -239,6 +240,10 @@ def run(store: Store, version: IndexVersion | None, encoder: Callable[[], Encode
     nq = req.queries
     with store.read() as conn:
         max_seq = store.max_seq(conn)
+        if version is not None:
+            diverged = follows(store, conn, version.manifest, max_seq=max_seq, identity=False)
+            if diverged is not None:  # never serve vectors of another history (the caller rebuilds)
+                raise IndexDivergedError(diverged)
         allowed = store.matching_ids(conn, req.where, max_seq=max_seq) if req.where is not None else None
         if allowed is not None and not len(allowed):
             return [[] for _ in range(nq)]

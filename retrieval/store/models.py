@@ -87,6 +87,20 @@ class Change(Base):
     doc_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
     op: Mapped[str] = mapped_column(String(8), nullable=False)  # insert | update | delete
     changed_at: Mapped[datetime] = mapped_column(Stamp, nullable=False, server_default=func.current_timestamp())
+    # 64 random bits per change (revision 0004; the triggers fill it on SQLite, a column
+    # default on PostgreSQL): an index records the token at its position, and a database
+    # holding another change there (a restore, another store's copy) has another history.
+    token: Mapped[str | None] = mapped_column(String(16), nullable=True)
+
+
+class StoreInfo(Base):
+    """Facts about the database itself (revision 0004): ``store_id``, a random identity made
+    with the schema, which every index manifest records."""
+
+    __tablename__ = "store_info"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text, nullable=False)
 
 
 class WorkerState(Base):

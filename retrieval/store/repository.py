@@ -34,7 +34,7 @@ from retrieval.filters import Filter, field_path
 from retrieval.filters import parse as parse_filter
 from retrieval.store import db
 from retrieval.store.filters import compile_filter, index_expression, index_name, pg_field_expression
-from retrieval.store.models import Base, Change, Document, Embedding
+from retrieval.store.models import Base, Change, Document, Embedding, StoreInfo
 
 CHUNK = 900  # bound parameters per IN (...): well under every SQLite build's limit
 
@@ -89,6 +89,8 @@ _CHANGED_IDS = (
 
 
 _MIN_SEQ = select(func.min(Change.seq))
+_TOKEN_AT = select(Change.token).where(Change.seq == bindparam("seq"))
+_STORE_ID = select(StoreInfo.value).where(StoreInfo.key == "store_id")
 _NO_VECTOR = ~exists().where(Embedding.model_key == bindparam("key"), Embedding.content_hash == Document.content_hash)
 _WITHOUT_VECTORS_ALL = select(Document.id).where(_NO_VECTOR)
 _WITHOUT_VECTORS = (
@@ -105,40 +107,48 @@ class MatchCache:
     A filter's matches change only when documents do, and every change is in the change
     log: an entry made at position ``seq`` is brought to a later position by evaluating
     the filter on the documents changed in between only, so a repeated filter costs what
-    changed, not O(store). Bounded by bytes; least recently used entries go first.
+    changed, not O(store). An entry also keeps the token of the change at its position
+    (revision 0004): a database restored from a backup may reach the same position
+    through other changes, and such an entry is not used. Bounded by bytes; least
+    recently used entries go first.
     """
 
     def __init__(self, max_bytes: int = 64 << 20, max_refresh: int = 20_000) -> None:
         self.max_bytes = max_bytes
         self.max_refresh = max_refresh  # more changes than this: evaluate from scratch
-        self._entries: OrderedDict[str, tuple[int, np.ndarray]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[int, str | None, np.ndarray]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         self.hits = self.refreshes = self.misses = 0
 
-    def get(self, key: str) -> tuple[int, np.ndarray] | None:
+    def get(self, key: str) -> tuple[int, str | None, np.ndarray] | None:
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
                 self._entries.move_to_end(key)
             return entry
 
-    def put(self, key: str, seq: int, ids: np.ndarray) -> None:
+    def put(self, key: str, seq: int, token: str | None, ids: np.ndarray) -> None:
         if ids.nbytes > self.max_bytes:
             return
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:
-                self._bytes -= old[1].nbytes
+                self._bytes -= old[2].nbytes
                 if old[0] > seq:  # a reader with a newer snapshot got here first
                     self._entries[key] = old
-                    self._bytes += old[1].nbytes
+                    self._bytes += old[2].nbytes
                     return
-            self._entries[key] = (seq, ids)
+            self._entries[key] = (seq, token, ids)
             self._bytes += ids.nbytes
             while self._bytes > self.max_bytes and self._entries:
-                _, (_, gone) = self._entries.popitem(last=False)
+                _, (_, _, gone) = self._entries.popitem(last=False)
                 self._bytes -= gone.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
 
 
 def _doc(row: Any) -> StoredDocument:
@@ -294,24 +304,26 @@ class Store:
         ``max_seq`` is the snapshot's change-log position, when the caller has read it.
         """
         seq = self.max_seq(conn) if max_seq is None else max_seq
+        token = self.change_token(conn, seq)
         entry = self.matches.get(where.canonical)
-        if entry is not None and entry[0] == seq:
+        if entry is not None and entry[0] == seq and entry[1] == token:
             self.matches.hits += 1
-            return entry[1]
-        if entry is not None and entry[0] < seq and seq - entry[0] <= self.matches.max_refresh:
+            return entry[2]
+        if (entry is not None and entry[0] < seq and seq - entry[0] <= self.matches.max_refresh
+                and self.change_token(conn, entry[0]) == entry[1]):  # the same history up to the entry
             oldest = self.oldest_seq(conn)
             if oldest is not None and oldest <= entry[0] + 1:  # no pruned gap in between
                 changed = np.asarray(self.changed_ids(conn, entry[0], seq), dtype=np.int64)
                 still = self._evaluate(conn, where, changed.tolist())
-                kept = entry[1][~np.isin(entry[1], changed)]
+                kept = entry[2][~np.isin(entry[2], changed)]
                 ids = np.concatenate([kept, still])
                 ids.sort(kind="stable")  # two sorted runs: a linear merge
                 self.matches.refreshes += 1
-                self.matches.put(where.canonical, seq, ids)
+                self.matches.put(where.canonical, seq, token, ids)
                 return ids
         self.matches.misses += 1
         ids = self._evaluate(conn, where)
-        self.matches.put(where.canonical, seq, ids)
+        self.matches.put(where.canonical, seq, token, ids)
         return ids
 
     def count_matching(self, where: Any) -> int:
@@ -384,6 +396,47 @@ class Store:
         """The lowest change-log position still stored (older rows were pruned)."""
         value = conn.scalar(_MIN_SEQ)
         return None if value is None else int(value)
+
+    @staticmethod
+    def change_token(conn: Connection, seq: int) -> str | None:
+        """The token of change ``seq`` (revision 0004): "" for position 0 and for a change
+        logged before tokens existed; None when the change log holds no change ``seq``."""
+        if seq <= 0:
+            return ""
+        row = conn.execute(_TOKEN_AT, {"seq": seq}).first()
+        return None if row is None else (row[0] or "")
+
+    @staticmethod
+    def nth_change_after(conn: Connection, after: int, n: int) -> int | None:
+        """The position of the ``n``-th change after ``after`` (None: there are fewer):
+        a sync that applies a backlog in steps stops at a change that exists, whose token
+        it can record (positions have gaps: rolled-back transactions, pruned rows)."""
+        return conn.scalar(select(Change.seq).where(Change.seq > after).order_by(Change.seq)
+                           .offset(max(0, n - 1)).limit(1))
+
+    @staticmethod
+    def store_id(conn: Connection) -> str:
+        """The database's identity (revision 0004), made with its schema."""
+        return str(conn.scalar(_STORE_ID) or "")
+
+    def never_reuse(self, doc_id: int, seq: int) -> None:
+        """Make new documents and changes get ids above ``doc_id`` and ``seq``: after a
+        database moved backwards (a restore), the ids an index held for documents that
+        are gone are never handed to new ones. SQLite's AUTOINCREMENT keeps this within
+        one file, but a restored file brings its old counter back."""
+        with self.write() as conn:
+            if conn.dialect.name == "postgresql":
+                for table, column, value in (("documents", "id", doc_id), ("changes", "seq", seq)):
+                    conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), "
+                                      f"GREATEST(:v, nextval(pg_get_serial_sequence('{table}', '{column}'))))"),
+                                 {"v": int(value)})
+                return
+            for table, value in (("documents", doc_id), ("changes", seq)):
+                done = conn.execute(text("UPDATE sqlite_sequence SET seq = MAX(seq, :v) WHERE name = :t"),
+                                    {"v": int(value), "t": table}).rowcount
+                if not done and value > 0:
+                    conn.execute(text("INSERT INTO sqlite_sequence (name, seq) VALUES (:t, :v)"),
+                                 {"v": int(value), "t": table})
 
     @staticmethod
     def changed_ids(conn: Connection, after: int, upto: int) -> list[int]:
