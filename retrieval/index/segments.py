@@ -80,6 +80,24 @@ def _write_durable(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
+def _copy_checked(source: Path, target: Path, ref: FileRef) -> int:
+    """Copy ``source`` to ``target`` (fsynced), checking size and sha256 against ``ref``."""
+    h = hashlib.sha256()
+    size = 0
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        for block in iter(lambda: src.read(1 << 20), b""):
+            h.update(block)
+            dst.write(block)
+            size += len(block)
+        dst.flush()
+        os.fsync(dst.fileno())
+    if size != ref.bytes or h.hexdigest() != ref.sha256:
+        target.unlink(missing_ok=True)
+        raise IndexCorruptError(f"index file {ref.path} does not match its manifest ({size} bytes, expected "
+                                f"{ref.bytes}; truncated or corrupt)")
+    return size
+
+
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -777,6 +795,53 @@ class IndexStore:
                 except ValueError:
                     pass
         return highest + 1
+
+    # -- copies (backup and restore) --------------------------------------------------
+
+    def export(self, manifest: Manifest, dest: Path) -> int:
+        """Copy the generation ``manifest`` into the folder ``dest`` (an index folder of its
+        own: CURRENT, the manifest and every file it names), each file checked against
+        the manifest as it is copied and fsynced. Returns the bytes copied.
+
+        No lock is needed: files are never changed, only removed once no kept generation
+        names them; a file removed meanwhile raises FileNotFoundError (take a newer
+        generation and try again)."""
+        copied = 0
+        for ref in manifest.files():
+            target = dest / ref.path
+            if target.exists() and target.stat().st_size == ref.bytes:
+                continue  # copied by an earlier attempt (its names are never reused)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            copied += _copy_checked(self.root / ref.path, target, ref)
+        (dest / "manifests").mkdir(parents=True, exist_ok=True)
+        _write_durable(dest / "manifests" / manifest.filename, manifest.to_bytes())
+        _write_durable(dest / "CURRENT", (manifest.filename + "\n").encode())
+        for folder in {dest, *(p.parent for p in dest.rglob("*") if p.is_file())}:
+            _fsync_dir(folder)
+        return copied
+
+    def adopt(self, source: Path, **changes: Any) -> IndexVersion:
+        """Publish the current generation of the index folder ``source`` (a backup) here, as
+        this folder's next generation with a new lineage (a merge that started before it
+        does not publish into it) and ``changes`` applied; every file is checked against
+        its manifest, copied in once and fsynced, and CURRENT switches last."""
+        name = (source / "CURRENT").read_text(encoding="utf-8").strip()
+        manifest = Manifest.from_bytes((source / "manifests" / name).read_bytes(), name)
+        for ref in manifest.files():
+            target = self.root / ref.path
+            if target.exists() and _sha256_file(target) == ref.sha256:
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.parent / f".tmp-{uuid.uuid4().hex[:8]}-{target.name}"
+            try:
+                _copy_checked(source / ref.path, tmp, ref)
+                os.rename(tmp, target)
+                _fsync_dir(target.parent)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                raise IndexWriteError(f"cannot write {ref.path} in {self.root}: {exc.strerror or exc}") from exc
+            self.bytes_written += ref.bytes
+        return self.commit(replace(manifest, generation=self.next_generation(), lineage=uuid.uuid4().hex, **changes))
 
     # -- space ------------------------------------------------------------------------
 

@@ -242,3 +242,53 @@ def hold_write_lock(url: str) -> Iterator[None]:
                 transaction.rollback()
     finally:
         engine.dispose()
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file of a SQLite URL (None for other databases and in-memory ones)."""
+    return _sqlite_path(normalise_url(url))
+
+
+def sqlite_copy(source: str | os.PathLike[str], target: str | os.PathLike[str], *, busy_timeout_ms: int = 30_000) -> None:
+    """Copy a SQLite database with SQLite's online backup API: one consistent snapshot of
+    ``source``, taken while other processes go on writing it (WAL), into ``target``,
+    which is replaced page by page in one transaction (other connections to it see the
+    old database or the new one). What `sqlite3 db ".backup file"` does."""
+    import sqlite3
+
+    src = sqlite3.connect(os.fspath(source), timeout=busy_timeout_ms / 1000)
+    try:
+        dst = sqlite3.connect(os.fspath(target), timeout=busy_timeout_ms / 1000)
+        try:
+            src.backup(dst)  # all pages in one step: one read transaction on the source
+        finally:
+            dst.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot copy the database {source} to {target}: {exc}") from exc
+    finally:
+        src.close()
+    with open(target, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def sqlite_facts(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What a restore checks in a SQLite file before it replaces a store with it: its
+    integrity, schema revision, store id, change-log position and documents."""
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{os.fspath(path)}?mode=ro", uri=True)
+    try:
+        check = con.execute("PRAGMA quick_check").fetchone()[0]
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        revision = con.execute("SELECT version_num FROM alembic_version").fetchone()[0] \
+            if "alembic_version" in tables else None
+        store_id = con.execute("SELECT value FROM store_info WHERE key = 'store_id'").fetchone()[0] \
+            if "store_info" in tables else ""
+        seq = con.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0] if "changes" in tables else 0
+        docs = con.execute("SELECT count(*) FROM documents").fetchone()[0] if "documents" in tables else 0
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path} is not a readable SQLite database: {exc}") from exc
+    finally:
+        con.close()
+    return {"integrity": check, "revision": revision, "store_id": store_id, "max_seq": int(seq), "documents": int(docs)}
+
