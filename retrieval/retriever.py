@@ -653,8 +653,10 @@ class Retriever:
 
     def _pipeline(self, version: IndexVersion | None, req: pipeline.Request) -> list[list[Hit]]:
         def run(v: IndexVersion | None) -> list[list[Hit]]:
-            return pipeline.run(self.store, v, lambda: self.encoder, req, ef_search=self.settings.hnsw_ef_search,
-                                threads=self.settings.search_threads, exact_rows=self.settings.filter_exact_rows)
+            # A search's statements stop at its deadline, whatever the query and the store.
+            with db.deadline(self.settings.search_timeout_ms / 1000):
+                return pipeline.run(self.store, v, lambda: self.encoder, req, ef_search=self.settings.hnsw_ef_search,
+                                    threads=self.settings.search_threads, exact_rows=self.settings.filter_exact_rows)
 
         try:
             return run(version)

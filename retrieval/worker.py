@@ -51,8 +51,9 @@ def _with_running(entry: dict[str, Any]) -> dict[str, Any]:
     file lock when its folder is on this machine, else from its heartbeat."""
     if entry.get("running") is None:
         folder = Path(entry.get("index_dir") or "")
-        if entry.get("host") == socket.gethostname() and folder.is_dir():
-            entry["running"] = lock_held(folder / LOCK_FILE)
+        held = lock_held(folder / LOCK_FILE) if entry.get("host") == socket.gethostname() and folder.is_dir() else None
+        if held is not None:
+            entry["running"] = held
         else:
             poll = float(entry.get("poll_interval") or 1.0)
             entry["running"] = not entry.get("stopped") and time.time() - (entry.get("heartbeat") or 0) < max(

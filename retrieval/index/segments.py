@@ -926,8 +926,9 @@ class IndexStore:
         return sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file())
 
 
-def lock_held(path: Path) -> bool:
-    """Whether another holder has the file lock at ``path`` now (probes without waiting)."""
+def lock_held(path: Path) -> bool | None:
+    """Whether another holder has the file lock at ``path`` now (probes without waiting);
+    None when this process cannot tell (it cannot open the lock file: a read-only folder)."""
     from filelock import FileLock, Timeout
 
     if not path.exists():
@@ -937,13 +938,15 @@ def lock_held(path: Path) -> bool:
         probe.acquire(timeout=0)
     except Timeout:
         return True
+    except OSError:
+        return None
     probe.release()
     return False
 
 
 def _merge_active(root: Path) -> bool:
     """Whether a merge may be writing segment files now (its lock file is held)."""
-    return lock_held(root / MERGE_LOCK)
+    return lock_held(root / MERGE_LOCK) is not False
 
 
 MERGE_LOCK = ".merge.lock"

@@ -303,7 +303,7 @@ class _Harness:
                 break
             time.sleep(0.01)
         killed = proc.poll() is None
-        merging = killed and lock_held(Path(self.settings.index_dir) / MERGE_LOCK)
+        merging = killed and bool(lock_held(Path(self.settings.index_dir) / MERGE_LOCK))
         if killed:
             proc.send_signal(signal.SIGKILL)
         out, err = proc.communicate()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,8 +87,65 @@ def _sqlite_path(url: str) -> str | None:
 # Address space, not memory: the OS pages in what is read and can drop it at will.
 MMAP_BYTES = 1 << 30
 
+# SQLite calls the progress handler every this many virtual-machine instructions (a few
+# microseconds of work): often enough that a deadline or Ctrl-C stops a long statement
+# at once, rarely enough to cost nothing measurable.
+PROGRESS_OPCODES = 10_000
 
-def create_store_engine(url: str, *, busy_timeout_ms: int = 30_000) -> Engine:
+_deadline = threading.local()
+
+
+@contextmanager
+def deadline(seconds: float | None) -> Iterator[None]:
+    """Statements this thread runs inside the block stop when ``seconds`` have passed
+    (SQLite: the progress handler; PostgreSQL: ``statement_timeout``), with
+    :class:`~retrieval.errors.SearchTimeoutError`. None or 0: no deadline."""
+    previous = getattr(_deadline, "at", None)
+    _deadline.at = time.monotonic() + seconds if seconds else None
+    try:
+        yield
+    finally:
+        _deadline.at = previous
+
+
+def remaining() -> float | None:
+    """Seconds left before this thread's deadline (None: it has none)."""
+    at = getattr(_deadline, "at", None)
+    return None if at is None else at - time.monotonic()
+
+
+def _progress() -> int:
+    # Being Python, this call also lets a pending Ctrl-C raise: SQLite then stops the
+    # statement ("interrupted"), which the store turns back into KeyboardInterrupt.
+    at = getattr(_deadline, "at", None)
+    return 1 if at is not None and time.monotonic() > at else 0
+
+
+def interrupted(exc: BaseException) -> BaseException | None:
+    """What an "interrupted" statement means: past this thread's deadline, or Ctrl-C
+    (None for any other error)."""
+    from retrieval.errors import SearchTimeoutError
+
+    text = str(getattr(exc, "orig", exc))
+    if "statement timeout" in text or ("interrupted" in text and (remaining() or 0) < 0):
+        return SearchTimeoutError("the search ran past its deadline (search_timeout_ms) and was stopped; narrow it "
+                                  "(a filter, fewer query terms) or raise search_timeout_ms")
+    if "interrupted" in text:
+        return KeyboardInterrupt()
+    return None
+
+
+def writable(url: str) -> bool:
+    """Whether this process can write the SQLite file of ``url`` and its folder (SQLite
+    writes its journal beside the file); True for other databases and new files."""
+    path = _sqlite_path(normalise_url(url))
+    if path is None or not os.path.exists(path):
+        return True
+    folder = os.path.dirname(os.path.abspath(path))
+    return os.access(path, os.W_OK) and os.access(folder, os.W_OK)
+
+
+def create_store_engine(url: str, *, busy_timeout_ms: int = 30_000, readonly: str | None = None) -> Engine:
     """Create an engine; for SQLite: WAL, a busy timeout, foreign keys, full fsync.
 
     pysqlite's own transaction handling does not BEGIN before a SELECT, so a read of
@@ -94,10 +153,18 @@ def create_store_engine(url: str, *, busy_timeout_ms: int = 30_000) -> Engine:
     ourselves: ``BEGIN`` for readers, ``BEGIN IMMEDIATE`` for writers (execution option
     ``sqlite_begin``), so that two writers queue on the busy timeout instead of one
     failing with "database is locked" when it upgrades a read lock.
+
+    ``readonly`` opens a SQLite file this process cannot write (a read-only mount,
+    another user's folder): ``"ro"`` reads it as it is (WAL included), ``"immutable"``
+    where SQLite cannot even make the WAL's shared-memory file beside it.
     """
     url = normalise_url(url)
     _require_driver(url)
     path = _sqlite_path(url)
+    connect_url = url
+    if readonly and path is not None:
+        flag = "immutable=1" if readonly == "immutable" else "mode=ro"
+        connect_url = f"sqlite:///file:{os.path.abspath(path)}?{flag}&uri=true"
     kwargs: dict[str, Any] = {}
     if make_url(url).get_backend_name() == "postgresql":
         # A pooled connection that the server dropped (a restart, a failover) is noticed
@@ -105,21 +172,23 @@ def create_store_engine(url: str, *, busy_timeout_ms: int = 30_000) -> Engine:
         kwargs.update(pool_size=8, max_overflow=16, pool_pre_ping=True,
                       connect_args={"connect_timeout": 10, "application_name": "retrieval"})
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if not readonly:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
         # Pooled connections: opening one (and setting its pragmas) costs more than a
         # whole warm search. Store.close() disposes of the pool.
         kwargs["pool_size"] = 4
         kwargs["max_overflow"] = 16
         kwargs["connect_args"] = {"timeout": busy_timeout_ms / 1000, "check_same_thread": False}
-    engine = create_engine(url, **kwargs)
+    engine = create_engine(connect_url, **kwargs)
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
             dbapi_connection.isolation_level = None
+            dbapi_connection.set_progress_handler(_progress, PROGRESS_OPCODES)
             cur = dbapi_connection.cursor()
             cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            if cur.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            if not readonly and cur.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 cur.execute("PRAGMA journal_mode = WAL")
             cur.execute("PRAGMA synchronous = FULL")
             cur.execute("PRAGMA foreign_keys = ON")
@@ -186,8 +255,9 @@ def downgrade(engine: Engine, revision: str = "base") -> None:
     _migrate(engine, "downgrade", revision)
 
 
-def ensure_schema(engine: Engine) -> None:
-    """Bring the schema to HEAD_REVISION; refuse a database from a newer version."""
+def ensure_schema(engine: Engine, *, readonly: bool = False) -> None:
+    """Bring the schema to HEAD_REVISION; refuse a database from a newer version (and, on
+    a database this process cannot write, one that needs an upgrade)."""
     try:
         rev = current_revision(engine)
     except OperationalError as exc:
@@ -196,6 +266,10 @@ def ensure_schema(engine: Engine) -> None:
         return
     if rev is not None and not any((migrations_dir() / "versions").glob(f"{rev}_*.py")):
         raise StoreError(f"the database is at schema revision {rev}, unknown to this version of retrieval")
+    if readonly:
+        raise StoreError(f"the database {describe_url(str(engine.url))} needs an upgrade to schema revision "
+                         f"{HEAD_REVISION} (it is at {rev or 'none'}), and this user cannot write it: run any "
+                         "retrieve command once as a user who can")
     try:
         upgrade(engine)
     except OperationalError as exc:

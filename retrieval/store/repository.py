@@ -158,22 +158,37 @@ def _doc(row: Any) -> StoredDocument:
 class Store:
     """Repository over one database. Thread-safe: each call uses its own connection."""
 
-    def __init__(self, engine: Engine, url: str) -> None:
+    def __init__(self, engine: Engine, url: str, *, readonly: bool = False) -> None:
         self.engine = engine
         self.url = url
         self.matches = MatchCache()
+        # A SQLite file this process cannot write (a read-only mount, another user's
+        # folder): reads work, writes fail with one line, and derived data (vectors,
+        # hashes a search computes for documents the index has not caught up with) is
+        # computed and not stored.
+        self.readonly = readonly
 
     @classmethod
     def open(cls, url: str, *, busy_timeout_ms: int = 30_000, migrate: bool = True) -> Store:
         url = db.normalise_url(url)
-        engine = db.create_store_engine(url, busy_timeout_ms=busy_timeout_ms)
+        readonly = not db.writable(url)
+        engine = db.create_store_engine(url, busy_timeout_ms=busy_timeout_ms, readonly="ro" if readonly else None)
         try:
+            if readonly:
+                try:
+                    db.current_revision(engine)
+                except OperationalError:
+                    # A WAL database whose shared-memory file cannot be made beside it
+                    # (nobody has it open, and the folder is read-only): read it as the
+                    # immutable file it is for this process.
+                    engine.dispose()
+                    engine = db.create_store_engine(url, busy_timeout_ms=busy_timeout_ms, readonly="immutable")
             if migrate:
-                db.ensure_schema(engine)
+                db.ensure_schema(engine, readonly=readonly)
         except BaseException:
             engine.dispose()
             raise
-        return cls(engine, url)
+        return cls(engine, url, readonly=readonly)
 
     @property
     def dialect(self) -> str:
@@ -186,14 +201,21 @@ class Store:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        """One read transaction: every query inside sees the same snapshot."""
+        """One read transaction: every query inside sees the same snapshot. Inside a
+        :func:`~retrieval.store.db.deadline`, its statements stop when it passes."""
         try:
             connection = self.engine.connect()
             if connection.dialect.name == "postgresql":
                 connection = connection.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
             with connection as conn, conn.begin():
+                left = db.remaining()
+                if left is not None and conn.dialect.name == "postgresql":
+                    conn.exec_driver_sql(f"SET LOCAL statement_timeout = {max(1, int(left * 1000))}")
                 yield conn
         except OperationalError as exc:
+            stop = db.interrupted(exc)
+            if stop is not None:
+                raise stop from None
             raise _store_error(exc, self.url) from exc
 
     @contextmanager
@@ -203,6 +225,9 @@ class Store:
             with self.engine.connect().execution_options(sqlite_begin="BEGIN IMMEDIATE") as conn, conn.begin():
                 yield conn
         except OperationalError as exc:
+            stop = db.interrupted(exc)
+            if stop is not None:
+                raise stop from None
             raise _store_error(exc, self.url) from exc
         except DataError as exc:  # PostgreSQL refuses what SQLite stores (a NUL in a text)
             raise StoreError(f"the database refused the data: {db.first_line(exc.orig)}") from exc
@@ -491,8 +516,9 @@ class Store:
         return int(conn.scalar(select(func.count()).select_from(_WITHOUT_VECTORS_ALL.subquery()), {"key": model_key}) or 0)
 
     def add_embeddings(self, model_key: str, dim: int, items: Sequence[tuple[str, np.ndarray]]) -> None:
-        """Store vectors for content hashes; hashes already stored for the model are kept."""
-        if not items:
+        """Store vectors for content hashes; hashes already stored for the model are kept
+        (in a read-only store, nothing: they are derived data, computed again when needed)."""
+        if not items or self.readonly:
             return
         if self.dialect == "postgresql":
             unique = {h: v for h, v in items}
@@ -522,7 +548,7 @@ class Store:
 
     def set_hashes(self, fixes: Sequence[tuple[int, str]]) -> None:
         """Record content hashes computed by sync for rows written by other programs."""
-        if not fixes:
+        if not fixes or self.readonly:
             return
         with self.write() as conn:
             # Only the hash column is touched, so the change-log trigger does not fire.
@@ -708,6 +734,9 @@ def _unused_embeddings(model_keep: str | None) -> Any:
 
 def _store_error(exc: OperationalError, url: str) -> StoreError:
     msg = db.first_line(exc.orig)
+    if "readonly database" in msg or "read-only" in msg:
+        return StoreError(f"the database {db.describe_url(url)} is read-only for this user ({msg}): searches, get, "
+                          "status and verify work; writing needs a user who can write it and its folder")
     if "locked" in msg or "busy" in msg:
         return StoreError(
             f"the database is locked by another writer for longer than the busy timeout ({msg}); "
