@@ -169,7 +169,8 @@ def _field(key: str, spec: Any, where: str) -> Node:
 
 def _node(expr: Any, where: str, depth: int) -> Node:
     if depth > MAX_DEPTH:
-        raise FilterError(f"{where}: nested more than {MAX_DEPTH} levels deep")
+        shown = where if len(where) <= 48 else where[:40] + "…"
+        raise FilterError(f"the filter is nested more than {MAX_DEPTH} levels deep (at {shown})")
     if not isinstance(expr, dict):
         raise FilterError(f"{where or 'where'}: expected an object such as {{\"category\": \"footwear\"}}, "
                           f"got {_kind(expr)}")
@@ -207,6 +208,8 @@ def parse(expr: Any) -> Filter | None:
             expr = json.loads(expr)
         except json.JSONDecodeError as exc:
             raise FilterError(f"where: not valid JSON ({exc.msg} at character {exc.pos})") from None
+        except RecursionError:
+            raise FilterError(f"the filter is nested more than {MAX_DEPTH} levels deep") from None
     root = _node(expr, "", 0)
     if isinstance(root, Logic) and root.op == "$and" and not root.parts:
         return None

@@ -19,6 +19,10 @@ def test_root_help_lists_commands_with_examples() -> None:
     for name in ("ingest", "search", "get", "delete", "sync", "status", "verify", "reindex", "init", "config"):
         assert name in result.output
     assert "Examples:" in result.output
+    # One example a line, as written (the epilog once printed a literal "\b" and ran them together).
+    assert "\\b" not in result.output and "\n    retrieve init\n    retrieve ingest --sample\n" in result.output
+    options = CliRunner().invoke(cli, ["--help"]).output
+    assert "flat (exact, default)" not in options and "auto (default" in options
 
 
 @pytest.mark.parametrize("name", COMMANDS)
@@ -71,3 +75,13 @@ def test_debug_flag_shows_the_traceback(store_env) -> None:
     result = CliRunner().invoke(cli, ["--debug", "get", "missing"])
     assert result.exit_code != 0
     assert result.exception is not None and type(result.exception).__name__ == "NotFoundError"
+
+
+@pytest.mark.parametrize("depth", [40, 200, 1000, 100_000])
+def test_a_deeply_nested_filter_is_one_short_line(store_env, depth: int) -> None:
+    where = '{"$and": [' * depth + '{"a": 1}' + "]}" * depth
+    result = CliRunner().invoke(cli, ["search", "shoes", "--where", where])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output[-300:]
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1 and len(line) < 160, line
+    assert "nested more than 32 levels deep" in line

@@ -12,17 +12,19 @@ import click
 
 from retrieval.cli import backup, documents, evaluate, index, model, search, selftest, serve, status, worker
 from retrieval.cli.common import CliState, RetrieveGroup, setup_logging
-from retrieval.config import BACKENDS, PRECISIONS
+from retrieval.config import BACKENDS, INDEX_TYPES, PRECISIONS
 
 EXAMPLES = """
-\\b
+\b
 Examples:
   retrieve init
+  retrieve ingest --sample
   retrieve ingest products.jsonl
   retrieve ingest --format csv --id-field sku --text-field title --text-field body items.csv
   retrieve search "What are good shoes for jogging?" -k 3
   retrieve search --queries queries.txt > results.jsonl
   retrieve status
+  retrieve backup backups/today
   retrieve reindex --model ./my-other-model
 """
 
@@ -39,7 +41,8 @@ Examples:
               help="Encoder runtime (default auto: the fastest that passed the quality gate here).")
 @click.option("--precision", type=click.Choice(PRECISIONS), help="Encoder precision (default auto).")
 @click.option("--threads", type=int, help="Encoder threads (default: the physical cores).")
-@click.option("--index-type", help="flat (exact, default) or hnsw.")
+@click.option("--index-type", type=click.Choice(INDEX_TYPES),
+              help="auto (default: small segments exact, large ones HNSW), flat (every segment exact) or hnsw.")
 @click.option("--no-progress", is_flag=True, default=False, help="Hide progress bars.")
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens (to stderr).")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")

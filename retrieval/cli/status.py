@@ -39,7 +39,7 @@ def status_rows(st: dict[str, Any]) -> list[tuple[str, Any]]:
     for o in others:
         seen = "running" if o.get("running") else "not running"
         rows.append(("  replica", f"{o['name']}: {seen}, pid {o['pid']} on {o['host']}, at change {o.get('last_seq', 0)}"))
-    rows.append(("lag", f"{st['pending_changes']} changes, {st['lag_seconds']:.0f} s"))
+    rows.append(("lag", f"{_count(st['pending_changes'], 'change')}, {st['lag_seconds']:.0f} s"))
     for seg in st["segments"]:
         guard = ""
         if seg["type"] == "hnsw":
