@@ -114,17 +114,30 @@ def _position(store: Store, conn: Connection, seq: int) -> dict[str, Any]:
     return {"last_seq": seq, "store_id": store.store_id(conn), "anchor": store.change_token(conn, seq)}
 
 
+# Documents whose texts a sync holds at once (each page's vectors are kept, its texts dropped).
+TEXT_PAGE = 2048
+
+
+def _joined(parts: list[tuple[np.ndarray, np.ndarray]], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    if not parts:
+        return np.empty(0, np.int64), np.empty((0, dim), np.float32)
+    return np.concatenate([i for i, _ in parts]), np.concatenate([v for _, v in parts])
+
+
 def full_build(store: Store, index_store: IndexStore, encoder: Encoder, opts: BuildOptions) -> SyncReport:
     """Build a new index from every document (embedding only what was never embedded):
     one segment, typed by its size."""
     t0 = time.perf_counter()
     written = index_store.bytes_written
     report = SyncReport(full=True)
+    parts: list[tuple[np.ndarray, np.ndarray]] = []
     with store.read() as conn:
         position = _position(store, conn, store.max_seq(conn))
-        docs = [row for batch in store.iter_docs(conn) for row in batch]
-    report.stages["read"] = time.perf_counter() - t0
-    ids, matrix = report.vectors_for(store, encoder, docs)
+        # A page of texts at a time: memory holds the vectors, not the store's texts.
+        for batch in store.iter_docs(conn, batch=TEXT_PAGE):
+            parts.append(report.vectors_for(store, encoder, batch))
+    ids, matrix = _joined(parts, encoder.dim)
+    report.stages["read"] = time.perf_counter() - t0 - report.stages.get("embed", 0.0)
     t1 = time.perf_counter()
     generation = index_store.next_generation()
     segments: tuple[SegmentMeta, ...] = ()
@@ -163,7 +176,15 @@ def incremental(store: Store, index_store: IndexStore, encoder: Encoder, base: I
         if not pruned_past:
             position = _position(store, conn, last_seq)
             changed = store.changed_ids(conn, m.last_seq, last_seq)
-            present = store.docs_by_ids(conn, changed)
+            present: set[int] = set()
+            parts: list[tuple[np.ndarray, np.ndarray]] = []
+            # A page of texts at a time: a large backlog (an ingest of a big file) holds
+            # its vectors, not its texts.
+            for start in range(0, len(changed), TEXT_PAGE):
+                docs = store.docs_by_ids(conn, changed[start : start + TEXT_PAGE])
+                present.update(docs)
+                parts.append(report.vectors_for(store, encoder, [(d.id, d.text, d.content_hash) for d in docs.values()]))
+                del docs
     if pruned_past:
         # The change log was pruned past this index's position (by another replica's
         # compaction, say): what changed in between is unknown. Rebuild from the stored
@@ -171,9 +192,8 @@ def incremental(store: Store, index_store: IndexStore, encoder: Encoder, base: I
         log.warning("the change log starts at %d, after this index's position %d: rebuilding from the stored vectors",
                     oldest, m.last_seq)
         return full_build(store, index_store, encoder, opts)
-    report.stages["read"] = time.perf_counter() - t0
-    rows = [(d.id, d.text, d.content_hash) for d in present.values()]
-    ids, matrix = report.vectors_for(store, encoder, rows)
+    ids, matrix = _joined(parts, encoder.dim)
+    report.stages["read"] = time.perf_counter() - t0 - report.stages.get("embed", 0.0)
     t1 = time.perf_counter()
     generation = index_store.next_generation()
     changed_arr = np.unique(np.asarray(changed, dtype=np.int64))
