@@ -290,7 +290,7 @@ class RecordScan:
             if kept is not None:
                 yield kept
 
-    def batches(self, size: int = 1000, max_bytes: int = 64 << 20) -> Iterator[list[Record]]:
+    def batches(self, size: int = 1000, max_bytes: int = 8 << 20) -> Iterator[list[Record]]:
         """:meth:`records` in lists of at most ``size`` records and about ``max_bytes`` of text."""
         batch: list[Record] = []
         held = 0

@@ -34,7 +34,7 @@ import numpy as np
 from retrieval.embed.base import Encoder
 from retrieval.index.policy import Merge
 from retrieval.index.segments import BuildOptions, IndexStore, IndexVersion, Manifest, SegmentMeta, read_legacy
-from retrieval.store.repository import Store
+from retrieval.store.repository import FIRST_PAGE, Store, page_size
 from retrieval.vectors import EmbedStats, ensure_vectors
 
 if TYPE_CHECKING:
@@ -114,8 +114,10 @@ def _position(store: Store, conn: Connection, seq: int) -> dict[str, Any]:
     return {"last_seq": seq, "store_id": store.store_id(conn), "anchor": store.change_token(conn, seq)}
 
 
-# Documents whose texts a sync holds at once (each page's vectors are kept, its texts dropped).
+# Documents whose texts a sync holds at once, and about how much text that may be (pages
+# of large documents are smaller): each page's vectors are kept, its texts dropped.
 TEXT_PAGE = 2048
+TEXT_PAGE_BYTES = 8 << 20
 
 
 def _joined(parts: list[tuple[np.ndarray, np.ndarray]], dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -134,7 +136,7 @@ def full_build(store: Store, index_store: IndexStore, encoder: Encoder, opts: Bu
     with store.read() as conn:
         position = _position(store, conn, store.max_seq(conn))
         # A page of texts at a time: memory holds the vectors, not the store's texts.
-        for batch in store.iter_docs(conn, batch=TEXT_PAGE):
+        for batch in store.iter_docs(conn, batch=TEXT_PAGE, max_bytes=TEXT_PAGE_BYTES):
             parts.append(report.vectors_for(store, encoder, batch))
     ids, matrix = _joined(parts, encoder.dim)
     report.stages["read"] = time.perf_counter() - t0 - report.stages.get("embed", 0.0)
@@ -180,11 +182,16 @@ def incremental(store: Store, index_store: IndexStore, encoder: Encoder, base: I
             parts: list[tuple[np.ndarray, np.ndarray]] = []
             # A page of texts at a time: a large backlog (an ingest of a big file) holds
             # its vectors, not its texts.
-            for start in range(0, len(changed), TEXT_PAGE):
-                docs = store.docs_by_ids(conn, changed[start : start + TEXT_PAGE])
+            start, size = 0, FIRST_PAGE
+            while start < len(changed):
+                docs = store.docs_by_ids(conn, changed[start : start + size])
+                start += size
                 present.update(docs)
-                parts.append(report.vectors_for(store, encoder, [(d.id, d.text, d.content_hash) for d in docs.values()]))
-                del docs
+                rows = [(d.id, d.text, d.content_hash) for d in docs.values()]
+                parts.append(report.vectors_for(store, encoder, rows))
+                if rows:
+                    size = page_size(sum(len(r[1]) for r in rows) / len(rows), TEXT_PAGE, TEXT_PAGE_BYTES)
+                del docs, rows
     if pruned_past:
         # The change log was pruned past this index's position (by another replica's
         # compaction, say): what changed in between is unknown. Rebuild from the stored

@@ -44,6 +44,14 @@ def content_hash(text_: str) -> str:
     return hashlib.sha256(text_.encode("utf-8")).hexdigest()
 
 
+FIRST_PAGE = 64  # documents read before their sizes are known, when pages are bounded by bytes
+
+
+def page_size(mean_chars: float, most: int, max_bytes: int) -> int:
+    """Documents per page that hold about ``max_bytes`` of text at ``mean_chars`` each."""
+    return max(8, min(most, int(max_bytes / max(1.0, mean_chars))))
+
+
 def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -286,20 +294,27 @@ class Store:
         return out
 
     @staticmethod
-    def iter_docs(conn: Connection, batch: int = 10_000) -> Iterator[list[tuple[int, str, str | None]]]:
-        """(id, text, content_hash) of every document, in id order, in batches."""
+    def iter_docs(conn: Connection, batch: int = 10_000,
+                  max_bytes: int | None = None) -> Iterator[list[tuple[int, str, str | None]]]:
+        """(id, text, content_hash) of every document, in id order, in batches of at most
+        ``batch`` documents; with ``max_bytes``, batches shrink to hold about that much
+        text (sized by the texts seen so far), so that large documents never make a
+        batch large."""
         last = -1
+        size = batch if max_bytes is None else min(batch, FIRST_PAGE)
         while True:
             rows = conn.execute(
                 select(Document.id, Document.text, Document.content_hash)
                 .where(Document.id > last)
                 .order_by(Document.id)
-                .limit(batch)
+                .limit(size)
             ).all()
             if not rows:
                 return
             yield [(r[0], r[1], r[2]) for r in rows]
             last = rows[-1][0]
+            if max_bytes is not None:
+                size = page_size(sum(len(r[1]) for r in rows) / len(rows), batch, max_bytes)
 
     @staticmethod
     def all_ids(conn: Connection) -> np.ndarray:
