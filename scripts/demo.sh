@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Set up, ingest the bundled sample catalog into ./demo, and run two searches.
+# Set up (the package alone, without the test tools), ingest the bundled sample catalog
+# into ./demo, and run two searches.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --runtime
 export HF_HUB_OFFLINE=1
 export RETRIEVE_DATABASE_URL="sqlite:///$PWD/demo/retrieval.db" RETRIEVE_INDEX_DIR="$PWD/demo/index"
-.venv/bin/retrieve ingest retrieval/sample/products.jsonl
+.venv/bin/retrieve ingest --sample
 echo
 echo '$ retrieve search "What are good shoes for jogging?"'
 .venv/bin/retrieve search "What are good shoes for jogging?" -k 3

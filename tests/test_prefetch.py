@@ -91,7 +91,7 @@ def test_a_child_without_an_export_skips_and_the_parent_answers(env: dict[str, s
 
 def test_errors_are_reported_by_the_parent(env: dict[str, str], tmp_path: Path) -> None:
     out = _run(env, tmp_path, "search", "   ")
-    assert out.returncode == 1 and "the query is empty" in out.stderr
+    assert out.returncode == 2 and "the query is empty" in out.stderr
     missing = _run({**env, "RETRIEVE_MODEL": str(tmp_path / "no-such-model")}, tmp_path, "search", QUERY)
     assert missing.returncode != 0 and "no-such-model" in missing.stderr
     assert "Traceback" not in missing.stderr

@@ -32,3 +32,22 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert command in README.read_text()
     ci = (README.parent / ".ci" / "run").read_text()
     assert command in ci
+
+
+def test_the_readmes_filter_example_finds_something_on_the_sample(store_env) -> None:
+    """It once filtered for footwear under 100 on a sample whose only footwear costs 129."""
+    import json
+    import shlex
+
+    from click.testing import CliRunner
+
+    from retrieval.cli import cli
+
+    line = next(x for x in README.read_text().splitlines() if x.startswith("retrieve search") and "--where" in x)
+    args = shlex.split(line.split("#")[0])[1:]
+    runner = CliRunner()
+    assert runner.invoke(cli, ["ingest", "--sample"]).exit_code == 0
+    found = runner.invoke(cli, [*args, "--json"])
+    assert found.exit_code == 0, found.output
+    hits = json.loads(found.stdout)["results"]
+    assert hits and all(h["metadata"]["category"] == "clothing" and h["metadata"]["price"] < 50 for h in hits)

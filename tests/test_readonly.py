@@ -123,3 +123,35 @@ def test_ctrl_c_stops_a_statement_running_in_sqlite(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted" in out, out + err
+
+
+def test_an_index_folder_this_user_cannot_write_is_refused_before_anything_is_stored(store_env: dict[str, str],
+                                                                                      tmp_path: Path) -> None:
+    """The database writable, the index folder not (another user's): ingest and delete once
+    committed to the database, then printed a 60-line PermissionError traceback."""
+    runner = CliRunner()
+    assert runner.invoke(cli, ["ingest", str(SAMPLE)]).exit_code == 0
+    index = tmp_path / "store" / "index"
+    prefix = _read_only_runner(index)
+    if not prefix:
+        if os.geteuid() == 0:
+            pytest.skip("cannot mount a folder read-only here (needs unshare and mount as root)")
+        for path in [index, *index.rglob("*")]:
+            path.chmod(path.stat().st_mode & ~0o222)
+    more = tmp_path / "more.jsonl"
+    more.write_text('{"id": "kite", "text": "A kite for windy days"}\n', encoding="utf-8")
+    try:
+        for args in (["ingest", str(more)], ["delete", "p002"]):
+            refused = subprocess.run([*prefix, sys.executable, "-m", "retrieval.cli", *args], env={**os.environ},
+                                     capture_output=True, text=True, timeout=120)
+            assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+            assert refused.stderr.strip().startswith("Error: cannot lock the index folder"), refused.stderr
+            assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    finally:
+        if not prefix:
+            for path in [index, *index.rglob("*")]:
+                path.chmod(path.stat().st_mode | 0o200)
+    # Nothing was stored or deleted: the database is as it was.
+    assert runner.invoke(cli, ["get", "kite"]).exit_code == 1
+    assert runner.invoke(cli, ["get", "p002"]).exit_code == 0
+    assert runner.invoke(cli, ["verify"]).exit_code == 0
