@@ -16,6 +16,9 @@ import pytest
 
 from conftest import HASH
 
+# The extended suite: run by .ci/run after the README's test command (pytest -m extended).
+pytestmark = pytest.mark.extended
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "bench_ingest_search.py"
 CATALOG = REPO.parent / "shared" / "data" / "catalog" / "catalog-100k.jsonl"

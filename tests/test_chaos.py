@@ -22,6 +22,9 @@ from click.testing import CliRunner
 from conftest import HASH
 from retrieval.selftest import OPERATIONS, ChaosReport, run_chaos, worker_available
 
+# The extended suite: run by .ci/run after the README's test command (pytest -m extended).
+pytestmark = pytest.mark.extended
+
 SEED = 20_260_101  # fixed, so that a failure names a reproducible sequence of kill plans
 
 

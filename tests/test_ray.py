@@ -27,6 +27,9 @@ from retrieval.cli import cli
 
 pytest.importorskip("ray", reason="Ray is not installed (pip install 'retrieval[ray]')")
 
+# The extended suite: run by .ci/run after the README's test command (pytest -m extended).
+pytestmark = pytest.mark.extended
+
 CATALOG = SHARED_DATA / "catalog" / "catalog-100k.jsonl"
 CRANFIELD = SHARED_DATA / "cranfield"
 SAMPLE = Path(__file__).resolve().parent.parent / "retrieval" / "sample" / "products.jsonl"
