@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retrieval.errors import IndexCorruptError, RetrievalError, StoreError, WorkerBusyError
+from retrieval.index.segments import fsync_dir, write_durable
 from retrieval.store import db
 
 if TYPE_CHECKING:
@@ -78,12 +79,12 @@ def backup(r: Retriever, dest: str | os.PathLike[str]) -> BackupReport:
         info = {"format": FORMAT, "created_at": time.time(), "database": report.database,
                 "store_id": _store_id(r), "index_version": report.index_version, "index_seq": report.index_seq,
                 "database_seq": report.database_seq, "documents": report.documents, "model_key": _model_key(r)}
-        _write(work / BACKUP_FILE, json.dumps(info, indent=1).encode())
-        _fsync_dir(work)
+        write_durable(work / BACKUP_FILE, json.dumps(info, indent=1).encode())
+        fsync_dir(work)
         if target.exists():
             target.rmdir()
         os.rename(work, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -163,7 +164,7 @@ def read_backup(source: str | os.PathLike[str]) -> dict[str, Any]:
 
 def restore(r: Retriever, source: str | os.PathLike[str]) -> RestoreReport:
     """Replace the store's database (SQLite) and index by the backup in ``source``."""
-    from retrieval.index.segments import Manifest
+    from retrieval.index.segments import MERGE_LOCK, Manifest
     from retrieval.sync import follows
     from retrieval.worker import LOCK_FILE
 
@@ -203,7 +204,7 @@ def restore(r: Retriever, source: str | os.PathLike[str]) -> RestoreReport:
     worker = _hold(r, Path(r.settings.index_dir) / LOCK_FILE, "a worker (`retrieve worker` or `retrieve serve`) "
                    "keeps this store in sync; stop it before restoring")
     try:
-        merging = _hold(r, Path(r.settings.index_dir) / ".merge.lock",
+        merging = _hold(r, Path(r.settings.index_dir) / MERGE_LOCK,
                         "a merge is running on this store (`retrieve compact`?); try again when it ends")
         try:
             with r._sync_lock():
@@ -252,18 +253,3 @@ def _store_id(r: Retriever) -> str:
 def _model_key(r: Retriever) -> str | None:
     manifest = r.index_store.read_manifest()
     return manifest.model_key if manifest else None
-
-
-def _write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

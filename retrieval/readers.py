@@ -370,20 +370,18 @@ _STRICT = json.JSONDecoder(parse_constant=_reject_constant)
 _LENIENT = json.JSONDecoder()
 
 
-def _lines(stream: BinaryIO, limit: int) -> Iterator[tuple[int, str | int]]:
-    """(line number, decoded line without its line break) for every line; a line longer
-    than ``limit`` bytes is skipped unread and given as its length in bytes instead."""
+def _raw_lines(stream: BinaryIO, limit: int) -> Iterator[tuple[int, bytes | int]]:
+    """(line number, the line's bytes with its line break) for every line, a BOM at the
+    start dropped; a line longer than ``limit`` bytes is skipped unread and given as its
+    length in bytes instead."""
     number = 0
-    first = True
     while True:
         raw = stream.readline(limit + 1)
         if not raw:
             return
         number += 1
-        if first:
-            first = False
-            if raw.startswith(_BOM):
-                raw = raw[len(_BOM) :]
+        if number == 1 and raw.startswith(_BOM):
+            raw = raw[len(_BOM) :]
         if len(raw) > limit and not raw.endswith(b"\n"):
             size = len(raw)
             while True:  # the rest of the line, read and dropped a chunk at a time
@@ -392,6 +390,15 @@ def _lines(stream: BinaryIO, limit: int) -> Iterator[tuple[int, str | int]]:
                 if not more or more.endswith(b"\n"):
                     break
             yield number, size
+            continue
+        yield number, raw
+
+
+def _lines(stream: BinaryIO, limit: int) -> Iterator[tuple[int, str | int]]:
+    """:func:`_raw_lines` decoded, without their line breaks."""
+    for number, raw in _raw_lines(stream, limit):
+        if isinstance(raw, int):
+            yield number, raw
             continue
         if raw.endswith(b"\n"):
             raw = raw[:-1]
@@ -756,25 +763,9 @@ def _parse_csv(stream: BinaryIO, name: str, builder: _Builder, limit: int,
     oversized: list[tuple[int, int]] = []
 
     def feed() -> Iterator[str]:
-        number = 0
-        first = True
-        while True:
-            raw = stream.readline(limit + 1)
-            if not raw:
-                return
-            number += 1
-            if first:
-                first = False
-                if raw.startswith(_BOM):
-                    raw = raw[len(_BOM) :]
-            if len(raw) > limit and not raw.endswith(b"\n"):
-                size = len(raw)
-                while True:
-                    more = stream.readline(READ_CHUNK)
-                    size += len(more)
-                    if not more or more.endswith(b"\n"):
-                        break
-                oversized.append((number, size))
+        for number, raw in _raw_lines(stream, limit):
+            if isinstance(raw, int):
+                oversized.append((number, raw))
                 raw = b"\n"  # the row is refused below; the reader goes on with the next line
             line = _decode(raw)
             consumed.append((number, line))

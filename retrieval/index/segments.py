@@ -65,7 +65,7 @@ class FileRef:
     sha256: str
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -73,7 +73,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_durable(path: Path, data: bytes) -> None:
+def write_durable(path: Path, data: bytes) -> None:
     with open(path, "wb") as fh:
         fh.write(data)
         fh.flush()
@@ -715,11 +715,11 @@ class IndexStore:
         tmp = folder / f".tmp-{uuid.uuid4().hex[:8]}-{filename}"
         final = folder / filename
         try:
-            _write_durable(tmp, data)
+            write_durable(tmp, data)
             if _sha256_file(tmp) != digest:
                 raise OSError(f"{tmp.name} reads back differently from what was written")
             os.rename(tmp, final)
-            _fsync_dir(folder)
+            fsync_dir(folder)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise IndexWriteError(
@@ -773,9 +773,9 @@ class IndexStore:
         ref = self._write_file(self.manifests_dir, manifest.filename, manifest.to_bytes())
         try:
             pointer_tmp = self.root / f".CURRENT.{uuid.uuid4().hex[:8]}.tmp"
-            _write_durable(pointer_tmp, (manifest.filename + "\n").encode())
+            write_durable(pointer_tmp, (manifest.filename + "\n").encode())
             os.replace(pointer_tmp, self.pointer)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         except OSError as exc:
             raise IndexWriteError(
                 f"cannot switch the index to {ref.path}: {exc.strerror or exc}; the previous generation keeps serving"
@@ -814,10 +814,10 @@ class IndexStore:
             target.parent.mkdir(parents=True, exist_ok=True)
             copied += _copy_checked(self.root / ref.path, target, ref)
         (dest / "manifests").mkdir(parents=True, exist_ok=True)
-        _write_durable(dest / "manifests" / manifest.filename, manifest.to_bytes())
-        _write_durable(dest / "CURRENT", (manifest.filename + "\n").encode())
+        write_durable(dest / "manifests" / manifest.filename, manifest.to_bytes())
+        write_durable(dest / "CURRENT", (manifest.filename + "\n").encode())
         for folder in {dest, *(p.parent for p in dest.rglob("*") if p.is_file())}:
-            _fsync_dir(folder)
+            fsync_dir(folder)
         return copied
 
     def adopt(self, source: Path, **changes: Any) -> IndexVersion:
@@ -836,7 +836,7 @@ class IndexStore:
             try:
                 _copy_checked(source / ref.path, tmp, ref)
                 os.rename(tmp, target)
-                _fsync_dir(target.parent)
+                fsync_dir(target.parent)
             except OSError as exc:
                 tmp.unlink(missing_ok=True)
                 raise IndexWriteError(f"cannot write {ref.path} in {self.root}: {exc.strerror or exc}") from exc
