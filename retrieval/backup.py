@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retrieval.errors import IndexCorruptError, RetrievalError, StoreError, WorkerBusyError
-from retrieval.index.segments import fsync_dir, write_durable
+from retrieval.index.files import fsync_dir, write_durable
 from retrieval.store import db
 
 if TYPE_CHECKING:
@@ -164,9 +164,10 @@ def read_backup(source: str | os.PathLike[str]) -> dict[str, Any]:
 
 def restore(r: Retriever, source: str | os.PathLike[str]) -> RestoreReport:
     """Replace the store's database (SQLite) and index by the backup in ``source``."""
-    from retrieval.index.segments import MERGE_LOCK, Manifest
-    from retrieval.sync import follows
-    from retrieval.worker import LOCK_FILE
+    from retrieval.index.manifest import Manifest
+    from retrieval.index.store import MERGE_LOCK
+    from retrieval.sync.replay import follows
+    from retrieval.sync.worker import LOCK_FILE
 
     t0 = time.perf_counter()
     folder = Path(source)

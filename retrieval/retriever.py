@@ -36,15 +36,19 @@ from retrieval.errors import (
 from retrieval.executors import EmbedPool, LocalPool, check_executor
 from retrieval.filters import Filter
 from retrieval.filters import parse as parse_filter
+from retrieval.index.build import BuildOptions
+from retrieval.index.legacy import LegacyIndexFound
 from retrieval.index.policy import MergePolicy
-from retrieval.index.segments import MERGE_LOCK, SYNC_LOCK, BuildOptions, IndexStore, IndexVersion, LegacyIndexFound
+from retrieval.index.segment import IndexVersion
+from retrieval.index.store import MERGE_LOCK, SYNC_LOCK, IndexStore
 from retrieval.search import pipeline
 from retrieval.search.hits import Hit
 from retrieval.store import db
 from retrieval.store.keyword import keyword_problems, rebuild_keyword_index
 from retrieval.store.repository import NewDocument, Store, content_hash
-from retrieval.sync import MergeReport, SyncReport, convert_legacy, follows, full_build, incremental, merge
-from retrieval.vectors import EMBED_CHUNK, BulkEmbedReport, embed_missing, embed_stored, ensure_vectors
+from retrieval.sync.merge import MergeReport, merge
+from retrieval.sync.replay import SyncReport, convert_legacy, follows, full_build, incremental
+from retrieval.sync.vectors import EMBED_CHUNK, BulkEmbedReport, embed_missing, embed_stored, ensure_vectors
 
 log = logging.getLogger("retrieval")
 
@@ -774,7 +778,7 @@ class Retriever:
 
     def vitals(self) -> dict[str, Any]:
         """The figures a monitor polls: :meth:`lag`, documents and the index's size on disk."""
-        from retrieval.worker import read_state
+        from retrieval.sync.worker import read_state
 
         manifest = self.index_store.read_manifest()
         segments = manifest.segments if manifest else ()
@@ -790,8 +794,8 @@ class Retriever:
         """Counts, model, index version and sizes; loads neither the model nor torch."""
         from retrieval.embed import plan_for
         from retrieval.embed.choice import EncoderPlan
-        from retrieval.maintenance import reclaimable
-        from retrieval.worker import read_states
+        from retrieval.sync.maintenance import reclaimable
+        from retrieval.sync.worker import read_states
 
         try:
             encoder_plan = plan_for(self.settings, prefer_key=self.index_store.model_key())

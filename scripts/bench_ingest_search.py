@@ -257,7 +257,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from retrieval.config import load_settings
     from retrieval.embed import create_encoder
     from retrieval.embed.sentence_transformers import SentenceTransformerEncoder
-    from retrieval.index.segments import IndexStore
+    from retrieval.index.store import IndexStore
     from retrieval.retriever import Retriever
     from retrieval.store.repository import Store
 

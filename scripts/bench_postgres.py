@@ -58,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import catalog_documents, machine  # noqa: E402
 from retrieval.store.repository import NewDocument, Store, content_hash  # noqa: E402
-from retrieval.vectors import EMBED_CHUNK  # noqa: E402
+from retrieval.sync.vectors import EMBED_CHUNK  # noqa: E402
 
 PASSES = ("ingest", "unchanged", "update", "vectors")
 TARGET_RATIO = 1 / 1.5  # PostgreSQL's first ingest within 1.5x of SQLite's

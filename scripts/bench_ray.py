@@ -3,7 +3,7 @@
 
 ``--texts`` catalog descriptions (the first rows of ../shared/data/catalog/catalog.jsonl)
 are stored in a fresh SQLite store for every run (not timed), then every one of them
-without a vector is embedded by :func:`retrieval.vectors.embed_stored`, the loop of
+without a vector is embedded by :func:`retrieval.sync.vectors.embed_stored`, the loop of
 `retrieve embed`, on one of these pools:
 
 * ``local``: this process's encoder (the default settings: backend/precision auto,
@@ -54,7 +54,7 @@ from retrieval.embed.cpu import physical_cores  # noqa: E402
 from retrieval.embed.spec import EncoderSpec  # noqa: E402
 from retrieval.executors import EmbedPool, LocalPool  # noqa: E402
 from retrieval.store.repository import NewDocument, Store, content_hash  # noqa: E402
-from retrieval.vectors import BulkEmbedReport, embed_stored  # noqa: E402
+from retrieval.sync.vectors import BulkEmbedReport, embed_stored  # noqa: E402
 
 MODEL = "all-MiniLM-L6-v2"
 TARGET = 0.85

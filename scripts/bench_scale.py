@@ -420,7 +420,7 @@ def recall_at(found_scores: np.ndarray, kth: np.ndarray) -> float:
 def search_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import faiss
 
-    from retrieval.index.segments import set_search_threads
+    from retrieval.index.segment import set_search_threads
     from retrieval.retriever import Retriever
     from retrieval.store.repository import content_hash
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from retrieval.config import load_settings  # noqa: E402
 from retrieval.retriever import Retriever  # noqa: E402
-from retrieval.worker import Worker  # noqa: E402
+from retrieval.sync.worker import Worker  # noqa: E402
 
 
 def read_catalog(n: int, skip: int = 0) -> list[dict]:

@@ -146,11 +146,11 @@ def test_a_failed_index_write_keeps_the_previous_version(seeded, make_retriever,
     import errno
 
     from retrieval.errors import IndexWriteError
-    from retrieval.index import segments
+    from retrieval.index import files
 
     r, store, _ = seeded
     before = (store / "index" / "CURRENT").read_text()
-    real = segments.write_durable
+    real = files.write_durable
     calls = {"n": 0}
 
     def failing(path, data):  # type: ignore[no-untyped-def]
@@ -160,11 +160,11 @@ def test_a_failed_index_write_keeps_the_previous_version(seeded, make_retriever,
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, data)
 
-    monkeypatch.setattr(segments, "write_durable", failing)
+    monkeypatch.setattr(files, "write_durable", failing)
     with pytest.raises(IndexWriteError) as info:
         r.ingest([{"id": "new", "text": "A cast iron frying pan"}])
     assert "No space left on device" in str(info.value) and "previous index generation keeps serving" in str(info.value)
-    monkeypatch.setattr(segments, "write_durable", real)
+    monkeypatch.setattr(files, "write_durable", real)
     assert (store / "index" / "CURRENT").read_text() == before
     assert not [p for p in (store / "index").rglob(".tmp-*")]
     # The document is stored (the database is the truth) and found; the next sync indexes it.

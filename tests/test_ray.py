@@ -133,7 +133,7 @@ def test_an_actor_killed_mid_run_is_restarted_and_every_text_is_stored_once(
     from retrieval.embed.spec import EncoderSpec
     from retrieval.executors.ray_pool import RayPool
     from retrieval.store.repository import content_hash
-    from retrieval.vectors import embed_stored
+    from retrieval.sync.vectors import embed_stored
 
     docs = catalog(600, skip=1000)
     r = make_retriever(model=REAL)

@@ -138,7 +138,7 @@ class StoreMachine(RuleBasedStateMachine):
         """A merge whose inputs change while it builds: another writer updates and deletes
         documents (and syncs) between the merge's build and its manifest switch."""
         from retrieval.retriever import build_options
-        from retrieval.sync import merge
+        from retrieval.sync.merge import merge
 
         r = self.retriever
         plans = r.pending_merges()

@@ -64,7 +64,7 @@ def test_worker_process_follows_plain_sql_writes_and_stops_cleanly(store_env, tm
 
 
 def test_worker_once_in_process_and_max_batch(make_retriever, tmp_path: Path) -> None:
-    from retrieval.worker import Worker
+    from retrieval.sync.worker import Worker
 
     r = make_retriever()
     r.ingest([{"id": "a", "text": SEED[0]}])
@@ -133,8 +133,8 @@ def test_compact_reclaims_unused_embeddings_and_keeps_search_working(store_env, 
 
 @pytest.mark.both_databases
 def test_change_log_is_pruned_only_below_every_replicas_position(make_retriever, tmp_path: Path) -> None:
-    from retrieval.maintenance import collect_garbage
-    from retrieval.worker import Worker
+    from retrieval.sync.maintenance import collect_garbage
+    from retrieval.sync.worker import Worker
 
     a = make_retriever(replica_name="a")
     b = make_retriever(tmp_path / "b", database_url=a.settings.database_url, replica_name="b")

@@ -76,7 +76,7 @@ def reindex(retriever: Any, new_model: str | None, if_needed: bool, as_json: boo
     if if_needed:
         if new_model:
             raise click.UsageError("--if-needed and --model do not go together")
-        from retrieval.maintenance import reindex_needed
+        from retrieval.sync.maintenance import reindex_needed
 
         decision = reindex_needed(retriever)
         if not decision.needed:
@@ -126,7 +126,7 @@ def compact(retriever: Any, as_json: bool) -> None:
     \b
         retrieve compact
     """
-    from retrieval.maintenance import compact as run_compact
+    from retrieval.sync.maintenance import compact as run_compact
 
     before = retriever.status()
     result = run_compact(retriever)

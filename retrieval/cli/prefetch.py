@@ -130,7 +130,7 @@ def _child(settings: Any, query: str, fd: int) -> int:
 
     from retrieval.embed import encoder_for, plan_for, resolve_model
     from retrieval.embed.export import is_exported
-    from retrieval.index.segments import IndexStore
+    from retrieval.index.store import IndexStore
 
     prefer = IndexStore(settings.index_dir).model_key()
     # Decided before building the encoder: building a runtime encoder without a cached

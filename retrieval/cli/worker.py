@@ -31,7 +31,7 @@ def worker(retriever: Any, poll_interval: float | None, max_batch: int | None, w
         retrieve worker
         retrieve worker --poll-interval 0.5 --reindex-at 03:30
     """
-    from retrieval.worker import Schedule, Worker, parse_daily
+    from retrieval.sync.worker import Schedule, Worker, parse_daily
 
     # A service's log: every line with its time and level, the worker's own at INFO.
     ctx = click.get_current_context()

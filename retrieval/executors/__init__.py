@@ -1,7 +1,7 @@
 """Where bulk embedding runs: in this process (``local``) or on a Ray cluster (``ray``).
 
 An executor is an :class:`EmbedPool`: it takes batches of texts, tagged by the caller,
-and gives back their vectors as they finish. The caller (:func:`retrieval.vectors.
+and gives back their vectors as they finish. The caller (:func:`retrieval.sync.vectors.
 embed_stored`) reads the store, hands out batches and commits the vectors; a pool never
 touches the store or the index. Ray is imported only when the ``ray`` executor is used.
 """

@@ -13,14 +13,14 @@ log = logging.getLogger("retrieval.server")
 
 
 class SyncThread:
-    """Runs the store's :class:`~retrieval.worker.Worker` on a daemon thread.
+    """Runs the store's :class:`~retrieval.sync.worker.Worker` on a daemon thread.
 
     When a separate ``retrieve worker`` already holds the store, this one stands by and
     retries, so the store never has two workers and never none while the service runs.
     """
 
     def __init__(self, retriever: Any, poll_interval: float) -> None:
-        from retrieval.worker import Worker
+        from retrieval.sync.worker import Worker
 
         self.retriever = retriever
         self.worker = Worker(retriever, poll_interval=poll_interval)

@@ -23,7 +23,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from retrieval.index.segments import BuildOptions, SegmentMeta
+from retrieval.index.build import BuildOptions
+from retrieval.index.manifest import SegmentMeta
 
 
 @dataclass(frozen=True)

@@ -32,13 +32,13 @@ import numpy as np
 from retrieval.config import SEARCH_MODES
 from retrieval.embed.base import Encoder
 from retrieval.errors import ArgumentError, IndexDivergedError
-from retrieval.index.segments import EXACT_MAX_ROWS, IndexVersion, set_search_threads
+from retrieval.index.segment import EXACT_MAX_ROWS, IndexVersion, set_search_threads
 from retrieval.search.hits import Hit
 from retrieval.store.filters import Filter, compile_filter
 from retrieval.store.keyword import KeywordHit, keyword_search, keyword_snippets
 from retrieval.store.repository import Store, StoredDocument
-from retrieval.sync import follows
-from retrieval.vectors import ensure_vectors
+from retrieval.sync.replay import follows
+from retrieval.sync.vectors import ensure_vectors
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.config import Settings, load_settings
-from retrieval.index.segments import MERGE_LOCK, lock_held
+from retrieval.index.store import MERGE_LOCK, lock_held
 
 OPERATIONS = ("ingest", "sync", "worker", "reindex", "merge")
 SPECIAL_CASES = ("truncated-index", "garbage-index", "garbage-manifest", "disk-full", "database-locked")
@@ -661,7 +661,7 @@ def worker_available() -> bool:
     """Whether this version of retrieval has the `retrieve worker` command."""
     import importlib.util
 
-    return importlib.util.find_spec("retrieval.worker") is not None
+    return importlib.util.find_spec("retrieval.sync.worker") is not None
 
 
 def run_chaos(

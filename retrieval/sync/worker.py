@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.errors import RetrievalError, WorkerBusyError
-from retrieval.index.segments import lock_held
+from retrieval.index.store import lock_held
 from retrieval.store.db import describe_url
 
 log = logging.getLogger("retrieval.worker")
@@ -288,7 +288,7 @@ class Worker:
         log.info(_kv(event="merge_started", merge=what))
 
     def _scheduled_reindex(self) -> None:
-        from retrieval.maintenance import reindex_needed
+        from retrieval.sync.maintenance import reindex_needed
 
         decision = reindex_needed(self.retriever)
         log.info(_kv(event="reindex_check", needed=decision.needed, reason=decision.reason))
@@ -298,7 +298,7 @@ class Worker:
                          seconds=report.seconds))
 
     def _gc(self) -> None:
-        from retrieval.maintenance import collect_garbage
+        from retrieval.sync.maintenance import collect_garbage
 
         try:
             removed = collect_garbage(self.retriever)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from retrieval.errors import IndexCorruptError
-from retrieval.index.segments import LegacyIndexFound
+from retrieval.index.legacy import LegacyIndexFound
 
 log = logging.getLogger("retrieval.maintenance")
 

@@ -1,0 +1,87 @@
+"""Files of the index folder: written once under a temporary name, fsynced, read back and
+checked, renamed into place, and named by a manifest with their size and sha256. Nothing
+here is ever edited in place."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from retrieval.errors import IndexCorruptError, IndexWriteError
+
+
+@dataclass(frozen=True)
+class FileRef:
+    path: str  # relative to index_dir
+    bytes: int
+    sha256: str
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durable(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def copy_checked(source: Path, target: Path, ref: FileRef) -> int:
+    """Copy ``source`` to ``target`` (fsynced), checking size and sha256 against ``ref``."""
+    h = hashlib.sha256()
+    size = 0
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        for block in iter(lambda: src.read(1 << 20), b""):
+            h.update(block)
+            dst.write(block)
+            size += len(block)
+        dst.flush()
+        os.fsync(dst.fileno())
+    if size != ref.bytes or h.hexdigest() != ref.sha256:
+        target.unlink(missing_ok=True)
+        raise IndexCorruptError(f"index file {ref.path} does not match its manifest ({size} bytes, expected "
+                                f"{ref.bytes}; truncated or corrupt)")
+    return size
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+
+
+def write_once(root: Path, folder: Path, filename: str, data: bytes) -> FileRef:
+    """Write ``data`` once as ``folder/filename`` (under the index folder ``root``): a
+    temporary name, fsync, read back and check, rename, fsync the folder. A failure
+    (disk full, permissions) leaves nothing behind and says that the previous generation
+    keeps serving."""
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(data).hexdigest()
+    tmp = folder / f".tmp-{uuid.uuid4().hex[:8]}-{filename}"
+    final = folder / filename
+    try:
+        write_durable(tmp, data)
+        if sha256_file(tmp) != digest:
+            raise OSError(f"{tmp.name} reads back differently from what was written")
+        os.rename(tmp, final)
+        fsync_dir(folder)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise IndexWriteError(
+            f"cannot write {final.relative_to(root)} in {root}: {exc.strerror or exc}; "
+            "the previous index generation keeps serving (free some space and run `retrieve sync`)"
+        ) from exc
+    return FileRef(str(final.relative_to(root)), len(data), digest)
