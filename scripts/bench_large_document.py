@@ -180,7 +180,8 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO / "bench" / "large_document.json"))
     args = parser.parse_args()
 
-    from retrieval.store.keyword import SNIPPET_MAX_TOKENS, keyword_search
+    from retrieval.store.keyword import keyword_search
+    from retrieval.store.windows import SNIPPET_MAX_TOKENS
 
     pool = texts(args.docs + 60_000, args.seed)
     short, filler = pool[: args.docs], pool[args.docs:]

@@ -30,22 +30,16 @@ from retrieval.filters import parse
 from retrieval.store import db
 from retrieval.store.filters import compile_filter
 from retrieval.store.keyword import (
-    MAX_TERMS,
-    SNIPPET_CLOSE,
-    SNIPPET_OPEN,
-    KeywordHit,
-    fts_query,
     keyword_available,
     keyword_problems,
     keyword_search,
     keyword_snippets,
-    parse_snippet,
-    query_terms,
     rebuild_keyword_index,
     ts_query,
 )
 from retrieval.store.models import Document
 from retrieval.store.repository import NewDocument, Store
+from retrieval.store.terms import MAX_TERMS, SNIPPET_CLOSE, SNIPPET_OPEN, KeywordHit, fts_query, parse_snippet, query_terms
 
 FTS_TRIGGERS = {"documents_fts_insert", "documents_fts_delete", "documents_fts_update"}
 

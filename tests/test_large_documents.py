@@ -21,21 +21,20 @@ import pytest
 from sqlalchemy import event, select
 from sqlalchemy.engine import make_url
 
-from retrieval.store import keyword
-from retrieval.store.keyword import (
-    FTS5_TOKENIZE,
+from retrieval.store import windows
+from retrieval.store.keyword import keyword_search, keyword_snippets
+from retrieval.store.models import Document
+from retrieval.store.repository import NewDocument, Store
+from retrieval.store.terms import (
     SNIPPET_CLOSE,
     SNIPPET_ELLIPSIS,
-    SNIPPET_MAX_TOKENS,
     SNIPPET_OPEN,
     SNIPPET_TOKENS,
     KeywordHit,
-    keyword_search,
-    keyword_snippets,
+    fts_query,
     parse_snippet,
 )
-from retrieval.store.models import Document
-from retrieval.store.repository import NewDocument, Store
+from retrieval.store.windows import FTS5_TOKENIZE, SNIPPET_MAX_TOKENS
 
 both_databases = pytest.mark.both_databases
 
@@ -125,7 +124,7 @@ def fts5_snippet(store: Store, query: str, doc_id: int) -> tuple[str, tuple[tupl
     try:
         row = con.execute(
             "SELECT snippet(documents_fts, 0, ?, ?, ?, ?) FROM documents_fts WHERE documents_fts MATCH ? AND rowid = ?",
-            (SNIPPET_OPEN, SNIPPET_CLOSE, SNIPPET_ELLIPSIS, SNIPPET_TOKENS, keyword.fts_query(query), doc_id),
+            (SNIPPET_OPEN, SNIPPET_CLOSE, SNIPPET_ELLIPSIS, SNIPPET_TOKENS, fts_query(query), doc_id),
         ).fetchone()
     finally:
         con.close()
@@ -221,7 +220,7 @@ def test_a_windows_snippet_is_fts5s_snippet_of_the_whole_row(store: Store, monke
     """With one match, FTS5's snippet() of the whole row and of the window agree, ellipses
     and the document's edges included; the scan finds the match whatever its case,
     diacritics (composed or not) and Porter stem."""
-    monkeypatch.setattr(keyword, "SNIPPET_MAX_TOKENS", 64)
+    monkeypatch.setattr(windows, "SNIPPET_MAX_TOKENS", 64)
     before = filler(20_000) if where != "start" else ""
     after = filler(20_000, 400) if where != "end" else ""
     ids = put(store, doc=" ".join(p for p in (before, sentence, after) if p))
@@ -240,7 +239,7 @@ def test_without_a_match_in_reach_the_snippet_is_the_documents_start(store: Stor
     without a match, and the search still finds the document."""
     for name, value in (("SNIPPET_MAX_TOKENS", 64), ("HEADLINE_MAX_BYTES", 512), ("SCAN_LIMIT", 8_192),
                         ("PREFIX_CHARS", 2_048)):
-        monkeypatch.setattr(keyword, name, value)
+        monkeypatch.setattr(windows, name, value)
     doc = filler(50_000) + f" {TAIL}"
     ids = put(store, doc=doc)
     (hit,) = hits(store, "waterproof").values()
@@ -258,8 +257,8 @@ def test_highlights_stay_within_snippets_whatever_the_window(store: Store, monke
     """Windows at the start, the end and in between, long words at their edges, stray
     marker characters in the text: offsets always lie within the snippet."""
     huge = "中文" * 20_000 + " boots " + "x" * 40_000
-    monkeypatch.setattr(keyword, "SNIPPET_MAX_TOKENS", 32)
-    monkeypatch.setattr(keyword, "HEADLINE_MAX_BYTES", 256)
+    monkeypatch.setattr(windows, "SNIPPET_MAX_TOKENS", 32)
+    monkeypatch.setattr(windows, "HEADLINE_MAX_BYTES", 256)
     long_word = "x" * 3_000
     texts = {
         "start": "boots " + filler(5_000),
@@ -278,9 +277,9 @@ def test_highlights_stay_within_snippets_whatever_the_window(store: Store, monke
     assert not result[ids["start"]].snippet.startswith(SNIPPET_ELLIPSIS)
     assert not result[ids["end"]].snippet.endswith(SNIPPET_ELLIPSIS)
     # Three tokens, but 120 KB: snippet() of the whole row would return the tokens whole.
-    assert len(huge.split()) == 3 and len(huge.encode()) > keyword.SNIPPET_MAX_BYTES
+    assert len(huge.split()) == 3 and len(huge.encode()) > windows.SNIPPET_MAX_BYTES
     if store.engine.dialect.name == "sqlite":
-        monkeypatch.setattr(keyword, "SNIPPET_MAX_TOKENS", SNIPPET_MAX_TOKENS)
+        monkeypatch.setattr(windows, "SNIPPET_MAX_TOKENS", SNIPPET_MAX_TOKENS)
         with statements(store) as seen, store.read() as conn:
             assert keyword_snippets(conn, "boots", [ids["huge"]]) == {
                 ids["huge"]: (result[ids["huge"]].snippet, result[ids["huge"]].highlights)}
