@@ -217,8 +217,8 @@ def restore(r: Retriever, source: str | os.PathLike[str]) -> RestoreReport:
                 if manifest is not None:
                     version = r.index_store.adopt(index)
                     report.index_version, report.index_seq = version.manifest.version, version.manifest.last_seq
-                    with r.store.read() as conn:
-                        diverged = follows(r.store, conn, version.manifest)
+                    with r.store.read() as snap:
+                        diverged = follows(snap, version.manifest)
                     if diverged is not None:
                         report.rebuilt = True
                         report.notes.append(f"the restored index does not follow the database ({diverged}); "
@@ -247,8 +247,8 @@ def _hold(r: Retriever, path: Path, busy: str) -> Any:
 
 
 def _store_id(r: Retriever) -> str:
-    with r.store.read() as conn:
-        return r.store.store_id(conn)
+    with r.store.read() as snap:
+        return snap.store_id()
 
 
 def _model_key(r: Retriever) -> str | None:

@@ -487,17 +487,14 @@ def evaluate(
         raise EvalDataError(
             "none of the judged query ids appear in the queries file; check that the queries and qrels belong together"
         )
-    with retriever.store.read() as conn:
-        if retriever.store.max_seq(conn) == 0:
+    with retriever.store.read() as snap:
+        if snap.max_seq() == 0:
             raise RetrievalError(
                 "the store is empty: ingest the collection's corpus first, or use `retrieve eval --dataset DIR`"
             )
-        if mode != "dense":
-            from retrieval.store.keyword import keyword_available
-
-            if not keyword_available(conn):
-                raise RetrievalError(f"{mode} mode needs the keyword index, which this database does not have; "
-                                     "open it with this version of retrieval to upgrade its schema")
+        if mode != "dense" and not snap.keyword_available():
+            raise RetrievalError(f"{mode} mode needs the keyword index, which this database does not have; "
+                                 "open it with this version of retrieval to upgrade its schema")
     version = retriever.current_index()
     k_eff = min(k, retriever.settings.max_k)
     texts = [queries[qid] for qid in judged]

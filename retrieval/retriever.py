@@ -44,8 +44,9 @@ from retrieval.index.store import MERGE_LOCK, SYNC_LOCK, IndexStore
 from retrieval.search import pipeline
 from retrieval.search.hits import Hit
 from retrieval.store import db
-from retrieval.store.keyword import keyword_problems, rebuild_keyword_index
-from retrieval.store.repository import NewDocument, Store, content_hash
+from retrieval.store.keyword import rebuild_keyword_index
+from retrieval.store.records import NewDocument, content_hash
+from retrieval.store.repository import Store
 from retrieval.sync.merge import MergeReport, merge
 from retrieval.sync.replay import SyncReport, convert_legacy, follows, full_build, incremental
 from retrieval.sync.vectors import EMBED_CHUNK, BulkEmbedReport, embed_missing, embed_stored, ensure_vectors
@@ -388,8 +389,8 @@ class Retriever:
         self._check_writable()
         encoder = self.encoder
         report = BulkEmbedReport(model_key=encoder.model_key, executor=name)
-        with self.store.read() as conn:
-            if not self.store.docs_without_vectors(conn, encoder.model_key, 0, 1):
+        with self.store.read() as snap:
+            if not snap.docs_without_vectors(encoder.model_key, 0, 1):
                 return report  # nothing to do (one indexed probe, not a count): no cluster is started
         t0 = time.perf_counter()
         pool: EmbedPool
@@ -455,8 +456,8 @@ class Retriever:
                 log.warning("%s; rebuilding the index from the stored embeddings", exc)
                 base = None
             if base is not None:
-                with self.store.read() as conn:
-                    diverged = follows(self.store, conn, base.manifest)
+                with self.store.read() as snap:
+                    diverged = follows(snap, base.manifest)
                 if diverged is not None:
                     log.warning("%s; rebuilding the index from the stored embeddings (nothing is re-embedded)",
                                 diverged)
@@ -680,8 +681,8 @@ class Retriever:
         with lock:
             current = self._load()
             if current is not None and current.manifest.filename != stale.manifest.filename:
-                with self.store.read() as conn:
-                    if follows(self.store, conn, current.manifest) is None:
+                with self.store.read() as snap:
+                    if follows(snap, current.manifest) is None:
                         with self._lock:
                             self._loaded, self._loaded_name = current, current.manifest.filename
                         return current
@@ -757,8 +758,8 @@ class Retriever:
         pending, oldest = self.store.backlog(manifest.last_seq if manifest else 0)
         diverged = None
         if manifest is not None:
-            with self.store.read() as conn:
-                diverged = follows(self.store, conn, manifest)
+            with self.store.read() as snap:
+                diverged = follows(snap, manifest)
         return {
             "pending_changes": pending,
             "lag_seconds": round(max(0.0, time.time() - oldest), 3) if oldest is not None else 0.0,
@@ -863,20 +864,20 @@ class Retriever:
         for i in unique[counts > 1][:20]:
             problems.append(f"document {int(i)} is live in more than one segment")
         vectors = version.vectors()
-        with self.store.read() as conn:
-            diverged = follows(self.store, conn, m)
+        with self.store.read() as snap:
+            diverged = follows(snap, m)
             if diverged is not None:
                 problems.append(f"the index does not follow this database: {diverged}; the next sync or search "
                                 "rebuilds it from the stored vectors")
-            max_seq = self.store.max_seq(conn)
-            pending = set(self.store.changed_ids(conn, m.last_seq, max_seq)) if max_seq > m.last_seq else set()
-            rows = [r for batch in self.store.iter_docs(conn) for r in batch]
+            max_seq = snap.max_seq()
+            pending = set(snap.changed_ids(m.last_seq, max_seq)) if max_seq > m.last_seq else set()
+            rows = [r for batch in snap.iter_docs() for r in batch]
             hashes = {doc_id: content_hash(text_) for doc_id, text_, _ in rows}
-            stored = self.store.embeddings_for(conn, m.model_key, set(hashes.values()))
-            problems.extend(keyword_problems(conn))
+            stored = snap.embeddings(m.model_key, set(hashes.values()))
+            problems.extend(snap.keyword_problems())
             problems.extend(f"document {e!r}: its metadata is not valid JSON (a NaN or infinity stored by an older "
                             "version); filtered searches fail on it: ingest it again with valid metadata"
-                            for e in self.store.invalid_metadata(conn))
+                            for e in snap.invalid_metadata())
         in_index = {int(i): pos for pos, i in enumerate(index_ids)}
         in_db = set(hashes)
         for i in sorted(set(in_index) - in_db - pending):

@@ -90,7 +90,7 @@ def held_out(n: int) -> list[str]:
 
 
 def month_filters(r: Any, targets: list[float], seed: int) -> list[tuple[float, dict[str, Any], int]]:
-    with r.store.read() as conn:
+    with r.store.connection() as conn:
         counts = dict(conn.exec_driver_sql(
             "SELECT json_extract(metadata, '$.month'), count(*) FROM documents GROUP BY 1").all())
     total = sum(counts.values())
@@ -131,7 +131,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from retrieval.filters import parse
-    from retrieval.store.repository import MatchCache
+    from retrieval.store.matches import MatchCache
 
     folder = Path(args.cache).expanduser() / "filters-catalog-100k"
     folder.mkdir(parents=True, exist_ok=True)
@@ -172,8 +172,8 @@ def main() -> int:
         allowed = r.store.count_matching(where)
         parsed = parse(where)
         assert parsed is not None
-        with r.store.read() as conn:
-            match_ids = r.store.matching_ids(conn, parsed)
+        with r.store.read() as snap:
+            match_ids = snap.matching_ids(parsed)
         mask = np.isin(ids, match_ids)
         sub_ids, sub_vecs = ids[mask], vectors[mask]
         recalls = []

@@ -38,7 +38,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import catalog_documents, machine  # noqa: E402
-from retrieval.store.repository import NewDocument, Store, content_hash  # noqa: E402
+from retrieval.store.records import NewDocument, content_hash  # noqa: E402
+from retrieval.store.repository import Store  # noqa: E402
 from retrieval.sync.vectors import EMBED_CHUNK  # noqa: E402
 
 DIM = 384

@@ -144,7 +144,7 @@ def open_store(folder: Path) -> Any:
 
 
 def build(folder: Path, short: list[str], large: str | None) -> Any:
-    from retrieval.store.repository import NewDocument
+    from retrieval.store.records import NewDocument
 
     r = open_store(folder)
     r.ingest([{"id": f"short-{i}", "text": t, "metadata": {}} for i, t in enumerate(short)])
@@ -247,7 +247,7 @@ def main() -> int:
 def _store_search(r: Any, query: str, keyword_search: Callable[..., Any], *, snippets: bool) -> Any:
     """The store's keyword search: the ranking query, and the hits' snippets if asked
     (no rows read)."""
-    with r.store.read() as conn:
+    with r.store.connection() as conn:
         return keyword_search(conn, query, 10, snippets=snippets)
 
 

@@ -57,7 +57,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import catalog_documents, machine  # noqa: E402
-from retrieval.store.repository import NewDocument, Store, content_hash  # noqa: E402
+from retrieval.store.records import NewDocument, content_hash  # noqa: E402
+from retrieval.store.repository import Store  # noqa: E402
 from retrieval.sync.vectors import EMBED_CHUNK  # noqa: E402
 
 PASSES = ("ingest", "unchanged", "update", "vectors")
@@ -179,7 +180,7 @@ def run_once(url: str, docs: list[NewDocument], updated: list[NewDocument], vect
             out[name] = {"seconds": seconds, "added": sum(c.added for c in counts),
                          "updated": sum(c.updated for c in counts), "unchanged": sum(c.unchanged for c in counts)}
         seconds, _ = timed(lambda part: store.add_embeddings(MODEL_KEY, DIM, part), batches(vectors, vector_batch))
-        with store.read() as conn:
+        with store.connection() as conn:
             stored = conn.exec_driver_sql("SELECT count(*) FROM embeddings").scalar_one()
         out["vectors"] = {"seconds": seconds, "stored": int(stored)}
         return out

@@ -53,7 +53,8 @@ from retrieval.embed import create_encoder  # noqa: E402
 from retrieval.embed.cpu import physical_cores  # noqa: E402
 from retrieval.embed.spec import EncoderSpec  # noqa: E402
 from retrieval.executors import EmbedPool, LocalPool  # noqa: E402
-from retrieval.store.repository import NewDocument, Store, content_hash  # noqa: E402
+from retrieval.store.records import NewDocument, content_hash  # noqa: E402
+from retrieval.store.repository import Store  # noqa: E402
 from retrieval.sync.vectors import BulkEmbedReport, embed_stored  # noqa: E402
 
 MODEL = "all-MiniLM-L6-v2"
@@ -81,8 +82,8 @@ def one_run(name: str, docs: list[NewDocument], make_pool: Any, folder: Path) ->
         with pool:
             embed_stored(store, pool, progress=False, report=report)
         cpu = cpu_seconds() - cpu0
-        with store.read() as conn:
-            sample = store.embeddings_for(conn, pool.model_key, sorted({content_hash(d.text) for d in docs})[:200])
+        with store.read() as snap:
+            sample = snap.embeddings(pool.model_key, sorted({content_hash(d.text) for d in docs})[:200])
     finally:
         store.close()
     return {"texts_per_second": report.texts_per_second, "seconds": report.seconds, "embedded": report.embedded,

@@ -422,7 +422,7 @@ def search_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     from retrieval.index.segment import set_search_threads
     from retrieval.retriever import Retriever
-    from retrieval.store.repository import content_hash
+    from retrieval.store.records import content_hash
 
     encoder, docs, dv, queries, qv = real_vectors(args)
 

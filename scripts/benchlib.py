@@ -26,7 +26,7 @@ def catalog_documents(path: Path, n: int) -> list:
     ingest` stores them); exits with a message when the file holds fewer."""
     import json
 
-    from retrieval.store.repository import NewDocument
+    from retrieval.store.records import NewDocument
 
     docs = []
     with path.open(encoding="utf-8") as fh:

@@ -30,7 +30,7 @@ FIELDS = ["--id-field", "_id", "--text-field", "title", "--text-field", "text"]
 def test_cranfield_top10_equals_brute_force(real_store_env: dict[str, str], tmp_path: Path, encoder: Any) -> None:
     from retrieval.config import load_settings
     from retrieval.retriever import Retriever
-    from retrieval.store.repository import content_hash
+    from retrieval.store.records import content_hash
 
     runner = CliRunner()
     corpus_file = CRANFIELD / "corpus.jsonl"
@@ -58,8 +58,8 @@ def test_cranfield_top10_equals_brute_force(real_store_env: dict[str, str], tmp_
     texts = [text_of[i] for i in chosen if text_of[i]]
     ids = [rows[i]["_id"] for i in chosen if text_of[i]]
     assert len(ids) == DOCS
-    with Retriever.from_settings(load_settings()) as r, r.store.read() as conn:
-        by_hash = r.store.embeddings_for(conn, encoder.model_key, [content_hash(t) for t in texts])
+    with Retriever.from_settings(load_settings()) as r, r.store.read() as snap:
+        by_hash = snap.embeddings(encoder.model_key, [content_hash(t) for t in texts])
     doc_vecs = np.stack([by_hash[content_hash(t)] for t in texts])
     # The stored vectors are the model's embeddings of these texts (checked on a sample).
     picks = np.random.default_rng(0).choice(len(texts), 12, replace=False)

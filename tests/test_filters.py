@@ -313,12 +313,11 @@ def small(db: Backend, stores: Stores) -> Any:
 
 def matching(store: Any, where: Any) -> str:
     """The external ids of the documents ``where`` matches, sorted and joined."""
-    from retrieval.store.repository import Store
 
     f = parse(where)
-    with store.read() as conn:
-        ids = store.matching_ids(conn, f) if f is not None else Store.all_ids(conn)
-        docs = Store.docs_by_ids(conn, ids.tolist())
+    with store.read() as snap:
+        ids = snap.matching_ids(f) if f is not None else snap.all_ids()
+        docs = snap.documents(ids.tolist())
     return "".join(sorted(d.external_id for d in docs.values()))
 
 
@@ -493,7 +492,8 @@ SQLITE_GAPS = [
 @pytest.fixture
 def edge(db: Backend, stores: Stores) -> Any:
     def build() -> Any:
-        from retrieval.store.repository import NewDocument, Store
+        from retrieval.store.records import NewDocument
+        from retrieval.store.repository import Store
 
         folder = stores.tmp.mktemp("filters-edge")
         store = stores.keep(Store.open(stores.url(db, folder)))
@@ -525,7 +525,8 @@ def test_strings_order_by_code_point_whatever_the_collation_on_postgresql(postgr
     still compare strings by code point, as SQLite and Python do."""
     from sqlalchemy.engine import make_url
 
-    from retrieval.store.repository import NewDocument, Store
+    from retrieval.store.records import NewDocument
+    from retrieval.store.repository import Store
 
     name = f"t_{uuid.uuid4().hex[:16]}"
     with admin_connect(postgres_admin_url) as conn:
@@ -537,7 +538,7 @@ def test_strings_order_by_code_point_whatever_the_collation_on_postgresql(postgr
     try:
         store = Store.open(make_url(postgres_admin_url).set(database=name).render_as_string(hide_password=False))
         try:
-            with store.read() as conn:
+            with store.connection() as conn:
                 assert conn.exec_driver_sql("SELECT 'é' < 'z'").scalar() is True  # the default collation's order
             store.upsert([NewDocument(d["id"], d["text"], d["metadata"]) for d in EDGE_DOCS])
             for where, expected in EDGE:
@@ -554,7 +555,8 @@ def test_numbers_beyond_64_bits_on_postgresql(new_postgres_database: Callable[[]
     """jsonb holds any integer exactly (SQLite cannot bind one beyond 64 bits), and a
     double as its shortest repr: 1e30 is the integer 1000000000000000019884624838656,
     stored as 10**30."""
-    from retrieval.store.repository import NewDocument, Store
+    from retrieval.store.records import NewDocument
+    from retrieval.store.repository import Store
 
     store = Store.open(new_postgres_database())
     try:
@@ -601,7 +603,7 @@ def plan(store: Any, where: dict[str, Any]) -> str:
     f = parse(where)
     assert f is not None
     stmt = select(Document.id).where(compile_filter(f, store.dialect))
-    with store.read() as conn:
+    with store.connection() as conn:
         if store.dialect == "sqlite":
             sql = str(stmt.compile(conn, compile_kwargs={"literal_binds": True}))
             return " ".join(str(r) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
@@ -610,7 +612,7 @@ def plan(store: Any, where: dict[str, Any]) -> str:
 
 
 def _many(n: int) -> list[Any]:
-    from retrieval.store.repository import NewDocument
+    from retrieval.store.records import NewDocument
 
     rng = random.Random(3)
     return [NewDocument(f"m{i}", "t", _meta(rng, i)) for i in range(n)]
@@ -677,7 +679,7 @@ class Corpus:
         r.ingest([{**d, "text": d["text"] + " updated"} for d in docs[10:200:3]])
         r.ingest([{**d, "text": d["text"] + " pending"} for d in docs[5000:5300:7]], sync=False)
         r.delete([f"d{i}" for i in range(1, N, 101)], sync=False)
-        with r.store.read() as conn:
+        with r.store.connection() as conn:
             rows = conn.exec_driver_sql("SELECT id, external_id, text, metadata FROM documents ORDER BY id").all()
         self.ids = np.array([row[0] for row in rows], np.int64)
         self.external = [row[1] for row in rows]
@@ -872,7 +874,8 @@ def _sqlite_gap(where: Any) -> bool:
 @pytest.fixture
 def odd(db: Backend, stores: Stores) -> Any:
     def build() -> Any:
-        from retrieval.store.repository import NewDocument, Store
+        from retrieval.store.records import NewDocument
+        from retrieval.store.repository import Store
 
         folder = stores.tmp.mktemp("filters-odd")
         store = stores.keep(Store.open(stores.url(db, folder)))

@@ -38,7 +38,8 @@ from retrieval.store.keyword import (
     ts_query,
 )
 from retrieval.store.models import Document
-from retrieval.store.repository import NewDocument, Store
+from retrieval.store.records import NewDocument
+from retrieval.store.repository import Store
 from retrieval.store.terms import MAX_TERMS, SNIPPET_CLOSE, SNIPPET_OPEN, KeywordHit, fts_query, parse_snippet, query_terms
 
 FTS_TRIGGERS = {"documents_fts_insert", "documents_fts_delete", "documents_fts_update"}
@@ -67,7 +68,7 @@ def check_index(store: Store) -> None:
     if store.engine.dialect.name == "sqlite":
         assert_index_in_step(Path(store.engine.url.database or ""))
     else:
-        with store.read() as conn:
+        with store.connection() as conn:
             assert keyword_problems(conn) == []
 
 
@@ -87,15 +88,15 @@ def put(store: Store, *docs: tuple[Any, ...]) -> None:
 
 
 def hits(store: Store, query: str, limit: int = 10, **kwargs: Any) -> list[KeywordHit]:
-    with store.read() as conn:
+    with store.connection() as conn:
         return keyword_search(conn, query, limit, **kwargs)
 
 
 def found(store: Store, query: str, limit: int = 10, **kwargs: Any) -> list[str]:
     """External ids of the hits, best first."""
-    with store.read() as conn:
-        result = keyword_search(conn, query, limit, **kwargs)
-        docs = Store.docs_by_ids(conn, [h.id for h in result])
+    with store.read() as snap:
+        result = keyword_search(snap.conn, query, limit, **kwargs)
+        docs = snap.documents([h.id for h in result])
     return [docs[h.id].external_id for h in result]
 
 
@@ -198,7 +199,7 @@ def test_snippet_highlights_point_at_the_matched_words(store: Store) -> None:
     assert other.snippet == "Boots for the rain."  # the whole text: no ellipsis
     assert [other.snippet[s:e] for s, e in other.highlights] == ["Boots"]
     # keyword_snippets() gives the same for the ids asked for that match.
-    with store.read() as conn:
+    with store.connection() as conn:
         assert keyword_snippets(conn, "waterproof boots", [2, 1, 99]) == {
             i: (h.snippet, h.highlights) for i, h in result.items()}
         assert keyword_snippets(conn, "zebra", [1, 2]) == {}
@@ -241,7 +242,7 @@ def test_results_follow_upsert_update_and_delete(store: Store) -> None:
 @both_databases
 def test_a_read_transaction_keeps_its_snapshot(store: Store) -> None:
     put(store, ("p1", "red shoes"))
-    with store.read() as conn:
+    with store.connection() as conn:
         assert [h.id for h in keyword_search(conn, "shoes", 10)] == [1]
         put(store, ("p2", "blue shoes"))
         store.delete(["p1"])
@@ -686,19 +687,19 @@ def test_verify_and_reindex_on_postgresql(store: Store, database_url: str) -> No
     put(store, ("p1", "red shoes"))
     with store.write() as conn:
         rebuild_keyword_index(conn)  # nothing to rebuild: a generated column
-    with store.read() as conn:
+    with store.connection() as conn:
         assert keyword_available(conn)
         assert keyword_problems(conn) == []
     with admin_connect(database_url) as con:
         con.execute("DROP INDEX ix_documents_text_search")
     assert found(store, "shoes") == ["p1"]  # slower, not wrong
-    with store.read() as conn:
+    with store.connection() as conn:
         assert keyword_problems(conn) == [
             "the GIN index ix_documents_text_search is missing: keyword search reads every document "
             "(revision 0003 creates it)"]
     with admin_connect(database_url) as con:
         con.execute("ALTER TABLE documents DROP COLUMN text_search")
-    with store.read() as conn:
+    with store.connection() as conn:
         assert not keyword_available(conn)
         assert keyword_problems(conn) == [
             "documents has no text_search column: keyword search cannot run (revision 0003 adds it)"]
@@ -752,7 +753,7 @@ def test_no_text_makes_a_postgresql_error(store: Store) -> None:
     @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.text(alphabet=st.characters(exclude_categories=()), max_size=120))
     def search(query: str) -> None:
-        with store.read() as conn:
+        with store.connection() as conn:
             result = keyword_search(conn, query, 5)
             assert keyword_snippets(conn, query, [h.id for h in result]) == {
                 h.id: (h.snippet, h.highlights) for h in result}

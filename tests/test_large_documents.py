@@ -24,7 +24,8 @@ from sqlalchemy.engine import make_url
 from retrieval.store import windows
 from retrieval.store.keyword import keyword_search, keyword_snippets
 from retrieval.store.models import Document
-from retrieval.store.repository import NewDocument, Store
+from retrieval.store.records import NewDocument
+from retrieval.store.repository import Store
 from retrieval.store.terms import (
     SNIPPET_CLOSE,
     SNIPPET_ELLIPSIS,
@@ -76,13 +77,13 @@ def store(database_url: str) -> Iterator[Store]:
 def put(store: Store, **texts: str) -> dict[str, int]:
     """Upsert documents by external id; their internal ids."""
     store.upsert([NewDocument(key, text, {}) for key, text in texts.items()])
-    with store.read() as conn:
+    with store.connection() as conn:
         rows = conn.execute(select(Document.external_id, Document.id).where(Document.external_id.in_(list(texts))))
         return {str(r[0]): int(r[1]) for r in rows}
 
 
 def hits(store: Store, query: str) -> dict[int, KeywordHit]:
-    with store.read() as conn:
+    with store.connection() as conn:
         return {h.id: h for h in keyword_search(conn, query, 10)}
 
 
@@ -165,7 +166,7 @@ def test_a_1mb_documents_snippet_is_a_window_around_its_first_match(store: Store
     if store.engine.dialect.name == "sqlite":
         shown = snippet_ids(seen)
         assert ids["rain"] in shown and ids["big"] not in shown  # the hook sees snippet() on small rows
-    with store.read() as conn:
+    with store.connection() as conn:
         assert keyword_snippets(conn, "waterproof boots", [ids["big"], ids["rain"]]) == {
             i: (h.snippet, h.highlights) for i, h in result.items()}
 
@@ -195,7 +196,7 @@ def test_up_to_the_threshold_fts5_runs_on_the_stored_row(store: Store) -> None:
     over = "alpha " + at
     small = "Zebra crossings. " + filler(400)
     ids = put(store, at=at, over=over, small=small)
-    with statements(store) as seen, store.read() as conn:
+    with statements(store) as seen, store.connection() as conn:
         got = keyword_snippets(conn, "zebra", list(ids.values()))
     shown = snippet_ids(seen)
     assert ids["at"] in shown and ids["small"] in shown and ids["over"] not in shown
@@ -224,7 +225,7 @@ def test_a_windows_snippet_is_fts5s_snippet_of_the_whole_row(store: Store, monke
     before = filler(20_000) if where != "start" else ""
     after = filler(20_000, 400) if where != "end" else ""
     ids = put(store, doc=" ".join(p for p in (before, sentence, after) if p))
-    with statements(store) as seen, store.read() as conn:
+    with statements(store) as seen, store.connection() as conn:
         got = keyword_snippets(conn, query, [ids["doc"]])[ids["doc"]]
     assert ids["doc"] not in snippet_ids(seen)
     assert got == fts5_snippet(store, query, ids["doc"])
@@ -280,13 +281,13 @@ def test_highlights_stay_within_snippets_whatever_the_window(store: Store, monke
     assert len(huge.split()) == 3 and len(huge.encode()) > windows.SNIPPET_MAX_BYTES
     if store.engine.dialect.name == "sqlite":
         monkeypatch.setattr(windows, "SNIPPET_MAX_TOKENS", SNIPPET_MAX_TOKENS)
-        with statements(store) as seen, store.read() as conn:
+        with statements(store) as seen, store.connection() as conn:
             assert keyword_snippets(conn, "boots", [ids["huge"]]) == {
                 ids["huge"]: (result[ids["huge"]].snippet, result[ids["huge"]].highlights)}
         assert ids["huge"] not in snippet_ids(seen)
 
 
 def test_the_scratch_table_tokenizes_as_revision_0002(store: Store) -> None:
-    with store.read() as conn:
+    with store.connection() as conn:
         sql = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = 'documents_fts'").scalar()
     assert f"tokenize='{FTS5_TOKENIZE}'" in str(sql)

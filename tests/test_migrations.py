@@ -67,7 +67,7 @@ def test_store_opening_migrates_automatically_and_sets_pragmas(tmp_path: Path) -
     from retrieval.store.repository import Store
 
     store = Store.open(f"sqlite:///{tmp_path / 'sub' / 'auto.db'}", busy_timeout_ms=1234)
-    with store.read() as conn:
+    with store.connection() as conn:
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 1234
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"

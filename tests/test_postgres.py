@@ -34,7 +34,8 @@ from sqlalchemy.engine import make_url
 from conftest import HASH, admin_connect, execute_sql, write_jsonl
 from retrieval.cli import cli
 from retrieval.store import db
-from retrieval.store.repository import NewDocument, Store
+from retrieval.store.records import NewDocument
+from retrieval.store.repository import Store
 
 
 @pytest.fixture
@@ -96,8 +97,8 @@ def test_change_log_order_is_commit_order_between_two_real_transactions(pg_url: 
         _wait_for(lambda: _backend_waiting_on_lock(admin, second.info.backend_pid), timeout=30)
         assert not done
         # ...so a reader sees neither change: no later number is visible before an earlier one.
-        with store.read() as conn:
-            assert store.max_seq(conn) == 1
+        with store.read() as snap:
+            assert snap.max_seq() == 1
         first.execute("COMMIT")
         thread.join(timeout=30)
         assert done == [None]
@@ -114,14 +115,14 @@ def test_a_read_is_one_snapshot(pg_url: str) -> None:
     store = Store.open(pg_url)
     store.upsert([NewDocument("a", "one", {})])
     try:
-        with store.read() as conn:
-            before = store.max_seq(conn)
-            count = len(store.all_ids(conn))
+        with store.read() as snap:
+            before = snap.max_seq()
+            count = len(snap.all_ids())
             execute_sql(pg_url, "INSERT INTO documents (external_id, text) VALUES ('b', 'two')")
-            assert store.max_seq(conn) == before  # READ COMMITTED would see the new change here
-            assert len(store.all_ids(conn)) == count
-        with store.read() as conn:
-            assert store.max_seq(conn) == before + 1
+            assert snap.max_seq() == before  # READ COMMITTED would see the new change here
+            assert len(snap.all_ids()) == count
+        with store.read() as snap:
+            assert snap.max_seq() == before + 1
     finally:
         store.close()
 
@@ -424,9 +425,9 @@ def test_revision_0003_schema_jsonb_timestamptz_and_updated_at(pg_url: str) -> N
         expected = float(conn.execute("SELECT extract(epoch FROM min(changed_at)) FROM changes").fetchone()[0])
     finally:
         conn.close()
-    with store.read() as c:
-        c.exec_driver_sql("SET LOCAL TimeZone = 'America/Los_Angeles'")
-        lag_from = store.oldest_change_after(c, 0)
+    with store.read() as snap:
+        snap.conn.exec_driver_sql("SET LOCAL TimeZone = 'America/Los_Angeles'")
+        lag_from = snap.oldest_change_after(0)
     assert lag_from is not None and abs(lag_from - expected) < 1e-3
     store.close()
 

@@ -56,14 +56,14 @@ def stored_vectors(r: Any, key: str) -> dict[str, np.ndarray]:
 
     from retrieval.store.models import Embedding
 
-    with r.store.read() as conn:
+    with r.store.connection() as conn:
         return {h: np.frombuffer(v, dtype="<f4") for h, v in
                 conn.execute(select(Embedding.content_hash, Embedding.vector).where(Embedding.model_key == key))}
 
 
 def embedding_rows(r: Any) -> tuple[int, int]:
     """(rows, distinct (model key, hash) pairs) in the embeddings table."""
-    with r.store.read() as conn:
+    with r.store.connection() as conn:
         rows = conn.scalar(text("SELECT count(*) FROM embeddings"))
         distinct = conn.scalar(text("SELECT count(*) FROM (SELECT DISTINCT model_key, content_hash FROM embeddings) d"))
     return int(rows or 0), int(distinct or 0)
@@ -72,7 +72,7 @@ def embedding_rows(r: Any) -> tuple[int, int]:
 @pytest.mark.both_databases
 def test_ray_ingest_stores_the_local_encoders_vectors_and_verifies_clean(
         ray_cluster: str, make_retriever: Any, encoder: Any) -> None:
-    from retrieval.store.repository import content_hash
+    from retrieval.store.records import content_hash
 
     docs = [json.loads(line) for line in SAMPLE.read_text().splitlines()] + catalog(250)
     r = make_retriever(model=REAL, executor="ray", ray_actors=2)
@@ -132,7 +132,7 @@ def test_an_actor_killed_mid_run_is_restarted_and_every_text_is_stored_once(
         ray_cluster: str, make_retriever: Any, encoder: Any) -> None:
     from retrieval.embed.spec import EncoderSpec
     from retrieval.executors.ray_pool import RayPool
-    from retrieval.store.repository import content_hash
+    from retrieval.store.records import content_hash
     from retrieval.sync.vectors import embed_stored
 
     docs = catalog(600, skip=1000)
@@ -179,7 +179,7 @@ def test_a_killed_driver_resumes_where_its_commits_stopped(ray_cluster: str, rea
                                                            tmp_path: Path) -> None:
     from retrieval.config import load_settings
     from retrieval.retriever import Retriever
-    from retrieval.store.repository import content_hash
+    from retrieval.store.records import content_hash
 
     docs = catalog(500, skip=3000)
     distinct = len({content_hash(d["text"]) for d in docs})

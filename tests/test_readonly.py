@@ -88,7 +88,7 @@ endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELEC
 if store.dialect == "postgresql":
     endless = "SELECT pg_sleep(3600)"
 try:
-    with db.deadline(float(sys.argv[2]) if len(sys.argv) > 2 else None), store.read() as conn:
+    with db.deadline(float(sys.argv[2]) if len(sys.argv) > 2 else None), store.connection() as conn:
         print("started", flush=True)
         conn.exec_driver_sql(endless)
 except SearchTimeoutError as exc:

@@ -40,8 +40,8 @@ def _written(root: Path, before: dict[str, int]) -> int:
 
 
 def _brute_force(r: Any, encoder: Any, query: str, k: int) -> list[float]:
-    with r.store.read() as conn:
-        docs = r.store.docs_by_ids(conn, list(map(int, r.store.all_ids(conn))))
+    with r.store.read() as snap:
+        docs = snap.documents(list(map(int, snap.all_ids())))
     texts = [d.text for d in docs.values()]
     q = encoder.encode_queries([query])[0]
     scores = np.sort(encoder.encode(texts) @ q)[::-1]

@@ -180,8 +180,8 @@ class StoreMachine(RuleBasedStateMachine):
     @invariant()
     def database_matches_model(self) -> None:
         r = self.retriever
-        with r.store.read() as conn:
-            docs = r.store.docs_by_ids(conn, list(map(int, r.store.all_ids(conn))))
+        with r.store.read() as snap:
+            docs = snap.documents(list(map(int, snap.all_ids())))
         assert {d.external_id: d.text for d in docs.values()} == self.model
 
     @invariant()

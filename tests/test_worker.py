@@ -147,8 +147,8 @@ def test_change_log_is_pruned_only_below_every_replicas_position(make_retriever,
         Worker(a).run(once=True)
     assert a.index_store.applied_floor() > b_seq
     collect_garbage(a)  # a has applied everything, b has not: b's rows stay
-    with a.store.read() as conn:
-        assert a.store.oldest_seq(conn) <= b_seq + 1
+    with a.store.read() as snap:
+        assert snap.oldest_seq() <= b_seq + 1
     report = b.sync()
     assert not report.full and report.changes == 3
     Worker(b).run(once=True)

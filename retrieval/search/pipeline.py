@@ -32,16 +32,17 @@ import numpy as np
 from retrieval.config import SEARCH_MODES
 from retrieval.embed.base import Encoder
 from retrieval.errors import ArgumentError, IndexDivergedError
+from retrieval.filters import Filter
 from retrieval.index.segment import EXACT_MAX_ROWS, IndexVersion, set_search_threads
 from retrieval.search.hits import Hit
-from retrieval.store.filters import Filter, compile_filter
-from retrieval.store.keyword import KeywordHit, keyword_search, keyword_snippets
-from retrieval.store.repository import Store, StoredDocument
+from retrieval.store.records import StoredDocument
+from retrieval.store.repository import Store
 from retrieval.sync.replay import follows
 from retrieval.sync.vectors import ensure_vectors
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection
+    from retrieval.store.snapshot import Snapshot
+    from retrieval.store.terms import KeywordHit
 
 
 @dataclass(frozen=True)
@@ -64,12 +65,12 @@ class Backlog:
     documents: dict[int, StoredDocument]  # the changed ones that still exist, current rows
 
 
-def backlog(store: Store, conn: Connection, version: IndexVersion, *, max_seq: int | None = None) -> Backlog:
-    max_seq = store.max_seq(conn) if max_seq is None else max_seq
+def backlog(snap: Snapshot, version: IndexVersion, *, max_seq: int | None = None) -> Backlog:
+    max_seq = snap.max_seq() if max_seq is None else max_seq
     if max_seq <= version.manifest.last_seq:
         return Backlog(np.empty(0, np.int64), {})
-    changed = store.changed_ids(conn, version.manifest.last_seq, max_seq)
-    return Backlog(np.asarray(changed, dtype=np.int64), store.docs_by_ids(conn, changed))
+    changed = snap.changed_ids(version.manifest.last_seq, max_seq)
+    return Backlog(np.asarray(changed, dtype=np.int64), snap.documents(changed))
 
 
 def dense_candidates(version: IndexVersion, vectors: np.ndarray, k: int, *, exclude: np.ndarray,
@@ -101,10 +102,10 @@ def merge(parts: Sequence[Candidates], k: int, min_score: float | None) -> list[
     return results
 
 
-def fetch_hits(store: Store, conn: Connection, ranked: list[list[tuple[float, int]]], *,
+def fetch_hits(snap: Snapshot, ranked: list[list[tuple[float, int]]], *,
                extra: list[dict[int, dict[str, Any]]] | None = None, mode: str = "dense") -> list[list[Hit]]:
     """The winners' rows, from the same snapshot; ``extra`` adds fields per query and id."""
-    docs = store.docs_by_ids(conn, sorted({i for r in ranked for _, i in r}))
+    docs = snap.documents(sorted({i for r in ranked for _, i in r}))
     hits: list[list[Hit]] = []
     for qi, r in enumerate(ranked):
         row = []
@@ -144,7 +145,7 @@ class Request:
         return len(self.vectors) if self.vectors is not None else len(self.texts or ())
 
 
-def _dense_ranked(store: Store, conn: Connection, version: IndexVersion, encoder: Callable[[], Encoder],
+def _dense_ranked(store: Store, version: IndexVersion, encoder: Callable[[], Encoder],
                   req: Request, pending: Backlog, allowed: np.ndarray | None, k: int,
                   ef_search: int | None, exact_rows: int) -> list[list[tuple[float, int]]]:
     assert req.vectors is not None
@@ -165,20 +166,19 @@ def _dense_ranked(store: Store, conn: Connection, version: IndexVersion, encoder
     return merge(parts, k, None)
 
 
-def _keyword_ranked(conn: Connection, req: Request, k: int) -> list[list[tuple[float, int, KeywordHit]]]:
+def _keyword_ranked(snap: Snapshot, req: Request, k: int) -> list[list[tuple[float, int, KeywordHit]]]:
     assert req.texts is not None and not len(req.exclude), "examples (vector arithmetic) are dense-only"
-    condition = compile_filter(req.where, conn.dialect.name) if req.where is not None else None
-    return [[(h.score, h.id, h) for h in keyword_search(conn, text, k, condition=condition, snippets=False)]
+    return [[(h.score, h.id, h) for h in snap.keyword(text, k, where=req.where, snippets=False)]
             for text in req.texts]
 
 
-def _with_snippets(conn: Connection, req: Request, ranked: list[list[tuple[float, int]]],
+def _with_snippets(snap: Snapshot, req: Request, ranked: list[list[tuple[float, int]]],
                    extra: list[dict[int, dict[str, Any]]]) -> list[dict[int, dict[str, Any]]]:
     """Snippets for the final hits only (see :func:`keyword_snippets`)."""
     if not req.snippets:
         return extra
     for text, row, more in zip(req.texts or (), ranked, extra):
-        for i, (snippet, highlights) in keyword_snippets(conn, text, [i for _, i in row]).items():
+        for i, (snippet, highlights) in snap.keyword_snippets(text, [i for _, i in row]).items():
             more.setdefault(i, {}).update(snippet=snippet, highlights=highlights)
     return extra
 
@@ -238,33 +238,33 @@ def run(store: Store, version: IndexVersion | None, encoder: Callable[[], Encode
     check_mode(req.mode, req.alpha)
     set_search_threads(threads)
     nq = req.queries
-    with store.read() as conn:
-        max_seq = store.max_seq(conn)
+    with store.read() as snap:
+        max_seq = snap.max_seq()
         if version is not None:
-            diverged = follows(store, conn, version.manifest, max_seq=max_seq, identity=False)
+            diverged = follows(snap, version.manifest, max_seq=max_seq, identity=False)
             if diverged is not None:  # never serve vectors of another history (the caller rebuilds)
                 raise IndexDivergedError(diverged)
-        allowed = store.matching_ids(conn, req.where, max_seq=max_seq) if req.where is not None else None
+        allowed = snap.matching_ids(req.where, max_seq=max_seq) if req.where is not None else None
         if allowed is not None and not len(allowed):
             return [[] for _ in range(nq)]
         depth = req.k if req.mode != "hybrid" else max(req.k, req.depth)
         dense: list[list[tuple[float, int]]] = []
         if req.mode != "keyword":
             assert version is not None
-            pending = backlog(store, conn, version, max_seq=max_seq)
-            dense = _dense_ranked(store, conn, version, encoder, req, pending, allowed, depth, ef_search, exact_rows)
+            pending = backlog(snap, version, max_seq=max_seq)
+            dense = _dense_ranked(store, version, encoder, req, pending, allowed, depth, ef_search, exact_rows)
         if req.mode == "dense":
-            return fetch_hits(store, conn, [_cut(r, req.min_score) for r in dense])
-        keyword = _keyword_ranked(conn, req, depth)
+            return fetch_hits(snap, [_cut(r, req.min_score) for r in dense])
+        keyword = _keyword_ranked(snap, req, depth)
         assert req.texts is not None
         if req.mode == "keyword":
             ranked = [_cut([(s, i) for s, i, _ in r], req.min_score) for r in keyword]
-            extra = _with_snippets(conn, req, ranked, [{} for _ in ranked])
-            return fetch_hits(store, conn, ranked, extra=extra, mode="keyword")
+            extra = _with_snippets(snap, req, ranked, [{} for _ in ranked])
+            return fetch_hits(snap, ranked, extra=extra, mode="keyword")
         fused = [_fuse(d, kw, req.k, req.alpha) for d, kw in zip(dense, keyword)]
         ranked = [_cut(r, req.min_score) for r, _ in fused]
-        extra = _with_snippets(conn, req, ranked, [e for _, e in fused])
-        return fetch_hits(store, conn, ranked, extra=extra, mode="hybrid")
+        extra = _with_snippets(snap, req, ranked, [e for _, e in fused])
+        return fetch_hits(snap, ranked, extra=extra, mode="hybrid")
 
 
 def search(store: Store, version: IndexVersion, encoder: Callable[[], Encoder], vectors: np.ndarray, k: int, *,

@@ -336,8 +336,8 @@ class _Harness:
     def check(self, label: str, touched: Iterable[str] = ()) -> None:
         """Database, index and searches agree with what was reported stored."""
         r = self.retriever
-        with r.store.read() as conn:
-            docs = r.store.docs_by_ids(conn, list(map(int, r.store.all_ids(conn))))
+        with r.store.read() as snap:
+            docs = snap.documents(list(map(int, snap.all_ids())))
             rows = {d.external_id: (d.id, d.text) for d in docs.values()}
         lost = [i for i, t in self.expected.items() if i not in rows or rows[i][1] != t]
         if lost:
@@ -462,9 +462,9 @@ class _Harness:
 
     def adopt_partial(self, label: str, docs: dict[str, str], before: dict[str, str | None]) -> None:
         """A killed ingest may have committed: its documents must be all new or all old."""
-        with self.retriever.store.read() as conn:
-            ids = list(map(int, self.retriever.store.all_ids(conn)))
-            now = {d.external_id: d.text for d in self.retriever.store.docs_by_ids(conn, ids).values() if d.external_id in docs}
+        with self.retriever.store.read() as snap:
+            ids = list(map(int, snap.all_ids()))
+            now = {d.external_id: d.text for d in snap.documents(ids).values() if d.external_id in docs}
         changed = {k for k, v in docs.items() if v != before[k]}
         applied = {k for k in changed if now.get(k) == docs[k]}
         if applied and applied != changed:
@@ -593,9 +593,9 @@ class _Harness:
                 problems.append(f"no clear error: {run.stderr.strip()[-300:]!r}")
             if "Traceback" in run.stderr:
                 problems.append("a traceback instead of a one-line error")
-            with self.retriever.store.read() as conn:
-                ids = list(map(int, self.retriever.store.all_ids(conn)))
-                stored = self.retriever.store.docs_by_ids(conn, ids)
+            with self.retriever.store.read() as snap:
+                ids = list(map(int, snap.all_ids()))
+                stored = snap.documents(ids)
                 now = {d.external_id: d.text for d in stored.values() if d.external_id in docs}
             written = [k for k in docs if now.get(k) != before[k]]
             if written:
@@ -716,8 +716,8 @@ def run_chaos(
                 report.iterations = n
         for name in special_cases:
             harness.special(name)
-        with harness.retriever.store.read() as conn:
-            report.documents = len(harness.retriever.store.all_ids(conn))
+        with harness.retriever.store.read() as snap:
+            report.documents = len(snap.all_ids())
     finally:
         harness.close()
         report.seconds = time.monotonic() - t0

@@ -72,7 +72,7 @@ def load_states(store: Store, name: str | None = None) -> list[dict[str, Any]]:
     query = select(_WORKERS).order_by(_WORKERS.c.name)
     if name is not None:
         query = query.where(_WORKERS.c.name == name)
-    with store.read() as conn:
+    with store.connection() as conn:
         rows = conn.execute(query).mappings().all()
         held = _held_keys(conn) if conn.dialect.name == "postgresql" else None
     out = []

@@ -34,11 +34,12 @@ from retrieval.index.legacy import read_legacy
 from retrieval.index.manifest import Manifest, SegmentMeta
 from retrieval.index.segment import IndexVersion
 from retrieval.index.store import IndexStore
-from retrieval.store.repository import FIRST_PAGE, Store, page_size
+from retrieval.store.records import FIRST_PAGE, page_size
+from retrieval.store.repository import Store
 from retrieval.sync.vectors import EmbedStats, ensure_vectors
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection
+    from retrieval.store.snapshot import Snapshot
 
 log = logging.getLogger("retrieval.sync")
 
@@ -83,9 +84,8 @@ class SyncReport:
         return self
 
 
-def follows(store: Store, conn: Connection, manifest: Manifest, *, max_seq: int | None = None,
-            identity: bool = True) -> str | None:
-    """None when ``conn``'s database is the one ``manifest``'s index follows, at or past
+def follows(snap: Snapshot, manifest: Manifest, *, max_seq: int | None = None, identity: bool = True) -> str | None:
+    """None when the snapshot's database is the one ``manifest``'s index follows, at or past
     its position; otherwise why not, in words.
 
     A database restored from a backup (or replaced by a copy of another store) can be
@@ -93,14 +93,14 @@ def follows(store: Store, conn: Connection, manifest: Manifest, *, max_seq: int 
     reuse the internal ids it holds: served as it is, the index would return deleted
     documents and lend old vectors to new ones. ``identity`` compares the store ids too
     (a sync does; a search relies on the change token, one primary-key read)."""
-    if identity and manifest.store_id and store.store_id(conn) != manifest.store_id:
+    if identity and manifest.store_id and snap.store_id() != manifest.store_id:
         return "the index was built from another database (its store id differs)"
-    max_seq = store.max_seq(conn) if max_seq is None else max_seq
+    max_seq = snap.max_seq() if max_seq is None else max_seq
     if max_seq < manifest.last_seq:
         return (f"the database's change log ends at {max_seq}, before the index's position {manifest.last_seq} "
                 "(was the database restored from a backup?)")
     if manifest.store_id and manifest.last_seq:
-        token = store.change_token(conn, manifest.last_seq)
+        token = snap.change_token(manifest.last_seq)
         if token is None:
             return f"the change the index last applied ({manifest.last_seq}) is not in the database's change log"
         if token != (manifest.anchor or ""):
@@ -109,9 +109,9 @@ def follows(store: Store, conn: Connection, manifest: Manifest, *, max_seq: int 
     return None
 
 
-def _position(store: Store, conn: Connection, seq: int) -> dict[str, Any]:
+def _position(snap: Snapshot, seq: int) -> dict[str, Any]:
     """What a manifest records of the database it follows at ``seq``."""
-    return {"last_seq": seq, "store_id": store.store_id(conn), "anchor": store.change_token(conn, seq)}
+    return {"last_seq": seq, "store_id": snap.store_id(), "anchor": snap.change_token(seq)}
 
 
 # Documents whose texts a sync holds at once, and about how much text that may be (pages
@@ -133,10 +133,10 @@ def full_build(store: Store, index_store: IndexStore, encoder: Encoder, opts: Bu
     written = index_store.bytes_written
     report = SyncReport(full=True)
     parts: list[tuple[np.ndarray, np.ndarray]] = []
-    with store.read() as conn:
-        position = _position(store, conn, store.max_seq(conn))
+    with store.read() as snap:
+        position = _position(snap, snap.max_seq())
         # A page of texts at a time: memory holds the vectors, not the store's texts.
-        for batch in store.iter_docs(conn, batch=TEXT_PAGE, max_bytes=TEXT_PAGE_BYTES):
+        for batch in snap.iter_docs(batch=TEXT_PAGE, max_bytes=TEXT_PAGE_BYTES):
             parts.append(report.vectors_for(store, encoder, batch))
     ids, matrix = _joined(parts, encoder.dim)
     report.stages["read"] = time.perf_counter() - t0 - report.stages.get("embed", 0.0)
@@ -166,25 +166,25 @@ def incremental(store: Store, index_store: IndexStore, encoder: Encoder, base: I
     written = index_store.bytes_written
     m = base.manifest
     report = SyncReport(last_seq=m.last_seq, version=m.version, segments=len(m.segments))
-    with store.read() as conn:
-        last_seq = store.max_seq(conn)
+    with store.read() as snap:
+        last_seq = snap.max_seq()
         if max_changes is not None and last_seq - m.last_seq > max_changes:
-            last_seq = store.nth_change_after(conn, m.last_seq, max_changes) or last_seq
+            last_seq = snap.nth_change_after(m.last_seq, max_changes) or last_seq
         if last_seq <= m.last_seq:
             report.seconds = time.perf_counter() - t0
             return report
-        oldest = store.oldest_seq(conn)
+        oldest = snap.oldest_seq()
         pruned_past = oldest is not None and oldest > m.last_seq + 1
         if not pruned_past:
-            position = _position(store, conn, last_seq)
-            changed = store.changed_ids(conn, m.last_seq, last_seq)
+            position = _position(snap, last_seq)
+            changed = snap.changed_ids(m.last_seq, last_seq)
             present: set[int] = set()
             parts: list[tuple[np.ndarray, np.ndarray]] = []
             # A page of texts at a time: a large backlog (an ingest of a big file) holds
             # its vectors, not its texts.
             start, size = 0, FIRST_PAGE
             while start < len(changed):
-                docs = store.docs_by_ids(conn, changed[start : start + size])
+                docs = snap.documents(changed[start : start + size])
                 start += size
                 present.update(docs)
                 rows = [(d.id, d.text, d.content_hash) for d in docs.values()]

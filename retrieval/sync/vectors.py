@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from retrieval.embed.base import Encoder
-from retrieval.store.repository import Store, content_hash
+from retrieval.store.records import content_hash
+from retrieval.store.repository import Store
 
 if TYPE_CHECKING:
     from retrieval.executors import EmbedPool
@@ -38,8 +39,8 @@ def embed_missing(
     the store has none of for this model. Returns (hash -> vector, hashes embedded now)."""
     stats = stats if stats is not None else EmbedStats()
     model_key = encoder.model_key
-    with store.read() as conn:
-        have = store.embeddings_for(conn, model_key, list(texts_by_hash))
+    with store.read() as snap:
+        have = snap.embeddings(model_key, list(texts_by_hash))
     missing = [h for h in texts_by_hash if h not in have]
     t0 = time.perf_counter()
     for start in range(0, len(missing), EMBED_CHUNK):
@@ -131,8 +132,8 @@ def embed_stored(store: Store, pool: EmbedPool, *, commit_every: int = EMBED_CHU
     report.model_key, report.workers, report.workers_info = pool.model_key, pool.workers, pool.workers_info
     key = pool.model_key
     t0 = time.perf_counter()
-    with store.read() as conn:
-        report.documents = store.count_docs_without_vectors(conn, key)
+    with store.read() as snap:
+        report.documents = snap.count_docs_without_vectors(key)
     report.read_seconds += time.perf_counter() - t0
     # Hash -> how many documents carry it, for every text handed out and not yet committed.
     pending: dict[str, int] = {}
@@ -147,8 +148,8 @@ def embed_stored(store: Store, pool: EmbedPool, *, commit_every: int = EMBED_CHU
         after = 0
         while True:
             started = time.perf_counter()
-            with store.read() as conn:
-                rows = store.docs_without_vectors(conn, key, after, page)
+            with store.read() as snap:
+                rows = snap.docs_without_vectors(key, after, page)
             if not rows:
                 report.read_seconds += time.perf_counter() - started
                 return
@@ -204,8 +205,8 @@ def _new_texts(store: Store, key: str, rows: Sequence[tuple[int, str, str | None
     have: set[str] = set()
     if fixes:
         store.set_hashes(fixes)
-        with store.read() as conn:
-            have = set(store.embeddings_for(conn, key, {h for _, h in fixes}))
+        with store.read() as snap:
+            have = set(snap.embeddings(key, {h for _, h in fixes}))
     texts: dict[str, str] = {}
     for (_, text, _), h in zip(rows, hashes):
         if h in have:
