@@ -100,7 +100,7 @@ def _copy_index_and_database(r: Retriever, work: Path, sqlite: str | None, repor
     index_dir = work / "index"
     for attempt in range(ATTEMPTS + 1):
         last = attempt == ATTEMPTS
-        lock = r._sync_lock()
+        lock = r.sync_lock()
         if last:
             lock.acquire()  # give up on lock-free copies: hold publishers off for the whole copy
         try:
@@ -208,7 +208,7 @@ def restore(r: Retriever, source: str | os.PathLike[str]) -> RestoreReport:
         merging = _hold(r, Path(r.settings.index_dir) / MERGE_LOCK,
                         "a merge is running on this store (`retrieve compact`?); try again when it ends")
         try:
-            with r._sync_lock():
+            with r.sync_lock():
                 if sqlite:
                     r.store.close()  # the pooled connections: the copy replaces every page under them
                     db.sqlite_copy(folder / "retrieval.db", sqlite, busy_timeout_ms=r.settings.busy_timeout_ms)
@@ -237,7 +237,7 @@ def _hold(r: Retriever, path: Path, busy: str) -> Any:
     """A file lock of the store taken without waiting; WorkerBusyError when another holds it."""
     from filelock import FileLock, Timeout
 
-    r._sync_lock()  # the folder exists and this user can write it (a one-line error otherwise)
+    r.sync_lock()  # the folder exists and this user can write it (a one-line error otherwise)
     lock = FileLock(str(path))
     try:
         lock.acquire(timeout=0)

@@ -7,61 +7,18 @@ loads neither torch, FAISS nor SQLAlchemy.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from retrieval.errors import ArgumentError, NotFoundError, RetrievalError, ServiceError
-from retrieval.filters import FilterError
+from retrieval.filters import Filter, FilterError
+from retrieval.search.hits import Hit
 
 # The service's error codes whose error is the caller's, raised as the same class (and so
 # with the same exit status) as a local search raises.
 _ERRORS: dict[str, type[RetrievalError]] = {"invalid_request": ArgumentError, "invalid_filter": FilterError,
                                             "not_found": NotFoundError}
-
-
-@dataclass(frozen=True)
-class RemoteHit:
-    """A search result from the service (the fields of :class:`retrieval.Hit` it sends)."""
-
-    id: str
-    score: float
-    text: str
-    metadata: dict[str, Any]
-    extra: dict[str, Any] = field(default_factory=dict)  # mode, ranks, snippet, as sent
-
-    @property
-    def mode(self) -> str:
-        return str(self.extra.get("mode", "dense"))
-
-    @property
-    def dense_rank(self) -> int | None:
-        return self.extra.get("dense_rank")
-
-    @property
-    def keyword_rank(self) -> int | None:
-        return self.extra.get("keyword_rank")
-
-    @property
-    def snippet(self) -> str | None:
-        return self.extra.get("snippet")
-
-    @property
-    def highlights(self) -> list[Any]:
-        return list(self.extra.get("highlights") or [])
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "score": self.score, "text": self.text, "metadata": self.metadata, **self.extra}
-
-
-def hit_from_json(r: dict[str, Any]) -> RemoteHit:
-    """A result as the service sends it."""
-    extra: dict[str, Any] = {key: r[key] for key in ("mode", "dense_rank", "keyword_rank", "snippet", "highlights")
-                             if key in r}
-    if extra.get("mode") == "hybrid":  # the service leaves out a rank that is null
-        extra.setdefault("dense_rank", None)
-        extra.setdefault("keyword_rank", None)
-    return RemoteHit(r["id"], float(r["score"]), r["text"], r.get("metadata") or {}, extra)
 
 
 class RemoteSearcher:
@@ -108,28 +65,30 @@ class RemoteSearcher:
         return body
 
     def search(self, query: str | None = None, k: int | None = None, *, min_score: float | None = None,
-               **options: Any) -> list[RemoteHit]:
-        """The top-``k`` documents for ``query`` (the service's search_k when None);
-        ``options`` are :meth:`retrieval.Retriever.search`'s (where, mode, alpha, plus, ...)."""
+               where: Any = None, mode: str = "dense", alpha: float | None = None, plus: Sequence[str] = (),
+               minus: Sequence[str] = (), like: Sequence[str] = (), unlike: Sequence[str] = (),
+               include_examples: bool = False) -> list[Hit]:
+        """:meth:`retrieval.Retriever.search`, answered by the service (its search_k when
+        ``k`` is None)."""
+        if isinstance(where, Filter):
+            where = json.loads(where.canonical)
         payload: dict[str, Any] = {"query": query} if query is not None else {}
-        if k is not None:
-            payload["k"] = k
-        if min_score is not None:
-            payload["min_score"] = min_score
-        for key, value in options.items():
-            if value is not None and value != () and value != [] and not (key == "mode" and value == "dense"):
-                payload[key] = list(value) if isinstance(value, tuple) else value
+        options: dict[str, Any] = {"k": k, "min_score": min_score, "where": where, "alpha": alpha,
+                                   "mode": None if mode == "dense" else mode, "plus": list(plus),
+                                   "minus": list(minus), "like": list(like), "unlike": list(unlike),
+                                   "include_examples": include_examples or None}
+        payload.update((key, value) for key, value in options.items() if value not in (None, []))
         body = self._post("/v1/search", payload)
-        return [hit_from_json(r) for r in body["results"]]
+        return [Hit.from_json(r) for r in body["results"]]
 
-    def similar(self, external_id: str, k: int | None = None, *, min_score: float | None = None,
-                where: Any = None) -> list[RemoteHit]:
+    def similar(self, external_id: str, k: int | None = None, *, where: Any = None,
+                min_score: float | None = None) -> list[Hit]:
         return self.search(None, k, min_score=min_score, where=where, like=[external_id])
 
-    def search_many(self, queries: Sequence[str], k: int | None = None, *,
-                    min_score: float | None = None, **options: Any) -> list[list[RemoteHit]]:
+    def search_many(self, queries: Sequence[str], k: int | None = None, *, min_score: float | None = None,
+                    where: Any = None, mode: str = "dense", alpha: float | None = None) -> list[list[Hit]]:
         """One request per query over one kept-alive connection (the service batches them)."""
-        return [self.search(q, k, min_score=min_score, **options) for q in queries]
+        return [self.search(q, k, min_score=min_score, where=where, mode=mode, alpha=alpha) for q in queries]
 
 
-__all__ = ["RemoteHit", "hit_from_json", "RemoteSearcher", "ServiceError"]
+__all__ = ["RemoteSearcher", "ServiceError"]

@@ -133,6 +133,13 @@ class WorkerBusyError(RetrievalError):
     code = "worker_busy"
 
 
+class OverloadedError(RetrievalError):
+    """More requests wait than the service queues; retry shortly."""
+
+    http_status = 503
+    code = "overloaded"
+
+
 class ServiceError(RetrievalError):
     """The retrieval service could not be reached or refused a request."""
 

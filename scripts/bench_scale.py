@@ -429,7 +429,7 @@ def search_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     def planted(folder: Path, n: int) -> Any:
         shutil.rmtree(folder, ignore_errors=True)
         r = Retriever.open(folder, index_type="auto", progress=False)
-        r._encoder = encoder
+        r.encoder = encoder
         r.store.add_embeddings(encoder.model_key, encoder.dim, [(content_hash(t), v) for t, v in zip(docs[:n], dv[:n])])
         for s in range(0, n, args.batch):
             r.ingest([{"id": f"p{i}", "text": docs[i]} for i in range(s, min(n, s + args.batch))])

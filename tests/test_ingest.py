@@ -187,7 +187,7 @@ def test_a_one_time_encoder_setup_is_reported_apart_from_the_rate(store_env, tmp
     import time as real_time
     import types
 
-    from retrieval import retriever as retriever_module
+    from retrieval import writes as retriever_module
     from retrieval.embed import factory
 
     now = [1000.0]

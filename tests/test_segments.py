@@ -108,7 +108,7 @@ def test_a_long_lived_reader_reuses_its_open_segments_across_a_publish(make_retr
 
 def test_searches_during_a_merge_equal_brute_force_and_changes_made_meanwhile_stay_hidden(
         make_retriever, hash_encoder: Any) -> None:
-    from retrieval.retriever import build_options
+    from retrieval.sync.keeper import build_options
     from retrieval.sync.merge import merge
 
     small = {"index_type": "flat", "merge_segments_per_tier": 3, "merge_floor_docs": 10, "merge_inline_max_docs": 0}
@@ -129,7 +129,7 @@ def test_searches_during_a_merge_equal_brute_force_and_changes_made_meanwhile_st
         other.delete([f"d{i}" for i in range(1, 300, 11)])
         _assert_exact(other, hash_encoder, queries, 20)
         during.append(1)
-        return r._sync_lock()
+        return r.sync_lock()
 
     with r.merge_lock():
         report = merge(r.index_store, plan, build_options(r.settings), switch_lock)

@@ -351,10 +351,10 @@ def test_search_server_passes_filters_modes_and_examples(server: Server, monkeyp
 def test_search_server_prints_like_a_local_search(server: Server, client: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
     from retrieval.cli import cli
     from retrieval.cli.search import print_hits
-    from retrieval.client import hit_from_json
+    from retrieval.search.hits import Hit
 
     monkeypatch.setenv("RETRIEVE_API_KEY", KEY)
-    expected_hits = [hit_from_json(r) for r in search(client, "running shoes for jogging", k=2)]
+    expected_hits = [Hit.from_json(r) for r in search(client, "running shoes for jogging", k=2)]
     runner = CliRunner()
     with runner.isolation() as (out, _err, *_):
         print_hits(expected_hits)

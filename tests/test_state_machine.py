@@ -137,7 +137,7 @@ class StoreMachine(RuleBasedStateMachine):
     def merge_while_writing(self, docs: dict[str, str], gone: list[str]) -> None:
         """A merge whose inputs change while it builds: another writer updates and deletes
         documents (and syncs) between the merge's build and its manifest switch."""
-        from retrieval.retriever import build_options
+        from retrieval.sync.keeper import build_options
         from retrieval.sync.merge import merge
 
         r = self.retriever
@@ -148,7 +148,7 @@ class StoreMachine(RuleBasedStateMachine):
         def lock_after_a_write() -> Any:
             self.other.ingest([{"id": k, "text": v} for k, v in docs.items()])
             self.other.delete(gone)
-            return r._sync_lock()
+            return r.sync_lock()
 
         with r.merge_lock():
             report = merge(r.index_store, plans[0], build_options(r.settings), lock_after_a_write)

@@ -133,7 +133,7 @@ def test_compact_reclaims_unused_embeddings_and_keeps_search_working(store_env, 
 
 @pytest.mark.both_databases
 def test_change_log_is_pruned_only_below_every_replicas_position(make_retriever, tmp_path: Path) -> None:
-    from retrieval.sync.maintenance import collect_garbage
+    from retrieval.sync.space import collect_garbage
     from retrieval.sync.worker import Worker
 
     a = make_retriever(replica_name="a")
@@ -146,7 +146,7 @@ def test_change_log_is_pruned_only_below_every_replicas_position(make_retriever,
         a.ingest([{"id": f"d{i}", "text": f"changed document {i}"}])
         Worker(a).run(once=True)
     assert a.index_store.applied_floor() > b_seq
-    collect_garbage(a)  # a has applied everything, b has not: b's rows stay
+    collect_garbage(a.store, a.index_store, a.replica_name)  # a has applied everything, b has not: b's rows stay
     with a.store.read() as snap:
         assert snap.oldest_seq() <= b_seq + 1
     report = b.sync()
@@ -162,7 +162,7 @@ def test_change_log_is_pruned_only_below_every_replicas_position(make_retriever,
                                                                 "RETRIEVE_MODEL": a.settings.model}).exit_code == 0
     a.ingest([{"id": "extra", "text": "one more document"}])
     Worker(a).run(once=True)
-    collect_garbage(a)
+    collect_garbage(a.store, a.index_store, a.replica_name)
     report = b.sync()
     assert report.full
     assert b.search("changed again 1", k=1)[0].id == "d1"

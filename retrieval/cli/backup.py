@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from retrieval.cli.common import emit, json_option, pass_retriever, size
+
+if TYPE_CHECKING:
+    from retrieval.retriever import Retriever
 
 
 @click.command()
 @click.argument("dest", type=click.Path(file_okay=False))
 @json_option
 @pass_retriever
-def backup(retriever: Any, dest: str, as_json: bool) -> None:
+def backup(retriever: Retriever, dest: str, as_json: bool) -> None:
     """Copy the store into the new folder DEST while it is in use: the database (SQLite's
     online backup) and the index generation it matches, so that a restore serves at once.
 
@@ -39,7 +42,7 @@ def backup(retriever: Any, dest: str, as_json: bool) -> None:
 @click.argument("src", type=click.Path(file_okay=False, exists=True))
 @json_option
 @pass_retriever
-def restore(retriever: Any, src: str, as_json: bool) -> None:
+def restore(retriever: Retriever, src: str, as_json: bool) -> None:
     """Replace the store's database and index by the backup in SRC (made by `retrieve
     backup`). Refused while a worker or `retrieve serve` keeps the store in sync.
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from retrieval.cli.common import emit, json_option, pass_retriever, warn
 from retrieval.config import EXECUTORS
+
+if TYPE_CHECKING:
+    from retrieval.retriever import Retriever
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -25,7 +28,7 @@ def executor_options(f: F) -> F:
 
 @click.command()
 @pass_retriever
-def init(retriever: Any) -> None:
+def init(retriever: Retriever) -> None:
     """Create (or upgrade) the database schema and the index folder.
 
     \b
@@ -57,7 +60,7 @@ def init(retriever: Any) -> None:
 @executor_options
 @json_option
 @pass_retriever
-def ingest(retriever: Any, files: tuple[str, ...], sample: bool, fmt: str | None, id_field: str,
+def ingest(retriever: Retriever, files: tuple[str, ...], sample: bool, fmt: str | None, id_field: str,
            text_fields: tuple[str, ...], metadata_fields: tuple[str, ...], csv_types: tuple[str, ...],
            skip_invalid: bool, no_sync: bool, executor: str | None, address: str | None, as_json: bool) -> None:
     """Add or update documents from FILES (JSONL, JSON array, CSV or plain text; - for stdin).
@@ -116,7 +119,7 @@ def ingest(retriever: Any, files: tuple[str, ...], sample: bool, fmt: str | None
 @click.option("--sync", "then_sync", is_flag=True, help="Publish the documents to the index afterwards.")
 @json_option
 @pass_retriever
-def embed(retriever: Any, executor: str | None, address: str | None, actors: int | None, commit_every: int | None,
+def embed(retriever: Retriever, executor: str | None, address: str | None, actors: int | None, commit_every: int | None,
           then_sync: bool, as_json: bool) -> None:
     """Embed every stored document that has no vector for the configured model.
 
@@ -130,8 +133,9 @@ def embed(retriever: Any, executor: str | None, address: str | None, actors: int
         retrieve embed --executor ray --address head:6379  # a running one
         retrieve embed --sync                              # here, then publish
     """
-    report = retriever.embed(executor=executor, address=address, actors=actors,
-                             **({"commit_every": commit_every} if commit_every else {}))
+    from retrieval.sync.vectors import EMBED_CHUNK
+
+    report = retriever.embed(executor=executor, address=address, actors=actors, commit_every=commit_every or EMBED_CHUNK)
     data = report.as_dict()
     synced = retriever.sync() if then_sync else None
     if synced is not None:
@@ -157,7 +161,7 @@ def _embed_line(report: Any) -> str:
 @click.argument("external_id")
 @json_option
 @pass_retriever
-def get(retriever: Any, external_id: str, as_json: bool) -> None:
+def get(retriever: Retriever, external_id: str, as_json: bool) -> None:
     """Show one document by its id.
 
     \b
@@ -173,7 +177,7 @@ def get(retriever: Any, external_id: str, as_json: bool) -> None:
 @click.argument("ids", nargs=-1)
 @click.option("--file", "id_file", type=click.Path(dir_okay=False, allow_dash=True), help="File with one id per line.")
 @pass_retriever
-def delete(retriever: Any, ids: tuple[str, ...], id_file: str | None) -> None:
+def delete(retriever: Retriever, ids: tuple[str, ...], id_file: str | None) -> None:
     """Delete documents by id (exit status 1 if some did not exist).
 
     \b

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from retrieval.cli.common import emit, json_option, pass_retriever, size
 
+if TYPE_CHECKING:
+    from retrieval.retriever import Retriever
+
 
 @click.command()
 @json_option
 @pass_retriever
-def sync(retriever: Any, as_json: bool) -> None:
+def sync(retriever: Retriever, as_json: bool) -> None:
     """Apply pending database changes to the index (embedding what is new).
 
     \b
@@ -38,7 +41,7 @@ def sync(retriever: Any, as_json: bool) -> None:
 @click.command()
 @json_option
 @pass_retriever
-def verify(retriever: Any, as_json: bool) -> None:
+def verify(retriever: Retriever, as_json: bool) -> None:
     """Check that the index agrees exactly with the database (exit 1 on drift).
 
     \b
@@ -60,7 +63,7 @@ def verify(retriever: Any, as_json: bool) -> None:
               help="Rebuild only when worth it (model or index type changed, index damaged); say why or why not.")
 @json_option
 @pass_retriever
-def reindex(retriever: Any, new_model: str | None, if_needed: bool, as_json: bool) -> None:
+def reindex(retriever: Retriever, new_model: str | None, if_needed: bool, as_json: bool) -> None:
     """Rebuild the index from stored embeddings (nothing is re-embedded).
 
     With --model, every document is embedded with the new model into a new index; the
@@ -118,7 +121,7 @@ def _merge_lines(merges: list[dict[str, Any]]) -> list[str]:
 @click.command()
 @json_option
 @pass_retriever
-def compact(retriever: Any, as_json: bool) -> None:
+def compact(retriever: Retriever, as_json: bool) -> None:
     """Merge index segments as the merge policy asks, then give space back: unused
     embeddings (deleted documents, old texts, other models), applied change-log rows,
     index files no generation uses, and the database file's free pages.
@@ -146,7 +149,7 @@ def compact(retriever: Any, as_json: bool) -> None:
 @click.option("--drop", is_flag=True, help="Drop the field's index instead.")
 @json_option
 @pass_retriever
-def index_field(retriever: Any, field: str | None, drop: bool, as_json: bool) -> None:
+def index_field(retriever: Retriever, field: str | None, drop: bool, as_json: bool) -> None:
     """Index a metadata FIELD that filters use often (a database expression index).
 
     Without FIELD, list the indexed fields. A dotted FIELD reaches a nested value.

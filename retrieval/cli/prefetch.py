@@ -34,6 +34,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
+    from retrieval.retriever import Retriever
+    from retrieval.search.hits import Hit
+
 RUNTIMES = ("torch", "onnxruntime", "openvino", "sentence_transformers")
 SKIPPED = 3  # the child's exit status when the fast path does not apply
 
@@ -84,6 +87,25 @@ class QueryPrefetch:
             return None
         finally:
             self.close()
+
+    def hits(self, retriever: Retriever, query: str, k: int | None, *, min_score: float | None,
+             where: Any) -> list[Hit] | None:
+        """The search, with the child's vector when its model key is the index's (the query
+        checked as every search's is); None when the parent must encode it itself (the
+        child skipped or failed, or the index holds other vectors)."""
+        import logging
+
+        encoded = self.result()
+        found = None
+        if encoded is not None:
+            retriever.check_search([query], k, min_score, "dense", None, where)
+            key, vector = encoded
+            version = retriever.current_index()
+            if version.manifest.model_key == key and vector.shape == (1, version.manifest.dim):
+                found = retriever.search_vectors(vector, k, min_score=min_score, where=where)[0]
+        logging.getLogger("retrieval").info("query encoded %s", "in a forked child" if found is not None else
+                                            "in-process (the child skipped or failed)")
+        return found
 
     def close(self) -> None:
         """Reap the child (killing it if it is still working)."""

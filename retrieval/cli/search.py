@@ -4,17 +4,18 @@ store or from a running `retrieve serve`."""
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
-from retrieval.cli.common import CliState, echo_json, pass_state, shorten
+from retrieval.cli.common import CliState, echo_json, json_option, pass_state, shorten
 from retrieval.config import SEARCH_MODES
 from retrieval.errors import RetrievalError
 
-log = logging.getLogger("retrieval")
+if TYPE_CHECKING:
+    from retrieval.retriever import Retriever
+    from retrieval.search.searcher import Searcher
 
 # Queries per search_many call in batch mode: bounds memory, keeps encoder batches full.
 QUERY_BATCH = 256
@@ -46,16 +47,38 @@ def hit_lines(hits: Iterable[Any]) -> list[str]:
 
 
 def where_option(f: Any) -> Any:
-    return click.option("--where", "where", multiple=True, metavar="FILTER",
+    """``--where`` (repeatable), handed to the command as one parsed filter (or None)."""
+
+    def parse(_ctx: click.Context, _param: click.Parameter, items: tuple[str, ...]) -> Any:
+        from retrieval.filters import from_cli
+
+        return from_cli(items)
+
+    return click.option("--where", "where", multiple=True, metavar="FILTER", callback=parse,
                         help="Metadata filter: JSON such as '{\"price\": {\"$lt\": 100}}', or a shorthand "
                              "category=footwear, 'price<100', 'tag!=x'. Repeat to AND them.")(f)
 
 
-def parse_where(items: tuple[str, ...]) -> dict[str, Any] | None:
-    from retrieval.filters import from_cli
+def server_option(f: Any) -> Any:
+    return click.option("--server", envvar="RETRIEVE_SERVER", metavar="URL",
+                        help="Ask a running `retrieve serve` at URL instead of loading the model here. "
+                             "Env: RETRIEVE_SERVER.")(f)
 
-    f = from_cli(items)
-    return json.loads(f.canonical) if f is not None else None
+
+def open_searcher(ctx: click.Context, state: CliState, server: str | None) -> Searcher:
+    """The store to search: a running `retrieve serve` at ``server`` (only httpx is
+    imported, so this answers in milliseconds), or this machine's. Closed with the command."""
+    searcher: Searcher
+    if server:
+        from retrieval.client import RemoteSearcher
+
+        searcher = RemoteSearcher(server, api_key=state.settings.api_key)
+    else:
+        from retrieval.retriever import Retriever
+
+        searcher = Retriever.from_settings(state.settings)
+    ctx.call_on_close(searcher.close)
+    return searcher
 
 
 def print_hits(hits: Iterable[Any]) -> None:
@@ -67,11 +90,10 @@ def print_hits(hits: Iterable[Any]) -> None:
 @click.argument("query", required=False)
 @click.option("-k", "--top-k", type=int, help="Number of results (default: search_k setting, 5).")
 @click.option("--min-score", type=float, help="Leave out results scoring below this (a cosine in dense mode).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with a results list.")
+@json_option
 @click.option("--queries", "queries_file", type=click.Path(dir_okay=False, allow_dash=True),
               help="Batch mode: one query per line (or JSONL with id and text); one JSON line per query.")
-@click.option("--server", envvar="RETRIEVE_SERVER", metavar="URL",
-              help="Ask a running `retrieve serve` at URL instead of loading the model here. Env: RETRIEVE_SERVER.")
+@server_option
 @where_option
 @click.option("--mode", type=click.Choice(SEARCH_MODES), default=SEARCH_MODES[0], show_default=True,
               help="dense: by meaning; keyword: BM25 over the words; hybrid: both, fused by reciprocal rank.")
@@ -85,7 +107,7 @@ def print_hits(hits: Iterable[Any]) -> None:
 @pass_state
 @click.pass_context
 def search(ctx: click.Context, state: CliState, query: str | None, top_k: int | None, min_score: float | None,
-           as_json: bool, queries_file: str | None, server: str | None, where: tuple[str, ...], mode: str,
+           as_json: bool, queries_file: str | None, server: str | None, where: Any, mode: str,
            alpha: float | None, plus: tuple[str, ...], minus: tuple[str, ...], like: tuple[str, ...],
            unlike: tuple[str, ...], include_examples: bool) -> None:
     """Show the documents closest in meaning to QUERY.
@@ -100,64 +122,52 @@ def search(ctx: click.Context, state: CliState, query: str | None, top_k: int | 
         retrieve search --queries queries.jsonl > results.jsonl
         retrieve search --server http://127.0.0.1:8000 "refund policy"
     """
-    arithmetic = bool(plus or minus or like or unlike)
+    arithmetic = {"plus": plus, "minus": minus, "like": like, "unlike": unlike}
     if queries_file and query:
         raise click.UsageError("give either QUERY or --queries, not both")
     if not queries_file and not query and not (like or plus):
         raise click.UsageError("give a QUERY (or --queries FILE, or --like ID)")
-    if queries_file and arithmetic:
+    if queries_file and any(arithmetic.values()):
         raise click.UsageError("--plus, --minus, --like and --unlike work with one QUERY, not --queries")
-    filt = parse_where(where)
-    options: dict[str, Any] = {"where": filt, "mode": mode, "alpha": alpha}
-    one_options = {**options, "plus": plus, "minus": minus, "like": like, "unlike": unlike,
-                   "include_examples": include_examples}
-    settings = state.settings
-    retriever: Any
-    prefetch = None
-    if server:
-        # Only httpx is imported: the service holds the model, so this answers in milliseconds.
-        from retrieval.client import RemoteSearcher
+    # In a fresh process the query is encoded in a forked child while SQLAlchemy and
+    # FAISS import and the index is read (see retrieval.cli.prefetch).
+    early = None
+    if not server and query and not queries_file and mode == "dense" and not any(arithmetic.values()):
+        from retrieval.cli.prefetch import start
 
-        retriever = RemoteSearcher(server, api_key=settings.api_key)
-    else:
-        # In a fresh process the query is encoded in a forked child while SQLAlchemy and
-        # FAISS import and the index is read (see retrieval.cli.prefetch).
-        if query and not queries_file and mode == "dense" and not arithmetic:
-            from retrieval.cli.prefetch import start as start_prefetch
-
-            prefetch = start_prefetch(settings, query)
-            if prefetch is not None:
-                ctx.call_on_close(prefetch.close)
-        from retrieval.retriever import Retriever
-
-        retriever = Retriever.from_settings(settings)
-    ctx.call_on_close(retriever.close)
+        early = start(state.settings, query)
+        if early is not None:
+            ctx.call_on_close(early.close)
+    searcher = open_searcher(ctx, state, server)
+    options = {"min_score": min_score, "where": where, "mode": mode, "alpha": alpha}
     if queries_file:
-        from retrieval.readers import read_queries
-
-        try:
-            queries = read_queries(queries_file)
-        except (OSError, ValueError) as exc:
-            raise RetrievalError(str(exc)) from exc
-        for start in range(0, len(queries), QUERY_BATCH):
-            part = queries[start : start + QUERY_BATCH]
-            results = retriever.search_many([t for _, t in part], top_k, min_score=min_score, **options)
-            for (qid, _), hits in zip(part, results):
-                echo_json({"query_id": qid, "results": [h.as_dict() for h in hits]})
+        _search_batch(searcher, queries_file, top_k, options)
         return
-    encoded = prefetch.result() if prefetch is not None else None
     hits = None
-    if encoded and query is not None:
-        hits = retriever.search_encoded(query, encoded[1], encoded[0], top_k, min_score=min_score, where=filt)
-    if prefetch is not None:
-        log.info("query encoded %s", "in a forked child" if hits is not None else
-                 "in-process (the child skipped or failed)")
+    if early is not None and query is not None:
+        hits = early.hits(cast("Retriever", searcher), query, top_k, min_score=min_score, where=where)
     if hits is None:
-        hits = retriever.search(query, top_k, min_score=min_score, **one_options)
+        hits = searcher.search(query, top_k, min_score=min_score, where=where, mode=mode, alpha=alpha, plus=plus,
+                               minus=minus, like=like, unlike=unlike, include_examples=include_examples)
     if as_json:
         echo_json({"query": query, "results": [h.as_dict() for h in hits]})
     else:
         print_hits(hits)
+
+
+def _search_batch(searcher: Searcher, path: str, k: int | None, options: dict[str, Any]) -> None:
+    """``--queries``: one JSON line of results per query, searched in batches."""
+    from retrieval.readers import read_queries
+
+    try:
+        queries = read_queries(path)
+    except (OSError, ValueError) as exc:
+        raise RetrievalError(str(exc)) from exc
+    for start in range(0, len(queries), QUERY_BATCH):
+        part = queries[start : start + QUERY_BATCH]
+        results = searcher.search_many([t for _, t in part], k, **options)
+        for (qid, _), hits in zip(part, results):
+            echo_json({"query_id": qid, "results": [h.as_dict() for h in hits]})
 
 
 @click.command()
@@ -165,13 +175,12 @@ def search(ctx: click.Context, state: CliState, query: str | None, top_k: int | 
 @click.option("-k", "--top-k", type=int, help="Number of results (default: search_k setting, 5).")
 @click.option("--min-score", type=float, help="Leave out results scoring below this (a cosine in dense mode).")
 @where_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with a results list.")
-@click.option("--server", envvar="RETRIEVE_SERVER", metavar="URL",
-              help="Ask a running `retrieve serve` at URL. Env: RETRIEVE_SERVER.")
+@json_option
+@server_option
 @pass_state
 @click.pass_context
 def similar(ctx: click.Context, state: CliState, doc_id: str, top_k: int | None, min_score: float | None,
-            where: tuple[str, ...], as_json: bool, server: str | None) -> None:
+            where: Any, as_json: bool, server: str | None) -> None:
     """Show the documents nearest to the stored document ID (more like this).
 
     Uses ID's stored vector (nothing is re-embedded) and leaves ID itself out.
@@ -180,18 +189,7 @@ def similar(ctx: click.Context, state: CliState, doc_id: str, top_k: int | None,
         retrieve similar sku-123 -k 10
         retrieve similar sku-123 --where category=footwear --json
     """
-    filt = parse_where(where)
-    retriever: Any
-    if server:
-        from retrieval.client import RemoteSearcher
-
-        retriever = RemoteSearcher(server, api_key=state.settings.api_key)
-    else:
-        from retrieval.retriever import Retriever
-
-        retriever = Retriever.from_settings(state.settings)
-    ctx.call_on_close(retriever.close)
-    hits = retriever.similar(doc_id, top_k, min_score=min_score, where=filt)
+    hits = open_searcher(ctx, state, server).similar(doc_id, top_k, min_score=min_score, where=where)
     if as_json:
         echo_json({"like": doc_id, "results": [h.as_dict() for h in hits]})
     else:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from retrieval.cli.common import CliState, emit, json_option, pass_retriever, pass_state, size
+
+if TYPE_CHECKING:
+    from retrieval.retriever import Retriever
 
 
 def _count(n: int, noun: str) -> str:
@@ -67,7 +70,7 @@ def status_rows(st: dict[str, Any]) -> list[tuple[str, Any]]:
 @click.command()
 @json_option
 @pass_retriever
-def status(retriever: Any, as_json: bool) -> None:
+def status(retriever: Retriever, as_json: bool) -> None:
     """Show documents, embeddings, index version, pending changes and sizes.
 
     \b
@@ -99,7 +102,7 @@ def config_cmd(state: CliState, as_json: bool) -> None:
 @click.command("forget-replica")
 @click.argument("name")
 @pass_retriever
-def forget_replica(retriever: Any, name: str) -> None:
+def forget_replica(retriever: Retriever, name: str) -> None:
     """Forget a replica that is gone for good (its worker row in the database).
 
     The change log is pruned only below the position every replica has applied; a

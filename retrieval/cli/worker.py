@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from retrieval.cli.common import CliState, pass_retriever, setup_logging
+
+if TYPE_CHECKING:
+    from retrieval.retriever import Retriever
 
 
 @click.command()
@@ -18,7 +21,7 @@ from retrieval.cli.common import CliState, pass_retriever, setup_logging
 @click.option("--reindex-every", type=float, metavar="HOURS", help="Check `reindex --if-needed` every HOURS.")
 @click.option("--reindex-at", metavar="HH:MM", help="Check `reindex --if-needed` daily at this local time.")
 @pass_retriever
-def worker(retriever: Any, poll_interval: float | None, max_batch: int | None, wait: bool, once: bool,
+def worker(retriever: Retriever, poll_interval: float | None, max_batch: int | None, wait: bool, once: bool,
            reindex_every: float | None, reindex_at: str | None) -> None:
     """Keep the index in sync with the database until stopped.
 

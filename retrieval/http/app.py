@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
@@ -40,11 +40,14 @@ from retrieval.http.security import key_checker
 from retrieval.http.service import API_VERSION, Service
 from retrieval.http.sync_thread import SyncThread
 
+if TYPE_CHECKING:
+    from retrieval.retriever import Retriever
+
 log = logging.getLogger("retrieval.server")
 
 
 def create_app(
-    retriever: Any,
+    retriever: Retriever,
     settings: Settings | None = None,
     *,
     api_key: str | None = None,

@@ -6,9 +6,12 @@ import asyncio
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from starlette.exceptions import HTTPException
+from retrieval.errors import OverloadedError
+
+if TYPE_CHECKING:
+    from retrieval.retriever import Retriever
 
 
 @dataclass
@@ -30,7 +33,7 @@ class QueryBatcher:
     per-request encoding on a thread pool does.
     """
 
-    def __init__(self, retriever: Any, *, max_batch: int = 64, max_wait_s: float = 0.002, max_queued: int = 4096) -> None:
+    def __init__(self, retriever: Retriever, *, max_batch: int = 64, max_wait_s: float = 0.002, max_queued: int = 4096) -> None:
         self.retriever = retriever
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
@@ -59,7 +62,7 @@ class QueryBatcher:
     async def search(self, query: str, k: int, min_score: float | None) -> list[Any]:
         assert self._queue is not None, "QueryBatcher.start() was not called"
         if self._queue.qsize() >= self.max_queued:
-            raise HTTPException(503, f"more than {self.max_queued} searches are waiting; retry shortly")
+            raise OverloadedError(f"more than {self.max_queued} searches are waiting; retry shortly")
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(query, k, min_score, future))
         return await future

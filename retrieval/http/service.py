@@ -4,16 +4,19 @@ and answer, this class calls the library."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
 
 from retrieval.config import Settings
 from retrieval.errors import InvalidInputError, NotFoundError, RetrievalError
 from retrieval.http.batcher import QueryBatcher
 from retrieval.http.edge import Metrics
 from retrieval.http.sync_thread import SyncThread
+
+if TYPE_CHECKING:
+    from retrieval.http.schemas import SearchRequest
+    from retrieval.retriever import Retriever
 
 API_VERSION = "v1"
 
@@ -26,7 +29,7 @@ class Service:
     """One application's state: the retriever, its settings, the query batcher, the sync
     thread, the metrics and whether the model and index are loaded."""
 
-    def __init__(self, retriever: Any, settings: Settings, *, batcher: QueryBatcher | None,
+    def __init__(self, retriever: Retriever, settings: Settings, *, batcher: QueryBatcher | None,
                  sync_thread: SyncThread | None, metrics: Metrics) -> None:
         self.retriever = retriever
         self.settings = settings
@@ -52,20 +55,15 @@ class Service:
 
     # -- endpoints ----------------------------------------------------------------------
 
-    async def search(self, body: Any) -> dict[str, Any]:
+    async def search(self, body: SearchRequest) -> dict[str, Any]:
         t0 = time.perf_counter()
         query = body.query
-        if query is not None and not query.strip():
-            raise HTTPException(422, "query: the query is empty")
-        if query is None and not (body.like or body.plus):
-            raise HTTPException(422, "query: give a query (or like / plus examples)")
-        plain = (body.mode == "dense" and body.where is None and query is not None
-                 and not (body.plus or body.minus or body.like or body.unlike))
-        if self.batcher is not None and plain:
-            min_score = self.settings.min_score if body.min_score is None else body.min_score
-            hits = await self.batcher.search(query, body.k, min_score)
+        arithmetic = bool(body.plus or body.minus or body.like or body.unlike)
+        if self.batcher is not None and body.mode == "dense" and body.where is None and query is not None and not arithmetic:
+            # Checked as every search is, before it joins a batch of other requests' queries.
+            args = self.retriever.check_search([query], body.k, body.min_score)
+            hits = await self.batcher.search(query, args.k, args.min_score)
         else:
-            # The retriever fills in the min_score setting (a cosine) for dense mode only.
             hits = await run_in_threadpool(lambda: self.retriever.search(
                 query, body.k, min_score=body.min_score, where=body.where, mode=body.mode, alpha=body.alpha,
                 plus=body.plus, minus=body.minus, like=body.like, unlike=body.unlike,

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retrieval.errors import RetrievalError, WorkerBusyError
+
+if TYPE_CHECKING:
+    from retrieval.retriever import Retriever
 
 log = logging.getLogger("retrieval.server")
 
@@ -19,7 +22,7 @@ class SyncThread:
     retries, so the store never has two workers and never none while the service runs.
     """
 
-    def __init__(self, retriever: Any, poll_interval: float) -> None:
+    def __init__(self, retriever: Retriever, poll_interval: float) -> None:
         from retrieval.sync.worker import Worker
 
         self.retriever = retriever

@@ -1,6 +1,4 @@
-"""Search: the query pipeline (:mod:`retrieval.search.pipeline`) and its results."""
-
-from retrieval.search.hits import Hit
-from retrieval.search.pipeline import Candidates, search
-
-__all__ = ["Candidates", "Hit", "search"]
+"""Search: the query pipeline (:mod:`retrieval.search.pipeline`), the results it gives
+(:mod:`retrieval.search.hits`) and the interface every searcher offers
+(:mod:`retrieval.search.searcher`). The package imports none of them itself, so that the
+remote client can use a hit without loading the pipeline's stack."""

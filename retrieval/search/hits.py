@@ -8,7 +8,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result.
+    """One search result, from a local store or a remote service alike.
 
     ``score`` is the cosine similarity in dense mode, the keyword rank in keyword mode
     (BM25 on SQLite, ts_rank_cd on PostgreSQL) and the fused score in hybrid mode; hybrid
@@ -20,7 +20,7 @@ class Hit:
     score: float
     text: str
     metadata: dict[str, Any]
-    doc_id: int  # the internal id (also the FAISS id)
+    doc_id: int | None = None  # the internal id (also the FAISS id); None from a remote service
     mode: str = "dense"
     dense_rank: int | None = None
     keyword_rank: int | None = None
@@ -37,3 +37,12 @@ class Hit:
             out["snippet"] = self.snippet
             out["highlights"] = [list(h) for h in self.highlights]
         return out
+
+    @classmethod
+    def from_json(cls, r: dict[str, Any]) -> Hit:
+        """A result as :meth:`as_dict` writes it (and the HTTP service sends it; a rank it
+        leaves out is null)."""
+        return cls(str(r["id"]), float(r["score"]), r["text"], r.get("metadata") or {}, None,
+                   mode=str(r.get("mode", "dense")), dense_rank=r.get("dense_rank"),
+                   keyword_rank=r.get("keyword_rank"), snippet=r.get("snippet"),
+                   highlights=tuple((int(a), int(b)) for a, b in r.get("highlights") or ()))

@@ -50,10 +50,13 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retrieval.config import Settings, load_settings
 from retrieval.index.store import MERGE_LOCK, lock_held
+
+if TYPE_CHECKING:
+    from retrieval.retriever import Retriever
 
 OPERATIONS = ("ingest", "sync", "worker", "reindex", "merge")
 SPECIAL_CASES = ("truncated-index", "garbage-index", "garbage-manifest", "disk-full", "database-locked")
@@ -162,7 +165,7 @@ class _Harness:
         self.used_texts: set[str] = set()
         self.pool = _text_pool(rng)
         self.durations: dict[str, list[float]] = {op: [] for op in OPERATIONS}
-        self._retriever: Any = None
+        self._retriever: Retriever | None = None
         self._serial = 0
 
     # -- set-up -----------------------------------------------------------------------
@@ -174,7 +177,7 @@ class _Harness:
         self.retriever.sync()
 
     @property
-    def retriever(self) -> Any:
+    def retriever(self) -> Retriever:
         if self._retriever is None:
             from retrieval.retriever import Retriever
 

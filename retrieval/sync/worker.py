@@ -21,20 +21,19 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retrieval.errors import RetrievalError, WorkerBusyError
-from retrieval.index.store import lock_held
 from retrieval.store.db import describe_url
+from retrieval.sync.states import LOCK_FILE, read_state
+
+if TYPE_CHECKING:
+    from retrieval.retriever import Retriever
 
 log = logging.getLogger("retrieval.worker")
 
-LOCK_FILE = "worker.lock"
-# A worker whose heartbeat is older than this many poll intervals (and at least a
-# minute) counts as gone where its lock cannot be seen (SQLite, from another machine).
-STALE_HEARTBEATS = 10
 
-__all__ = ["Schedule", "Worker", "WorkerBusyError", "parse_daily", "read_state", "read_states"]
+__all__ = ["Schedule", "Worker", "WorkerBusyError", "parse_daily"]
 
 
 def _kv(**fields: Any) -> str:
@@ -44,36 +43,6 @@ def _kv(**fields: Any) -> str:
         text = f"{v:.3f}" if isinstance(v, float) else str(v)
         parts.append(f"{k}={json.dumps(text) if (' ' in text or not text) else text}")
     return " ".join(parts)
-
-
-def _with_running(entry: dict[str, Any]) -> dict[str, Any]:
-    """Fill in ``running`` where the database cannot tell (SQLite): from the worker's
-    file lock when its folder is on this machine, else from its heartbeat."""
-    if entry.get("running") is None:
-        folder = Path(entry.get("index_dir") or "")
-        held = lock_held(folder / LOCK_FILE) if entry.get("host") == socket.gethostname() and folder.is_dir() else None
-        if held is not None:
-            entry["running"] = held
-        else:
-            poll = float(entry.get("poll_interval") or 1.0)
-            entry["running"] = not entry.get("stopped") and time.time() - (entry.get("heartbeat") or 0) < max(
-                60.0, STALE_HEARTBEATS * poll)
-    return entry
-
-
-def read_states(store: Any) -> list[dict[str, Any]]:
-    """Every worker following the database (one per replica), with ``running``."""
-    from retrieval.store.workers import load_states
-
-    return [_with_running(e) for e in load_states(store)]
-
-
-def read_state(retriever: Any) -> dict[str, Any] | None:
-    """The state of the worker of ``retriever``'s replica, with ``running`` telling whether it is alive."""
-    from retrieval.store.workers import load_states
-
-    states = load_states(retriever.store, retriever.replica_name)
-    return _with_running(states[0]) if states else None
 
 
 def parse_daily(value: str) -> tuple[int, int]:
@@ -107,7 +76,7 @@ class Schedule:
 class Worker:
     """Runs sync cycles until stopped."""
 
-    def __init__(self, retriever: Any, *, poll_interval: float | None = None, max_batch: int | None = None,
+    def __init__(self, retriever: Retriever, *, poll_interval: float | None = None, max_batch: int | None = None,
                  schedule: Schedule | None = None, gc_every: float = 300.0) -> None:
         self.retriever = retriever
         self.poll_interval = poll_interval or retriever.settings.worker_poll_interval
@@ -195,7 +164,7 @@ class Worker:
                 lock.release()
 
     def _busy(self) -> WorkerBusyError:
-        state = read_state(self.retriever) or {}
+        state = read_state(self.retriever.store, self.name) or {}
         holder = f"pid {state.get('pid', '?')} on {state.get('host', '?')}, started {state.get('started', '?')}"
         return WorkerBusyError(
             f"another worker ({holder}) already serves this replica ({self.name}); stop it first, or pass --wait")
@@ -298,11 +267,12 @@ class Worker:
                          seconds=report.seconds))
 
     def _gc(self) -> None:
-        from retrieval.sync.maintenance import collect_garbage
+        from retrieval.sync.space import collect_garbage
 
+        r = self.retriever
         try:
-            removed = collect_garbage(self.retriever)
-            with self.retriever._sync_lock():
+            removed = collect_garbage(r.store, r.index_store, r.replica_name)
+            with r.sync_lock():
                 self.retriever.index_store.collect_garbage()
         except RetrievalError as exc:
             log.warning(_kv(event="gc_failed", error=str(exc)))

@@ -1,0 +1,256 @@
+"""Writes: documents in (ingest from Python or files, streamed), vectors for what is
+stored (bulk embedding, here or on a Ray cluster) and deletes; each publishes the index
+generation that holds it, or says in one line what was stored and what was not."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from retrieval.config import Settings
+from retrieval.documents import check_batch, check_ids
+from retrieval.embed.spec import EncoderSpec
+from retrieval.errors import IndexWriteError, InvalidInputError, RetrievalError
+from retrieval.executors import EmbedPool, LocalPool, check_executor
+from retrieval.store.records import NewDocument, content_hash
+from retrieval.store.repository import Store
+from retrieval.sync.keeper import EncoderSlot, IndexKeeper
+from retrieval.sync.replay import SyncReport
+from retrieval.sync.vectors import EMBED_CHUNK, BulkEmbedReport, embed_missing, embed_stored
+
+
+@dataclass
+class IngestReport:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    invalid: int = 0
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0  # reading, storing, embedding and indexing; not the export below
+    # One-time preparation of the encoder that this ingest paid for (an ONNX export on
+    # first use), reported apart so that the rate means what it says.
+    setup_seconds: float = 0.0
+    sync: SyncReport | None = None
+    embed: BulkEmbedReport | None = None  # the bulk embedding on an executor (ray) before the sync
+
+    @property
+    def total(self) -> int:
+        return self.added + self.updated + self.unchanged
+
+    @property
+    def docs_per_second(self) -> float:
+        return self.total / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "invalid": self.invalid,
+            "seconds": round(self.seconds, 3),
+            "docs_per_second": round(self.docs_per_second, 1),
+            "setup_seconds": round(self.setup_seconds, 3),
+            "embedded": (self.sync.embedded if self.sync else 0) + (self.embed.embedded if self.embed else 0),
+            **({"embed": self.embed.as_dict()} if self.embed else {}),
+        }
+
+
+class Writer:
+    """The write side of a store: :meth:`retrieval.Retriever.ingest`, ``ingest_files``,
+    ``embed`` and ``delete`` run here."""
+
+    def __init__(self, settings: Settings, store: Store, keeper: IndexKeeper, encoder: EncoderSlot) -> None:
+        self.settings = settings
+        self.store = store
+        self.keeper = keeper
+        self.encoder = encoder
+
+    def _pending(self) -> int:
+        """Change-log entries the current index generation has not applied."""
+        manifest = self.keeper.index_store.read_manifest()
+        return self.store.backlog(manifest.last_seq if manifest else 0)[0]
+
+    def ingest(self, documents: Iterable[Any], *, sync: bool = True, embed_first: bool = False,
+               executor: str | None = None, address: str | None = None, skip_invalid: bool = False) -> IngestReport:
+        """Upsert documents and sync: dicts with ``id``, ``text`` and optional ``metadata``
+        (or :class:`~retrieval.documents.Document` objects).
+
+        Every document is checked first, by the rules the CLI and the HTTP service apply
+        too (:mod:`retrieval.documents`: ids, non-empty text within
+        ``max_document_bytes``, metadata that JSON can hold, no NaN); any invalid one
+        raises :class:`~retrieval.errors.InvalidInputError` listing them all, and nothing
+        is written, unless ``skip_invalid`` (then the valid ones are stored and the report
+        lists the rest). A bare string or dict instead of a list is a :class:`TypeError`.
+
+        A document whose text did not change is not re-embedded. With ``embed_first``,
+        texts without a stored vector are embedded before the documents are written:
+        between a write's commit and its sync, searches score the new documents exactly
+        and would otherwise embed them on the search path (the HTTP service does this).
+        Vectors of a write that then fails are unused embeddings, which `retrieve
+        compact` removes.
+
+        With ``executor`` ``ray`` (default: the ``executor`` setting), the documents are
+        stored first, then every text without a vector is embedded on the Ray cluster at
+        ``address`` (see :meth:`embed`), even with ``sync`` off; the sync then publishes
+        them from their stored vectors.
+        """
+        t0 = time.perf_counter()
+        checked, invalid = check_batch(documents, max_bytes=self.settings.max_document_bytes)
+        problems = [str(p) for p in invalid]
+        if problems and not skip_invalid:
+            raise InvalidInputError(problems, len(checked) + len(problems), noun="documents",
+                                    hint="pass skip_invalid=True to store the valid ones")
+        docs = [NewDocument(c.external_id, c.text, c.metadata) for c in checked]
+        if embed_first and docs:
+            self._before_write(sync, executor)
+            embed_missing(self.store, self.encoder.get(), {content_hash(d.text): d.text for d in docs})
+        report = self._write([docs], sync=sync, executor=executor, address=address, t0=t0)
+        report.invalid, report.problems = len(problems), problems
+        return report
+
+    def ingest_files(
+        self,
+        sources: Sequence[str],
+        *,
+        fmt: str | None = None,
+        id_field: str = "id",
+        text_fields: Sequence[str] = ("text",),
+        metadata_fields: Sequence[str] | None = None,
+        skip_invalid: bool = False,
+        stdin: Any = None,
+        sync: bool = True,
+        executor: str | None = None,
+        address: str | None = None,
+        csv_types: Sequence[str] = ("infer",),
+    ) -> IngestReport:
+        """Validate every record of every file first; write only when all are valid
+        (or, with ``skip_invalid``, the valid ones).
+
+        The files are read twice, a record at a time (:class:`~retrieval.readers.RecordScan`):
+        once to validate everything, once to store it in batches within one transaction,
+        so memory follows a batch, not the files. ``csv_types``: how CSV cells become
+        metadata (``infer``: numbers written as numbers are numbers; ``text``; or
+        ``COLUMN:TYPE``)."""
+        from retrieval.readers import RecordScan
+
+        t0 = time.perf_counter()
+        try:
+            scan = RecordScan(sources, fmt=fmt, id_field=id_field, text_fields=text_fields,
+                              metadata_fields=metadata_fields, stdin=stdin, max_bytes=self.settings.max_document_bytes,
+                              csv_types=csv_types)
+        except (OSError, ValueError) as exc:
+            raise RetrievalError(file_error(exc)) from exc
+        with scan:
+            try:
+                problems = [str(p) for p in scan.check()]
+            except (OSError, ValueError) as exc:
+                raise RetrievalError(file_error(exc)) from exc
+            if problems and not skip_invalid:
+                raise InvalidInputError(problems, scan.valid + len(problems))
+            batches = ([NewDocument(r.external_id, r.text, r.metadata) for r in batch] for batch in scan.batches())
+            try:
+                report = self._write(batches, sync=sync, executor=executor, address=address, t0=t0)
+            except (OSError, ValueError) as exc:  # a file changed between the two reads: nothing was written
+                raise RetrievalError(file_error(exc)) from exc
+        report.invalid = len(problems)
+        report.problems = problems
+        report.seconds = time.perf_counter() - t0 - report.setup_seconds
+        return report
+
+    def _before_write(self, sync: bool, executor: str | None) -> bool:
+        """Everything that can refuse a write, checked before anything is written: the
+        index's model, the index folder's lock, the executor. True for a remote executor."""
+        if sync:
+            self.keeper.check_model()
+            self.keeper.sync_lock()  # an index folder this user cannot write is refused now, not after the commit
+        return check_executor(executor or self.settings.executor) != "local"
+
+    def _write(self, batches: Iterable[list[NewDocument]], *, sync: bool, executor: str | None, address: str | None,
+               t0: float) -> IngestReport:
+        remote = self._before_write(sync, executor)
+        counts = self.store.upsert_batches(batches)
+        report = IngestReport(added=counts.added, updated=counts.updated, unchanged=counts.unchanged)
+        if remote:
+            report.embed = self.embed(executor=executor, address=address)
+        # A backlog left by an earlier run that stored its documents but did not get to
+        # publish them (killed, or it lost the database) is published now too.
+        if sync and (counts.added or counts.updated or self._pending()):
+            try:
+                report.sync = self.keeper.sync()
+            except RetrievalError as exc:
+                if not (counts.added or counts.updated):
+                    raise
+                raise IndexWriteError(
+                    f"stored {counts.added} new and {counts.updated} updated documents in the database, but could not "
+                    f"publish them to the index: {exc}. Searches find them already (scored exactly until they are "
+                    "published); `retrieve sync`, or a running worker, publishes them") from exc
+        if self.encoder.loaded is not None:
+            report.setup_seconds = self.encoder.loaded.setup_since(t0)
+        report.seconds = time.perf_counter() - t0 - report.setup_seconds
+        return report
+
+    def embed(self, *, executor: str | None = None, address: str | None = None, actors: int | None = None,
+              commit_every: int = EMBED_CHUNK, progress: bool | None = None,
+              runtime_env: dict[str, Any] | None = None) -> BulkEmbedReport:
+        """Embed every stored document that has no vector for the configured model.
+
+        ``executor`` (default: the setting) ``local`` embeds in this process; ``ray``
+        embeds on the Ray cluster at ``address`` (default: the ``ray_address`` setting;
+        None starts a local cluster), with ``actors`` actors (default: ``ray_actors``)
+        of ``ray_threads`` CPUs each, every one building the encoder this process pins
+        (backend and precision as chosen here). ``runtime_env`` is passed to the actors.
+        Vectors are committed every ``commit_every`` texts; a run killed at any point
+        and run again embeds only what has no stored vector. The index is not touched:
+        the next sync publishes the documents from the stored vectors.
+        """
+        s = self.settings
+        name = check_executor(executor or s.executor)
+        self.keeper.check_model()
+        encoder = self.encoder.get()
+        report = BulkEmbedReport(model_key=encoder.model_key, executor=name)
+        with self.store.read() as snap:
+            if not snap.docs_without_vectors(encoder.model_key, 0, 1):
+                return report  # nothing to do (one indexed probe, not a count): no cluster is started
+        t0 = time.perf_counter()
+        pool: EmbedPool
+        if name == "local":
+            pool = LocalPool(encoder)
+        else:
+            from retrieval.executors.ray_pool import RayPool
+
+            spec = EncoderSpec.pinned(encoder, s.model, threads=s.ray_threads, device=s.device)
+            pool = RayPool(spec, address=address or s.ray_address, actors=actors or s.ray_actors,
+                           runtime_env=runtime_env)
+        report.startup_seconds = time.perf_counter() - t0
+        with pool:
+            embed_stored(self.store, pool, commit_every=commit_every, report=report,
+                         progress=s.progress if progress is None else progress)
+        return report
+
+    def delete(self, external_ids: Sequence[str], *, sync: bool = True) -> tuple[int, list[str]]:
+        """Delete documents by id; returns (deleted, ids that did not exist). ``external_ids``
+        is a sequence (a bare string is a :class:`TypeError`: ``delete("12")`` would
+        otherwise delete "1" and "2")."""
+        ids = check_ids(external_ids)
+        if sync:
+            self.keeper.sync_lock()  # an index folder this user cannot write is refused before the delete
+        deleted, missing = self.store.delete(ids)
+        if sync and deleted:
+            try:
+                self.keeper.sync()
+            except RetrievalError as exc:
+                raise IndexWriteError(
+                    f"deleted {deleted} documents from the database, but could not publish that to the index: {exc}. "
+                    "Searches no longer return them; `retrieve sync`, or a running worker, publishes it") from exc
+        return deleted, missing
+
+
+def file_error(exc: BaseException) -> str:
+    """An input file's problem in one line (an OSError's own text names errno and path)."""
+    if isinstance(exc, FileNotFoundError):
+        return f"{exc.filename or exc}: no such file" if exc.filename else str(exc)
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc)
