@@ -2,16 +2,9 @@
 ``scripts/chaos.py`` and ``tests/test_chaos.py`` (see :mod:`retrieval.selftest.harness`),
 and its fault-injection hook (``hook/sitecustomize.py``)."""
 
-from retrieval.selftest.harness import (
-    HOOK_DIR,
-    OPERATIONS,
-    SPECIAL_CASES,
-    ChaosReport,
-    remove_scratch,
-    run_chaos,
-    scratch_settings,
-    worker_available,
-)
+from retrieval.selftest.harness import HOOK_DIR, OPERATIONS, SPECIAL_CASES, run_chaos
+from retrieval.selftest.report import ChaosReport
+from retrieval.selftest.scratch import remove_scratch, scratch_settings, worker_available
 
 __all__ = ["HOOK_DIR", "OPERATIONS", "SPECIAL_CASES", "ChaosReport", "remove_scratch", "run_chaos",
            "scratch_settings", "worker_available"]

@@ -37,23 +37,22 @@ pauses (step kills) or that one write fails (ENOSPC).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import random
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from retrieval.config import Settings, load_settings
+from retrieval.config import Settings
 from retrieval.index.store import MERGE_LOCK, lock_held
+from retrieval.selftest.report import ChaosReport, Run
+from retrieval.selftest.scratch import scratch_settings, text_pool, worker_available, write_config
 
 if TYPE_CHECKING:
     from retrieval.retriever import Retriever
@@ -61,94 +60,15 @@ if TYPE_CHECKING:
 OPERATIONS = ("ingest", "sync", "worker", "reindex", "merge")
 SPECIAL_CASES = ("truncated-index", "garbage-index", "garbage-manifest", "disk-full", "database-locked")
 
-# Where the sample texts come from: <repo>/../shared/data/catalog (generated texts when absent).
-CATALOG = Path(__file__).resolve().parents[3] / "shared" / "data" / "catalog" / "catalog-100k.jsonl"
-POOL_SIZE = 20_000  # catalog lines read: enough distinct texts for hundreds of iterations
-
 # Durable steps of one index publish seen by the hook: each file written (segment, ids,
 # tombstones, manifest) is an fsync, a read-back, a rename and a folder fsync, then the
 # pointer's fsync, replace and folder fsync; a step kill pauses before one of them.
 PUBLISH_STEPS = 15
 
-# Merge settings of the scratch store: small tiers, and no merges inline in syncs, so that
-# `retrieve compact` (the merge operation) and the worker always have merges to run.
-MERGE_SETTINGS = {"merge_segments_per_tier": 3, "merge_max_at_once": 3, "merge_floor_docs": 20, "merge_inline_max_docs": 0}
-
 HOOK_ENV = "RETRIEVAL_CHAOS_"  # not RETRIEVE_: those are settings and would be rejected
 
 # The fault-injection hook: a real module, put first on the children's PYTHONPATH.
 HOOK_DIR = Path(__file__).resolve().parent / "hook"
-
-
-@dataclass
-class ChaosReport:
-    """What a chaos run did and found. ``ok`` when nothing was lost, nothing drifted and
-    no check failed."""
-
-    seed: int
-    iterations: int = 0
-    kills: dict[str, int] = field(default_factory=dict)  # per operation
-    kills_during_merge: int = 0  # kills that landed while the child held the merge lock
-    kill_plans: dict[str, int] = field(default_factory=dict)  # early / timed / step
-    finished_before_kill: int = 0  # attempts whose process was done before the kill (retried)
-    documents_lost: int = 0
-    drift_found: int = 0
-    documents: int = 0  # documents in the store at the end
-    special_cases: dict[str, str] = field(default_factory=dict)  # name -> "ok" or what failed
-    skipped: list[str] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def total_kills(self) -> int:
-        return sum(self.kills.values())
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures and self.documents_lost == 0 and self.drift_found == 0
-
-    def as_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["total_kills"] = self.total_kills
-        data["ok"] = self.ok
-        return data
-
-    def table(self) -> str:
-        """A human-readable summary."""
-        lines = [f"{'operation':<12} {'kills':>5}"]
-        lines += [f"{op:<12} {n:>5}" for op, n in self.kills.items()]
-        lines.append(f"{'total':<12} {self.total_kills:>5}")
-        lines.append(f"{'during a merge':<12} {self.kills_during_merge:>5}")
-        lines.append("")
-        lines.append("kill moments: " + ", ".join(f"{k} {v}" for k, v in sorted(self.kill_plans.items())))
-        lines.append(f"runs finished before their kill (retried): {self.finished_before_kill}")
-        lines.append(f"documents lost: {self.documents_lost}")
-        lines.append(f"drift found:    {self.drift_found}")
-        lines.append(f"documents at the end: {self.documents}")
-        for name, result in self.special_cases.items():
-            lines.append(f"special case {name:<17} {result}")
-        for note in self.skipped:
-            lines.append(f"skipped: {note}")
-        for failure in self.failures:
-            lines.append(f"FAILURE: {failure}")
-        lines.append(f"{'OK' if self.ok else 'FAILED'} in {self.seconds:.0f}s (seed {self.seed})")
-        return "\n".join(lines)
-
-
-@dataclass
-class _Run:
-    """One finished or killed child process."""
-
-    returncode: int | None
-    stdout: str
-    stderr: str
-    seconds: float
-    killed: bool
-    where: str = ""  # for step kills: the step it was paused at
-    merging: bool = False  # the child held the merge lock when it was killed
-
-    def tail(self, n: int = 600) -> str:
-        return (self.stderr.strip() or self.stdout.strip())[-n:]
 
 
 class _Harness:
@@ -163,7 +83,7 @@ class _Harness:
         self.hook_dir = HOOK_DIR
         self.expected: dict[str, str] = {}  # external id -> latest text stored
         self.used_texts: set[str] = set()
-        self.pool = _text_pool(rng)
+        self.pool = text_pool(rng)
         self.durations: dict[str, list[float]] = {op: [] for op in OPERATIONS}
         self._retriever: Retriever | None = None
         self._serial = 0
@@ -172,7 +92,7 @@ class _Harness:
 
     def prepare(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        _write_config(self.dir / "config.yaml", self.settings)
+        write_config(self.dir / "config.yaml", self.settings)
         self.ingest_direct(self.new_docs(self.rng.randint(30, 60)))
         self.retriever.sync()
 
@@ -247,7 +167,7 @@ class _Harness:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
 
-    def run(self, args: Sequence[str], timeout: float = 600, env: dict[str, str] | None = None) -> _Run:
+    def run(self, args: Sequence[str], timeout: float = 600, env: dict[str, str] | None = None) -> Run:
         t0 = time.monotonic()
         proc = self.spawn(args, **(env or {}))
         try:
@@ -255,8 +175,8 @@ class _Harness:
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
-            return _Run(None, out, err + f"\n(timed out after {timeout:.0f}s)", time.monotonic() - t0, True)
-        return _Run(proc.returncode, out, err, time.monotonic() - t0, False)
+            return Run(None, out, err + f"\n(timed out after {timeout:.0f}s)", time.monotonic() - t0, True)
+        return Run(proc.returncode, out, err, time.monotonic() - t0, False)
 
     def estimate(self, op: str) -> float:
         """How long ``op`` runs, for aiming timed kills: its measured median, else a guess.
@@ -274,7 +194,7 @@ class _Harness:
         return 8.0
 
     def run_and_kill(self, op: str, args: Sequence[str], plan: str,
-                     during: Sequence[tuple[float, Callable[[], None]]] = ()) -> _Run:
+                     during: Sequence[tuple[float, Callable[[], None]]] = ()) -> Run:
         """Start ``args``, run the ``during`` actions at their times, SIGKILL per ``plan``."""
         marker = self.dir / "chaos-marker"
         marker.unlink(missing_ok=True)
@@ -312,7 +232,7 @@ class _Harness:
         out, err = proc.communicate()
         for _, action in actions:  # writes planned after the process ended still happen
             action()
-        return _Run(None if killed else proc.returncode, out, err, time.monotonic() - t0, killed, where, merging)
+        return Run(None if killed else proc.returncode, out, err, time.monotonic() - t0, killed, where, merging)
 
     # -- checks -----------------------------------------------------------------------
 
@@ -418,7 +338,7 @@ class _Harness:
         if self.restart(label):
             self.check(label, touched)
 
-    def attempt(self, op: str, plan: str, label: str) -> tuple[list[str], _Run]:
+    def attempt(self, op: str, plan: str, label: str) -> tuple[list[str], Run]:
         if op == "ingest":
             docs = self.change_set(self.rng.randint(20, 200))
             path = self.dir / "chaos-ingest.jsonl"
@@ -610,63 +530,6 @@ class _Harness:
         self.check("after database-locked", list(docs))
 
 
-def _text_pool(rng: random.Random) -> list[str]:
-    """Short distinct texts: catalog descriptions, or generated ones when it is absent."""
-    texts: list[str] = []
-    seen: set[str] = set()
-    try:
-        with open(CATALOG, encoding="utf-8") as fh:
-            for line in fh:
-                text = " ".join(str(json.loads(line).get("text") or "").split())
-                if 8 <= len(text) <= 300 and text not in seen:
-                    seen.add(text)
-                    texts.append(text)
-                if len(texts) >= POOL_SIZE:
-                    break
-    except OSError:
-        pass
-    if len(texts) < 1000:
-        words = ("fast small secure open async python client library tool parser server cache json http "
-                 "image audio text data model test cloud file stream queue graph table search index").split()
-        local = random.Random(0)
-        while len(texts) < 5000:
-            text = " ".join(local.choice(words) for _ in range(local.randint(4, 9))).capitalize()
-            if text not in seen:
-                seen.add(text)
-                texts.append(text)
-    rng.shuffle(texts)
-    return texts
-
-
-def _write_config(path: Path, settings: Settings) -> None:
-    """The settings as a config file children read (paths absolute, progress off)."""
-    import yaml
-
-    values = {name: value for name, value, _ in settings.describe()}
-    values["progress"] = False
-    model_path = Path(values["model"]).expanduser()
-    if model_path.exists():  # a local model folder given relative to the user's directory
-        values["model"] = str(model_path.resolve())
-    path.write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
-
-
-def scratch_settings(store_dir: str | os.PathLike[str], base: Settings | None = None, **overrides: Any) -> Settings:
-    """``base`` (default: built-in defaults) pointed at a scratch store in ``store_dir``."""
-    folder = Path(store_dir).resolve()
-    base = base or load_settings(environ={}, cwd=folder)
-    values: dict[str, Any] = {"database_url": f"sqlite:///{folder / 'retrieval.db'}", "index_dir": str(folder / "index"),
-                              "progress": False, **MERGE_SETTINGS}
-    values.update(overrides)
-    return base.with_overrides("chaos", **values)
-
-
-def worker_available() -> bool:
-    """Whether this version of retrieval has the `retrieve worker` command."""
-    import importlib.util
-
-    return importlib.util.find_spec("retrieval.sync.worker") is not None
-
-
 def run_chaos(
     store_dir: str | os.PathLike[str],
     iterations: int = 50,
@@ -725,8 +588,3 @@ def run_chaos(
         harness.close()
         report.seconds = time.monotonic() - t0
     return report
-
-
-def remove_scratch(store_dir: str | os.PathLike[str]) -> None:
-    """Delete a scratch store made by :func:`run_chaos`."""
-    shutil.rmtree(store_dir, ignore_errors=True)
