@@ -70,7 +70,7 @@ def backup(r: Retriever, dest: str | os.PathLike[str]) -> BackupReport:
     target = Path(dest)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise RetrievalError(f"{target} exists and is not an empty folder; back up into a new folder")
-    sqlite = db.sqlite_path(r.settings.database_url)
+    sqlite = db.sqlite_path(r.settings.store.database_url)
     report = BackupReport(str(target), "sqlite" if sqlite else r.store.dialect)
     work = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     work.mkdir(parents=True)
@@ -89,7 +89,7 @@ def backup(r: Retriever, dest: str | os.PathLike[str]) -> BackupReport:
         shutil.rmtree(work, ignore_errors=True)
         raise
     if not sqlite:
-        report.notes.append(f"the database is on {db.describe_url(r.settings.database_url)}: back it up with "
+        report.notes.append(f"the database is on {db.describe_url(r.settings.store.database_url)}: back it up with "
                             "pg_dump now (after this index copy), and restore both together")
     report.seconds = time.perf_counter() - t0
     return report
@@ -121,7 +121,7 @@ def _copy_index_and_database(r: Retriever, work: Path, sqlite: str | None, repor
             if manifest is not None:
                 report.index_version, report.index_seq = manifest.version, manifest.last_seq
             if sqlite:
-                db.sqlite_copy(sqlite, work / "retrieval.db", busy_timeout_ms=r.settings.busy_timeout_ms)
+                db.sqlite_copy(sqlite, work / "retrieval.db", busy_timeout_ms=r.settings.store.busy_timeout_ms)
                 facts = db.sqlite_facts(work / "retrieval.db")
                 report.documents, report.database_seq = facts["documents"], facts["max_seq"]
                 copied += (work / "retrieval.db").stat().st_size
@@ -172,11 +172,11 @@ def restore(r: Retriever, source: str | os.PathLike[str]) -> RestoreReport:
     t0 = time.perf_counter()
     folder = Path(source)
     info = read_backup(folder)
-    sqlite = db.sqlite_path(r.settings.database_url)
+    sqlite = db.sqlite_path(r.settings.store.database_url)
     report = RestoreReport(str(folder), "sqlite" if sqlite else r.store.dialect)
     if (info["database"] == "sqlite") != bool(sqlite):
         raise RetrievalError(f"{folder} is a backup of a {info['database']} store; this store's database is "
-                             f"{db.describe_url(r.settings.database_url)}")
+                             f"{db.describe_url(r.settings.store.database_url)}")
     # Everything is checked before anything is replaced.
     index = folder / "index"
     manifest = None
@@ -202,16 +202,16 @@ def restore(r: Retriever, source: str | os.PathLike[str]) -> RestoreReport:
             raise RetrievalError(f"the backup's index does not match its database ({folder}): not a backup "
                                  "`retrieve backup` made")
 
-    worker = _hold(r, Path(r.settings.index_dir) / LOCK_FILE, "a worker (`retrieve worker` or `retrieve serve`) "
+    worker = _hold(r, Path(r.settings.store.index_dir) / LOCK_FILE, "a worker (`retrieve worker` or `retrieve serve`) "
                    "keeps this store in sync; stop it before restoring")
     try:
-        merging = _hold(r, Path(r.settings.index_dir) / MERGE_LOCK,
+        merging = _hold(r, Path(r.settings.store.index_dir) / MERGE_LOCK,
                         "a merge is running on this store (`retrieve compact`?); try again when it ends")
         try:
             with r.sync_lock():
                 if sqlite:
                     r.store.close()  # the pooled connections: the copy replaces every page under them
-                    db.sqlite_copy(folder / "retrieval.db", sqlite, busy_timeout_ms=r.settings.busy_timeout_ms)
+                    db.sqlite_copy(folder / "retrieval.db", sqlite, busy_timeout_ms=r.settings.store.busy_timeout_ms)
                     db.ensure_schema(r.store.engine)  # a backup made by an older version
                     r.store.matches.clear()
                 if manifest is not None:

@@ -1,9 +1,18 @@
-"""Settings: one frozen dataclass, loaded once and passed down.
+"""Settings: frozen groups, one per concept, loaded once and passed down.
+
+``settings.store``, ``.encoder``, ``.index``, ``.search``, ``.ingest``, ``.worker``,
+``.serve`` and ``.ray`` each hold the settings of one part of the service; a setting's
+name is its group and field, ``index.hnsw_m``. ``config.yaml`` nests them the same way.
 
 Precedence, highest first: command-line flag > ``RETRIEVE_*`` environment variables >
 the file given by ``--config`` or ``RETRIEVE_CONFIG`` > ``./config.yaml`` > built-in
 defaults. :func:`load_settings` records where each value came from so that
 ``retrieve config`` can say it.
+
+Every setting also has the flat name it had before the groups (``hnsw_m``, ``search_k``):
+``RETRIEVE_*`` environment variables keep those names (``RETRIEVE_SEARCH_K``), so do the
+keyword arguments of :meth:`Settings.with_overrides`, and a config file in the flat form
+still loads, with a one-line notice naming the new key of each old one.
 
 Relative paths in a config file are taken relative to that file's folder (so a config
 file works from any working directory); relative paths from flags, the environment and
@@ -13,6 +22,7 @@ the defaults are relative to the current directory.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -20,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.errors import ConfigError
+
+log = logging.getLogger("retrieval")
 
 ENV_PREFIX = "RETRIEVE_"
 INDEX_TYPES = ("auto", "flat", "hnsw")
@@ -31,18 +43,32 @@ EXECUTORS = ("local", "ray")
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Every setting of the service; see config.yaml for what each one means."""
+class StoreSettings:
+    """Where documents and the index live."""
 
     database_url: str = "sqlite:///data/retrieval.db"
     index_dir: str = "data/index"
+    busy_timeout_ms: int = 30_000  # how long a writer waits for another writer's lock
+    keep_index_versions: int = 2  # manifest generations kept on disk
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """The embedding model and how it runs."""
+
     model: str = "all-MiniLM-L6-v2"
     batch_size: int = 64
     device: str = "cpu"
     backend: str = "auto"
     precision: str = "auto"
     threads: int | None = None
-    index_type: str = "auto"
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """How segments are built (type, HNSW, the recall guard) and merged."""
+
+    type: str = "auto"
     hnsw_min_docs: int = 20_000
     hnsw_m: int = 32
     hnsw_ef_construction: int = 100
@@ -54,113 +80,194 @@ class Settings:
     merge_max_tombstones: float = 0.2
     merge_threads: int = 1
     merge_inline_max_docs: int = 1000
-    filter_exact_rows: int = 8192
-    search_threads: int = 1
-    search_k: int = 5
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """What a search returns and what it may cost."""
+
+    k: int = 5
     max_k: int = 1000
     min_score: float | None = None
     max_query_chars: int = 10_000
-    # The largest document text (and metadata, as JSON) accepted, in bytes of UTF-8: from
-    # files, over HTTP and from Python alike.
+    threads: int = 1
+    timeout_ms: int = 30_000  # how long one search may run in the database (0: no limit)
+    filter_exact_rows: int = 8192
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """Documents in: their largest size, where they are embedded, progress bars."""
+
     max_document_bytes: int = 1 << 20
-    # How long one search may run in the database before it is stopped (milliseconds;
-    # 0: no deadline). Ctrl-C stops a search at any time.
-    search_timeout_ms: int = 30_000
-    busy_timeout_ms: int = 30_000
-    keep_index_versions: int = 2
-    worker_poll_interval: float = 1.0
-    worker_max_batch: int = 10_000
-    # The name of this index folder among the replicas following one database (worker
-    # state, its lock); None: host name and index folder.
-    replica_name: str | None = None
-    # `retrieve serve`: bind address, API key (required off loopback) and request limits.
+    executor: str = "local"
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """`retrieve worker` (and the worker inside `retrieve serve`)."""
+
+    poll_interval: float = 1.0
+    max_batch: int = 10_000
+    replica_name: str | None = None  # None: host name and index folder
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """`retrieve serve`: where it listens, its key, and request limits."""
+
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
     max_body_bytes: int = 10_485_760
     max_batch: int = 1000
-    progress: bool = True
-    # Where `retrieve ingest` and `retrieve embed` embed: in this process (local) or on a
-    # Ray cluster (ray: the address, None for a local one or RAY_ADDRESS; the actors, None
-    # for as many as the cluster's CPUs hold; the CPUs, and encoder threads, per actor).
-    executor: str = "local"
-    ray_address: str | None = None
-    ray_actors: int | None = None
-    ray_threads: int = 1
-    # Where each value came from: "default", "./config.yaml", "env RETRIEVE_MODEL", ...
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """The Ray cluster `--executor ray` embeds on."""
+
+    address: str | None = None
+    actors: int | None = None
+    threads: int = 1
+
+
+GROUPS: dict[str, type] = {"store": StoreSettings, "encoder": EncoderSettings, "index": IndexSettings,
+                           "search": SearchSettings, "ingest": IngestSettings, "worker": WorkerSettings,
+                           "serve": ServeSettings, "ray": RaySettings}
+
+# The flat name of every setting (its name before the groups, kept by environment
+# variables and keyword overrides) -> its name now.
+FLAT: dict[str, str] = {
+    "database_url": "store.database_url", "index_dir": "store.index_dir", "busy_timeout_ms": "store.busy_timeout_ms",
+    "keep_index_versions": "store.keep_index_versions",
+    "model": "encoder.model", "batch_size": "encoder.batch_size", "device": "encoder.device",
+    "backend": "encoder.backend", "precision": "encoder.precision", "threads": "encoder.threads",
+    "index_type": "index.type", "hnsw_min_docs": "index.hnsw_min_docs", "hnsw_m": "index.hnsw_m",
+    "hnsw_ef_construction": "index.hnsw_ef_construction", "hnsw_ef_search": "index.hnsw_ef_search",
+    "min_recall": "index.min_recall", "merge_segments_per_tier": "index.merge_segments_per_tier",
+    "merge_max_at_once": "index.merge_max_at_once", "merge_floor_docs": "index.merge_floor_docs",
+    "merge_max_tombstones": "index.merge_max_tombstones", "merge_threads": "index.merge_threads",
+    "merge_inline_max_docs": "index.merge_inline_max_docs",
+    "search_k": "search.k", "max_k": "search.max_k", "min_score": "search.min_score",
+    "max_query_chars": "search.max_query_chars", "search_threads": "search.threads",
+    "search_timeout_ms": "search.timeout_ms", "filter_exact_rows": "search.filter_exact_rows",
+    "max_document_bytes": "ingest.max_document_bytes", "executor": "ingest.executor", "progress": "ingest.progress",
+    "worker_poll_interval": "worker.poll_interval", "worker_max_batch": "worker.max_batch",
+    "replica_name": "worker.replica_name",
+    "host": "serve.host", "port": "serve.port", "api_key": "serve.api_key", "max_body_bytes": "serve.max_body_bytes",
+    "max_batch": "serve.max_batch",
+    "ray_address": "ray.address", "ray_actors": "ray.actors", "ray_threads": "ray.threads",
+}
+# Every setting's name, group by group, in declaration order, with its field.
+_FIELDS: dict[str, dataclasses.Field[Any]] = {f"{g}.{f.name}": f for g, cls in GROUPS.items() for f in fields(cls)}
+assert set(FLAT.values()) == set(_FIELDS), "every setting has one flat name"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the service, by group; see config.yaml for what each one means."""
+
+    store: StoreSettings = field(default_factory=StoreSettings)
+    encoder: EncoderSettings = field(default_factory=EncoderSettings)
+    index: IndexSettings = field(default_factory=IndexSettings)
+    search: SearchSettings = field(default_factory=SearchSettings)
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    serve: ServeSettings = field(default_factory=ServeSettings)
+    ray: RaySettings = field(default_factory=RaySettings)
+    # Where each value came from, by name: "default", "./config.yaml", "env RETRIEVE_MODEL", ...
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
+    def get(self, name: str) -> Any:
+        """A setting by its name (``index.hnsw_m``) or its flat name (``hnsw_m``)."""
+        group, key = _name(name, "get").split(".")
+        return getattr(getattr(self, group), key)
+
     def with_overrides(self, source: str, **values: Any) -> Settings:
-        """Return a copy with ``values`` applied (None means "not given") and validated."""
-        given = {k: v for k, v in values.items() if v is not None}
-        if not given:
+        """A copy with ``values`` (by flat name, as flags and scripts pass them; None means
+        "not given") applied and validated."""
+        return self.with_values(source, {_name(k, source): v for k, v in values.items() if v is not None})
+
+    def with_values(self, source: str, values: Mapping[str, Any], *, validate: bool = True) -> Settings:
+        """A copy with ``values`` (by name: ``index.hnsw_m``) from ``source`` applied."""
+        if not values:
             return self
-        checked = {name: _coerce(name, value, source) for name, value in given.items()}
+        changes: dict[str, dict[str, Any]] = {}
         srcs = dict(self.sources)
-        srcs.update({name: source for name in checked})
-        new = dataclasses.replace(self, **checked, sources=srcs)
-        new.validate()
+        for name, value in values.items():
+            group, key = name.split(".")
+            changes.setdefault(group, {})[key] = _coerce(name, value, source)
+            srcs[name] = source
+        new = dataclasses.replace(self, **{g: dataclasses.replace(getattr(self, g), **c) for g, c in changes.items()},
+                                  sources=srcs)
+        if validate:
+            new.validate()
         return new
 
     def validate(self) -> None:
         """Check values that a type alone does not constrain."""
-        if self.index_type not in INDEX_TYPES:
-            raise ConfigError(
-                f"index_type: must be one of {', '.join(INDEX_TYPES)}, got {self.index_type!r} "
-                f"(from {self.sources.get('index_type', 'default')})"
-            )
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"backend: must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision: must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.executor not in EXECUTORS:
-            raise ConfigError(f"executor: must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
-        if self.ray_actors is not None and self.ray_actors < 1:
-            raise ConfigError(f"ray_actors: must be at least 1, got {self.ray_actors}")
-        if self.ray_threads < 1:
-            raise ConfigError(f"ray_threads: must be at least 1, got {self.ray_threads}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads: must be at least 1, got {self.threads}")
-        if self.device not in DEVICES and not self.device.startswith("cuda:"):
-            raise ConfigError(f"device: must be one of {', '.join(DEVICES)} or cuda:N, got {self.device!r}")
-        for name in ("batch_size", "search_threads", "search_k", "max_k", "max_query_chars", "hnsw_m", "hnsw_ef_search",
-                     "hnsw_ef_construction", "hnsw_min_docs", "merge_max_at_once", "merge_floor_docs", "merge_threads",
-                     "filter_exact_rows"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
-        if not 0 < self.min_recall <= 1:
-            raise ConfigError(f"min_recall: must be in (0, 1], got {self.min_recall}")
-        if self.merge_segments_per_tier < 2:
-            raise ConfigError(f"merge_segments_per_tier: must be at least 2, got {self.merge_segments_per_tier}")
-        if not 0 < self.merge_max_tombstones < 1:
-            raise ConfigError(f"merge_max_tombstones: must be in (0, 1), got {self.merge_max_tombstones}")
-        if self.merge_inline_max_docs < 0:
-            raise ConfigError(f"merge_inline_max_docs: must not be negative, got {self.merge_inline_max_docs}")
-        if self.search_k > self.max_k:
-            raise ConfigError(f"search_k ({self.search_k}) is larger than max_k ({self.max_k})")
-        if self.worker_poll_interval <= 0:
-            raise ConfigError(f"worker_poll_interval: must be positive, got {self.worker_poll_interval}")
-        if self.worker_max_batch < 1:
-            raise ConfigError(f"worker_max_batch: must be at least 1, got {self.worker_max_batch}")
-        if self.keep_index_versions < 1:
-            raise ConfigError("keep_index_versions: must be at least 1")
-        if self.busy_timeout_ms < 0:
-            raise ConfigError("busy_timeout_ms: must not be negative")
-        if self.max_document_bytes < 1:
-            raise ConfigError(f"max_document_bytes: must be at least 1, got {self.max_document_bytes}")
-        if self.search_timeout_ms < 0:
-            raise ConfigError(f"search_timeout_ms: must not be negative, got {self.search_timeout_ms}")
+        e, i, s = self.encoder, self.index, self.search
+        _choice("index.type", i.type, INDEX_TYPES, self.sources)
+        _choice("encoder.backend", e.backend, BACKENDS, self.sources)
+        _choice("encoder.precision", e.precision, PRECISIONS, self.sources)
+        _choice("ingest.executor", self.ingest.executor, EXECUTORS, self.sources)
+        if e.device not in DEVICES and not e.device.startswith("cuda:"):
+            raise ConfigError(f"encoder.device: must be one of {', '.join(DEVICES)} or cuda:N, got {e.device!r}")
+        for name in ("encoder.batch_size", "search.threads", "search.k", "search.max_k", "search.max_query_chars",
+                     "index.hnsw_m", "index.hnsw_ef_search", "index.hnsw_ef_construction", "index.hnsw_min_docs",
+                     "index.merge_max_at_once", "index.merge_floor_docs", "index.merge_threads",
+                     "search.filter_exact_rows", "worker.max_batch", "store.keep_index_versions",
+                     "ingest.max_document_bytes", "ray.threads"):
+            if self.get(name) < 1:
+                raise ConfigError(f"{name}: must be at least 1, got {self.get(name)}")
+        for name in ("encoder.threads", "ray.actors"):
+            if self.get(name) is not None and self.get(name) < 1:
+                raise ConfigError(f"{name}: must be at least 1, got {self.get(name)}")
+        for name in ("store.busy_timeout_ms", "search.timeout_ms", "index.merge_inline_max_docs"):
+            if self.get(name) < 0:
+                raise ConfigError(f"{name}: must not be negative, got {self.get(name)}")
+        if not 0 < i.min_recall <= 1:
+            raise ConfigError(f"index.min_recall: must be in (0, 1], got {i.min_recall}")
+        if i.merge_segments_per_tier < 2:
+            raise ConfigError(f"index.merge_segments_per_tier: must be at least 2, got {i.merge_segments_per_tier}")
+        if not 0 < i.merge_max_tombstones < 1:
+            raise ConfigError(f"index.merge_max_tombstones: must be in (0, 1), got {i.merge_max_tombstones}")
+        if s.k > s.max_k:
+            raise ConfigError(f"search.k ({s.k}) is larger than search.max_k ({s.max_k})")
+        if self.worker.poll_interval <= 0:
+            raise ConfigError(f"worker.poll_interval: must be positive, got {self.worker.poll_interval}")
 
     def describe(self) -> list[tuple[str, Any, str]]:
-        """(name, value, source) for every setting, in declaration order."""
-        return [
-            (f.name, _masked(f.name, getattr(self, f.name)), self.sources.get(f.name, "default"))
-            for f in fields(self)
-            if f.name != "sources"
-        ]
+        """(name, value, source) for every setting, group by group."""
+        return [(name, _masked(name, self.get(name)), self.sources.get(name, "default")) for name in _FIELDS]
+
+    def as_nested(self) -> dict[str, dict[str, Any]]:
+        """Every value, grouped as config.yaml nests them (secrets included)."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in _FIELDS:
+            group, key = name.split(".")
+            out.setdefault(group, {})[key] = self.get(name)
+        return out
 
 
-_SECRETS = ("api_key",)
+def _choice(name: str, value: str, allowed: tuple[str, ...], sources: Mapping[str, str]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}: must be one of {', '.join(allowed)}, got {value!r} "
+                          f"(from {sources.get(name, 'default')})")
+
+
+def _name(key: str, source: str) -> str:
+    """A setting's name from its name or its flat name; an unknown one is an error."""
+    if key in _FIELDS:
+        return key
+    if key in FLAT:
+        return FLAT[key]
+    raise ConfigError(f"unknown setting {key!r} in {source} (known settings: {', '.join(_FIELDS)})")
+
+
+_SECRETS = ("serve.api_key",)
 
 
 def _masked(name: str, value: Any) -> Any:
@@ -170,8 +277,7 @@ def _masked(name: str, value: Any) -> Any:
     return value
 
 
-_FIELDS = {f.name: f for f in fields(Settings) if f.name != "sources"}
-_PATH_FIELDS = ("index_dir",)
+_PATH_FIELDS = ("store.index_dir",)
 
 
 def _type_name(value: Any) -> str:
@@ -182,9 +288,6 @@ def _type_name(value: Any) -> str:
 
 def _coerce(name: str, value: Any, source: str) -> Any:
     """Check ``value`` against the field's declared type; strings from env/flags are parsed."""
-    if name not in _FIELDS:
-        known = ", ".join(_FIELDS)
-        raise ConfigError(f"unknown setting {name!r} in {source} (known settings: {known})")
     declared = _FIELDS[name].type
     optional = "None" in str(declared)
     base = str(declared).replace(" | None", "")
@@ -215,14 +318,16 @@ def _rebase(name: str, value: Any, base_dir: Path) -> Any:
     """Resolve a relative path (or SQLite file URL) found in a config file against its folder."""
     if name in _PATH_FIELDS and isinstance(value, str) and not os.path.isabs(value):
         return str(base_dir / value)
-    if name == "database_url" and isinstance(value, str) and value.startswith("sqlite:///"):
+    if name == "store.database_url" and isinstance(value, str) and value.startswith("sqlite:///"):
         rest = value[len("sqlite:///") :]
         if rest and not rest.startswith("/") and not rest.startswith(":memory:"):
             return "sqlite:///" + str(base_dir / rest)
     return value
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def _read_file(path: Path, label: str) -> dict[str, Any]:
+    """A config file's values by name. Groups nest (``index: {hnsw_m: 32}``); a dotted
+    key (``index.hnsw_m``) works too; a flat key of before the groups loads with a notice."""
     import yaml
 
     try:
@@ -235,7 +340,24 @@ def _read_file(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path}: expected a mapping of settings, got {_type_name(raw)}")
-    return raw
+    out: dict[str, Any] = {}
+    old: list[str] = []
+    for key, value in raw.items():
+        if key in GROUPS:
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key} in {label}: expected a mapping of {key} settings, got {_type_name(value)}")
+            for sub, item in value.items():
+                out[_name(f"{key}.{sub}", label)] = item
+        elif key in FLAT:
+            out[FLAT[key]] = value
+            old.append(key)
+        else:
+            out[_name(str(key), label)] = value
+    for key in old:
+        log.warning("%s: setting %r is now %r (the old name still works)", label, key, FLAT[key])
+    return out
 
 
 def load_settings(
@@ -248,7 +370,7 @@ def load_settings(
     """Build the effective settings from defaults, config files, environment and flags.
 
     ``config_path`` is the ``--config`` flag; when None, ``RETRIEVE_CONFIG`` is used.
-    ``overrides`` are command-line flags (None values are ignored).
+    ``overrides`` are command-line flags by flat name (None values are ignored).
     """
     env = os.environ if environ is None else environ
     here = Path(cwd) if cwd is not None else Path.cwd()
@@ -266,35 +388,27 @@ def load_settings(
             files.append(path)
     for path in files:
         label = "./config.yaml" if path == local else str(path)
-        values = _read_file(path)
-        unknown = [k for k in values if k not in _FIELDS]
-        if unknown:
-            raise ConfigError(
-                f"unknown setting {unknown[0]!r} in {label} (known settings: {', '.join(_FIELDS)})"
-            )
+        values = _read_file(path, label)
         base_dir = path.resolve().parent
-        settings = settings.with_overrides(label, **{k: _rebase(k, v, base_dir) for k, v in values.items()})
         # A null in the file for an optional value means "explicitly unset".
-        for key, value in values.items():
-            if value is None:
-                srcs = dict(settings.sources)
-                srcs[key] = label
-                settings = dataclasses.replace(settings, **{key: _coerce(key, None, label)}, sources=srcs)
+        settings = settings.with_values(label, {k: _rebase(k, v, base_dir) for k, v in values.items()},
+                                        validate=False)
 
     env_values: dict[str, Any] = {}
     for key, value in env.items():
         if not key.startswith(ENV_PREFIX) or key in (ENV_PREFIX + "CONFIG", ENV_PREFIX + "SERVER"):
             continue
         name = key[len(ENV_PREFIX) :].lower()
-        if name not in _FIELDS:
-            raise ConfigError(f"unknown setting in environment variable {key} (known settings: {', '.join(_FIELDS)})")
+        if name not in FLAT:
+            raise ConfigError(f"unknown setting in environment variable {key} (known settings: {', '.join(FLAT)})")
         env_values[name] = value
     for name, value in env_values.items():
-        settings = settings.with_overrides(f"env {ENV_PREFIX}{name.upper()}", **{name: value})
+        settings = settings.with_values(f"env {ENV_PREFIX}{name.upper()}", {FLAT[name]: value}, validate=False)
 
     if overrides:
         for name, value in overrides.items():
             if value is not None:
-                settings = settings.with_overrides(f"flag --{name.replace('_', '-')}", **{name: value})
+                settings = settings.with_values(f"flag --{name.replace('_', '-')}", {_name(name, 'flags'): value},
+                                                validate=False)
     settings.validate()
     return settings

@@ -348,7 +348,7 @@ def evaluate(
             raise RetrievalError(f"{mode} mode needs the keyword index, which this database does not have; "
                                  "open it with this version of retrieval to upgrade its schema")
     version = retriever.current_index()
-    k_eff = min(k, retriever.settings.max_k)
+    k_eff = min(k, retriever.settings.search.max_k)
     texts = [queries[qid] for qid in judged]
     # One untimed query first, so the model's lazy load is not counted as latency.
     retriever.search_many(texts[:1], 1, mode=mode, alpha=alpha, snippets=False)
@@ -372,7 +372,7 @@ def evaluate(
         depth=k_eff,
         search_seconds=seconds,
         documents=version.count,
-        model=retriever.settings.model,
+        model=retriever.settings.encoder.model,
         index_type=version.manifest.index_type,
         per_query=per_query,
         unjudged_queries=sum(1 for qid in queries if qid not in qrels),

@@ -82,16 +82,16 @@ def status(settings: Settings, store: Store, index_store: IndexStore, replica: s
         model_key = encoder_plan.model_key
     except RetrievalError as exc:
         model_key = f"unavailable ({exc})"
-        encoder_plan = EncoderPlan(settings.backend, settings.precision, model_key, None,
-                                   f"{settings.backend} {settings.precision}")
+        encoder_plan = EncoderPlan(settings.encoder.backend, settings.encoder.precision, model_key, None,
+                                   f"{settings.encoder.backend} {settings.encoder.precision}")
     stats = store.stats(model_key)
     manifest = index_store.read_manifest()
     now = lag(store, index_store)
     workers = read_states(store)  # every replica's, this one's among them
     return {
-        "database": db.describe_url(settings.database_url),
+        "database": db.describe_url(settings.store.database_url),
         "replica": replica,
-        "index_dir": settings.index_dir,
+        "index_dir": settings.store.index_dir,
         "documents": stats["documents"],
         "embedded": stats["embedded"],
         "stored_vectors": stats["stored_vectors"],
@@ -99,12 +99,12 @@ def status(settings: Settings, store: Store, index_store: IndexStore, replica: s
         "pending_changes": now["pending_changes"],
         "last_seq": now["last_seq"],
         "max_seq": stats["max_seq"],
-        "model": settings.model,
+        "model": settings.encoder.model,
         "model_key": model_key,
         "language_model": encoder_plan.backend != "hash",
         "index_model_key": manifest.model_key if manifest else None,
         "model_matches_index": manifest is None or manifest.model_key == model_key,
-        "index_type": manifest.index_type if manifest else settings.index_type,
+        "index_type": manifest.index_type if manifest else settings.index.type,
         "index_version": now["index_version"],
         "segments": [_segment_status(s) for s in manifest.segments] if manifest else [],
         "last_merge": manifest.last_merge if manifest else None,

@@ -63,8 +63,9 @@ class Retriever:
         settings = settings or load_settings(overrides=overrides)
         if overrides and settings is not None:
             settings = settings.with_overrides("argument", **overrides)
-        store = Store.open(settings.database_url, busy_timeout_ms=settings.busy_timeout_ms)
-        index_store = IndexStore(settings.index_dir, keep=settings.keep_index_versions, hnsw_ef_search=settings.hnsw_ef_search)
+        store = Store.open(settings.store.database_url, busy_timeout_ms=settings.store.busy_timeout_ms)
+        index_store = IndexStore(settings.store.index_dir, keep=settings.store.keep_index_versions,
+                                 hnsw_ef_search=settings.index.hnsw_ef_search)
         return cls(settings, store, index_store)
 
     @classmethod

@@ -97,7 +97,7 @@ class Writer:
         them from their stored vectors.
         """
         t0 = time.perf_counter()
-        checked, invalid = check_batch(documents, max_bytes=self.settings.max_document_bytes)
+        checked, invalid = check_batch(documents, max_bytes=self.settings.ingest.max_document_bytes)
         problems = [str(p) for p in invalid]
         if problems and not skip_invalid:
             raise InvalidInputError(problems, len(checked) + len(problems), noun="documents",
@@ -138,7 +138,7 @@ class Writer:
         t0 = time.perf_counter()
         try:
             scan = RecordScan(sources, fmt=fmt, id_field=id_field, text_fields=text_fields,
-                              metadata_fields=metadata_fields, stdin=stdin, max_bytes=self.settings.max_document_bytes,
+                              metadata_fields=metadata_fields, stdin=stdin, max_bytes=self.settings.ingest.max_document_bytes,
                               csv_types=csv_types)
         except (OSError, ValueError) as exc:
             raise RetrievalError(file_error(exc)) from exc
@@ -165,7 +165,7 @@ class Writer:
         if sync:
             self.keeper.check_model()
             self.keeper.sync_lock()  # an index folder this user cannot write is refused now, not after the commit
-        return check_executor(executor or self.settings.executor) != "local"
+        return check_executor(executor or self.settings.ingest.executor) != "local"
 
     def _write(self, batches: Iterable[list[NewDocument]], *, sync: bool, executor: str | None, address: str | None,
                t0: float) -> IngestReport:
@@ -206,7 +206,7 @@ class Writer:
         the next sync publishes the documents from the stored vectors.
         """
         s = self.settings
-        name = check_executor(executor or s.executor)
+        name = check_executor(executor or s.ingest.executor)
         self.keeper.check_model()
         encoder = self.encoder.get()
         report = BulkEmbedReport(model_key=encoder.model_key, executor=name)
@@ -220,13 +220,13 @@ class Writer:
         else:
             from retrieval.executors.ray_pool import RayPool
 
-            spec = EncoderSpec.pinned(encoder, s.model, threads=s.ray_threads, device=s.device)
-            pool = RayPool(spec, address=address or s.ray_address, actors=actors or s.ray_actors,
+            spec = EncoderSpec.pinned(encoder, s.encoder.model, threads=s.ray.threads, device=s.encoder.device)
+            pool = RayPool(spec, address=address or s.ray.address, actors=actors or s.ray.actors,
                            runtime_env=runtime_env)
         report.startup_seconds = time.perf_counter() - t0
         with pool:
             embed_stored(self.store, pool, commit_every=commit_every, report=report,
-                         progress=s.progress if progress is None else progress)
+                         progress=s.ingest.progress if progress is None else progress)
         return report
 
     def delete(self, external_ids: Sequence[str], *, sync: bool = True) -> tuple[int, list[str]]:

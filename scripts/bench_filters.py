@@ -200,7 +200,7 @@ def main() -> int:
             for text, q in zip(texts, qv):
                 req = pipeline.Request(args.k, vectors=q.reshape(1, -1), texts=[text], mode=mode, where=parsed_where)
                 t0 = time.perf_counter()
-                pipeline.run(r.store, version, lambda: r.encoder, req, ef_search=r.settings.hnsw_ef_search)
+                pipeline.run(r.store, version, lambda: r.encoder, req, ef_search=r.settings.index.hnsw_ef_search)
                 times.append(time.perf_counter() - t0)
             modes[mode + label] = ms(times)
     log(f"  modes: {modes}")

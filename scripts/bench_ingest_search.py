@@ -336,8 +336,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         settings = load_settings(overrides=values, environ={}, cwd=root)
         watch = Stopwatch()
-        store = Store.open(settings.database_url, busy_timeout_ms=settings.busy_timeout_ms)
-        index_store = IndexStore(settings.index_dir, keep=settings.keep_index_versions, hnsw_ef_search=settings.hnsw_ef_search)
+        store = Store.open(settings.store.database_url, busy_timeout_ms=settings.store.busy_timeout_ms)
+        index_store = IndexStore(settings.store.index_dir, keep=settings.store.keep_index_versions,
+                                 hnsw_ef_search=settings.index.hnsw_ef_search)
         # The same cached encoder instance create_encoder hands the Retriever; wrapped on
         # this instance only so that encoder seconds inside ingest can be told apart.
         watch.wrap(encoder, "encode", "encode")
@@ -466,8 +467,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # -- 6. cold CLI process ----------------------------------------------------------
         env = {k: v for k, v in os.environ.items() if not k.startswith("RETRIEVE_")}
         env.update(
-            RETRIEVE_DATABASE_URL=settings.database_url,
-            RETRIEVE_INDEX_DIR=settings.index_dir,
+            RETRIEVE_DATABASE_URL=settings.store.database_url,
+            RETRIEVE_INDEX_DIR=settings.store.index_dir,
             RETRIEVE_PROGRESS="false",
             HF_HUB_OFFLINE="1",
         )

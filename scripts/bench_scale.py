@@ -143,7 +143,7 @@ def batched_ingest(folder: Path, base: list[str], n: int, batch: int) -> tuple[A
 
 
 def one_document(folder: Path, r: Any, repeats: int, serial: list[int]) -> dict[str, Any]:
-    root = Path(r.settings.index_dir)
+    root = Path(r.settings.store.index_dir)
     env = env_for(folder)
     out: dict[str, dict[str, list[float]]] = {}
 
@@ -467,11 +467,11 @@ def search_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     t_pipe, _ = timed(lambda q: r.search_vectors(q, k), qv)
     out["auto_pipeline"] = {"p50_ms": round(med(t_pipe) * 1000, 3), "p99_ms": round(pct(t_pipe, 99) * 1000, 3)}
     hnsw_segments = [s for s in segments if s["type"] == "hnsw"]
-    ef = max([s["ef_search"] for s in hnsw_segments] or [r.settings.hnsw_ef_search])
-    log(f"  monolithic HNSW over {len(docs):,} vectors (M={r.settings.hnsw_m}, efConstruction=100)")
+    ef = max([s["ef_search"] for s in hnsw_segments] or [r.settings.index.hnsw_ef_search])
+    log(f"  monolithic HNSW over {len(docs):,} vectors (M={r.settings.index.hnsw_m}, efConstruction=100)")
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     t0 = time.perf_counter()
-    mono = faiss.IndexHNSWFlat(dv.shape[1], r.settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    mono = faiss.IndexHNSWFlat(dv.shape[1], r.settings.index.hnsw_m, faiss.METRIC_INNER_PRODUCT)
     mono.hnsw.efConstruction = 100
     mono.add(np.ascontiguousarray(dv))
     build = time.perf_counter() - t0

@@ -124,7 +124,7 @@ def part_reindex_latency(n: int, queries: int) -> dict:
         return vec_lat, full_lat
 
     idle_vec, idle_full = measure(lambda i: i >= queries)
-    env = {**os.environ, "RETRIEVE_DATABASE_URL": r.settings.database_url, "RETRIEVE_INDEX_DIR": r.settings.index_dir,
+    env = {**os.environ, "RETRIEVE_DATABASE_URL": r.settings.store.database_url, "RETRIEVE_INDEX_DIR": r.settings.store.index_dir,
            "RETRIEVE_PROGRESS": "false"}
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "retrieval", "reindex", "--json"], env=env, cwd=REPO,

@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(encoder, "precision", "fp32") != "fp32":
         fp32 = settings.with_overrides("eval_report", precision="fp32")
         variants.append(("fp32", fp32, encoder_for(fp32)))
-    model_path = encoder.info.path or settings.model
+    model_path = encoder.info.path or settings.encoder.model
     naive_model = SentenceTransformer(model_path, device="cpu")
 
     modes = ["dense", *(m for m in (m.strip() for m in args.modes.split(",")) if m and m != "dense")]
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             for result in results:
                 if result.mode == "dense":
                     ours = result
-                rows.append({"collection": name, "system": system_name(result, settings.model, describe(enc)),
+                rows.append({"collection": name, "system": system_name(result, settings.encoder.model, describe(enc)),
                              "mode": result.mode, "fusion": result.fusion, "metrics": result.metrics,
                              "ms_per_query": result.mean_query_ms, "documents": result.documents,
                              "queries": result.queries, "encoder": None if result.mode == "keyword" else describe(enc),
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "versions": {"sentence-transformers": sentence_transformers.__version__, "torch": torch.__version__,
                      "bm25s": bm25s.__version__},
-        "model": settings.model,
+        "model": settings.encoder.model,
         "model_key": encoder.model_key,
         "depth": args.depth,
         "modes": modes,

@@ -220,9 +220,9 @@ def test_command_line_flags_choose_the_backend(store_env: dict[str, str]) -> Non
     runner = CliRunner()
     data = json.loads(runner.invoke(cli, ["--backend", "torch", "--precision", "fp32", "--threads", "1",
                                           "config", "--json"]).output)
-    assert data["backend"] == {"value": "torch", "source": "flag --backend"}
-    assert data["precision"] == {"value": "fp32", "source": "flag --precision"}
-    assert data["threads"] == {"value": 1, "source": "flag --threads"}
+    assert data["encoder.backend"] == {"value": "torch", "source": "flag --backend"}
+    assert data["encoder.precision"] == {"value": "fp32", "source": "flag --precision"}
+    assert data["encoder.threads"] == {"value": 1, "source": "flag --threads"}
     status = json.loads(runner.invoke(cli, ["--model", REAL, "--backend", "torch", "status", "--json"]).output)
     assert (status["backend"], status["precision"]) == ("torch", "fp32")
     bad = runner.invoke(cli, ["--backend", "tensorflow", "status"])

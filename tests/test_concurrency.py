@@ -33,10 +33,10 @@ def test_concurrent_ingest_processes_and_a_reader(make_retriever, tmp_path: Path
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
-        "RETRIEVE_DATABASE_URL": reader.settings.database_url,
-        "RETRIEVE_INDEX_DIR": reader.settings.index_dir,
+        "RETRIEVE_DATABASE_URL": reader.settings.store.database_url,
+        "RETRIEVE_INDEX_DIR": reader.settings.store.index_dir,
         "RETRIEVE_PROGRESS": "false",
-        "RETRIEVE_MODEL": reader.settings.model,
+        "RETRIEVE_MODEL": reader.settings.encoder.model,
     }
     files = [write_jsonl(tmp_path / f"{p}.jsonl", _catalog_like(p, 150)) for p in ("a", "b", "c")]
     procs = [
@@ -78,8 +78,8 @@ def test_concurrent_ingest_processes_and_a_reader(make_retriever, tmp_path: Path
 def test_sync_and_reindex_racing_in_processes_leave_one_consistent_index(make_retriever, tmp_path: Path) -> None:
     r = make_retriever()
     r.ingest(_catalog_like("x", 60), sync=False)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RETRIEVE_DATABASE_URL": r.settings.database_url,
-           "RETRIEVE_INDEX_DIR": r.settings.index_dir, "RETRIEVE_PROGRESS": "false", "RETRIEVE_MODEL": r.settings.model}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RETRIEVE_DATABASE_URL": r.settings.store.database_url,
+           "RETRIEVE_INDEX_DIR": r.settings.store.index_dir, "RETRIEVE_PROGRESS": "false", "RETRIEVE_MODEL": r.settings.encoder.model}
     cmds = [["sync"], ["reindex"], ["sync"]]
     procs = [subprocess.Popen([sys.executable, "-m", "retrieval", *c, "--json"], env=env, cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in cmds]

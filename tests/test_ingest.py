@@ -95,7 +95,7 @@ def test_rows_written_by_plain_sql_are_picked_up(make_retriever, tmp_path: Path)
     r = make_retriever()
     r.ingest(_docs(2))
     # Another program (sqlite3, psycopg) knows nothing of content hashes or the change log.
-    execute_sql(r.settings.database_url,
+    execute_sql(r.settings.store.database_url,
                 f"INSERT INTO documents (external_id, text, metadata) VALUES ('ext', '{SEED[2]}', '{{\"src\": \"sql\"}}')",
                 "UPDATE documents SET text = 'A woollen winter scarf, warm and soft.' WHERE external_id = 'd0'",
                 "DELETE FROM documents WHERE external_id = 'd1'")

@@ -60,7 +60,7 @@ def _assert_exact(r: Any, encoder: Any, queries: list[str], k: int) -> None:
 def test_a_one_document_change_writes_the_same_few_bytes_at_any_store_size(make_retriever, size: int) -> None:
     r = make_retriever(index_type="flat")
     r.ingest(_docs(size))
-    root = Path(r.settings.index_dir)
+    root = Path(r.settings.store.index_dir)
     written = {}
     for what, action in [
         ("add", lambda: r.ingest([{"id": "new", "text": "a brand new lamp"}])),
@@ -83,7 +83,7 @@ def test_a_one_document_change_writes_the_same_few_bytes_at_any_store_size(make_
 def test_a_long_lived_reader_reuses_its_open_segments_across_a_publish(make_retriever) -> None:
     writer = make_retriever(index_type="flat")
     writer.ingest(_docs(500))
-    reader = make_retriever(Path(writer.settings.index_dir).parent, index_type="flat")
+    reader = make_retriever(Path(writer.settings.store.index_dir).parent, index_type="flat")
     first = reader.current_index()
     (big,) = first.views
     opened: list[str] = []
@@ -108,7 +108,7 @@ def test_a_long_lived_reader_reuses_its_open_segments_across_a_publish(make_retr
 
 def test_searches_during_a_merge_equal_brute_force_and_changes_made_meanwhile_stay_hidden(
         make_retriever, hash_encoder: Any) -> None:
-    from retrieval.sync.keeper import build_options
+    from retrieval.index.build import BuildOptions
     from retrieval.sync.merge import merge
 
     small = {"index_type": "flat", "merge_segments_per_tier": 3, "merge_floor_docs": 10, "merge_inline_max_docs": 0}
@@ -118,7 +118,7 @@ def test_searches_during_a_merge_equal_brute_force_and_changes_made_meanwhile_st
     assert len(r.status()["segments"]) == 4
     (plan, *_) = r.pending_merges()
     assert plan.reason == "tier" and len(plan.names) == 4
-    other = make_retriever(Path(r.settings.index_dir).parent, **small)
+    other = make_retriever(Path(r.settings.store.index_dir).parent, **small)
     queries = ["red shoe", "item 150 blue", "slow boot n3", "tea cup"]
     during: list[int] = []
 
@@ -132,7 +132,7 @@ def test_searches_during_a_merge_equal_brute_force_and_changes_made_meanwhile_st
         return r.sync_lock()
 
     with r.merge_lock():
-        report = merge(r.index_store, plan, build_options(r.settings), switch_lock)
+        report = merge(r.index_store, plan, BuildOptions.of(r.settings.index), switch_lock)
     assert during and report.abandoned is None
     assert report.carried_tombstones == len(range(0, 300, 7)) + len(range(1, 300, 11)) - len(
         set(range(0, 300, 7)) & set(range(1, 300, 11)))
@@ -224,7 +224,7 @@ def test_a_store_in_the_single_file_format_is_served_without_re_embedding(
     ids, vectors, key, seq = version.ids, version.vectors(), version.manifest.model_key, version.manifest.last_seq
     first.ingest([{"id": "late", "text": "written after the old index was published"}], sync=False)
     first.close()
-    index_dir = Path(first.settings.index_dir)
+    index_dir = Path(first.settings.store.index_dir)
     shutil.rmtree(index_dir)
     _write_format_1(index_dir, ids, vectors, key, seq)
 

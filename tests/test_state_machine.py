@@ -137,7 +137,7 @@ class StoreMachine(RuleBasedStateMachine):
     def merge_while_writing(self, docs: dict[str, str], gone: list[str]) -> None:
         """A merge whose inputs change while it builds: another writer updates and deletes
         documents (and syncs) between the merge's build and its manifest switch."""
-        from retrieval.sync.keeper import build_options
+        from retrieval.index.build import BuildOptions
         from retrieval.sync.merge import merge
 
         r = self.retriever
@@ -151,7 +151,7 @@ class StoreMachine(RuleBasedStateMachine):
             return r.sync_lock()
 
         with r.merge_lock():
-            report = merge(r.index_store, plans[0], build_options(r.settings), lock_after_a_write)
+            report = merge(r.index_store, plans[0], BuildOptions.of(r.settings.index), lock_after_a_write)
         assert report.abandoned is None
         self.model.update(docs)
         for i in gone:

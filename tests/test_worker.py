@@ -137,7 +137,7 @@ def test_change_log_is_pruned_only_below_every_replicas_position(make_retriever,
     from retrieval.sync.worker import Worker
 
     a = make_retriever(replica_name="a")
-    b = make_retriever(tmp_path / "b", database_url=a.settings.database_url, replica_name="b")
+    b = make_retriever(tmp_path / "b", database_url=a.settings.store.database_url, replica_name="b")
     a.ingest([{"id": f"d{i}", "text": f"document number {i}"} for i in range(20)])
     Worker(a).run(once=True)
     Worker(b).run(once=True)  # b is at the same position now, and says so in the database
@@ -157,9 +157,9 @@ def test_change_log_is_pruned_only_below_every_replicas_position(make_retriever,
     # position was pruned anyway rebuilds from the stored vectors instead of missing changes.
     a.ingest([{"id": f"d{i}", "text": f"changed again {i}"} for i in range(3)])
     Worker(a).run(once=True)
-    assert CliRunner().invoke(cli, ["forget-replica", "b"], env={"RETRIEVE_DATABASE_URL": a.settings.database_url,
-                                                                "RETRIEVE_INDEX_DIR": a.settings.index_dir,
-                                                                "RETRIEVE_MODEL": a.settings.model}).exit_code == 0
+    assert CliRunner().invoke(cli, ["forget-replica", "b"], env={"RETRIEVE_DATABASE_URL": a.settings.store.database_url,
+                                                                "RETRIEVE_INDEX_DIR": a.settings.store.index_dir,
+                                                                "RETRIEVE_MODEL": a.settings.encoder.model}).exit_code == 0
     a.ingest([{"id": "extra", "text": "one more document"}])
     Worker(a).run(once=True)
     collect_garbage(a.store, a.index_store, a.replica_name)

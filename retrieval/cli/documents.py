@@ -36,8 +36,8 @@ def init(retriever: Retriever) -> None:
     """
     retriever.current_index()
     s = retriever.settings
-    click.echo(f"Database ready: {s.database_url}")
-    click.echo(f"Index ready:    {s.index_dir}")
+    click.echo(f"Database ready: {s.store.database_url}")
+    click.echo(f"Index ready:    {s.store.index_dir}")
 
 
 @click.command()

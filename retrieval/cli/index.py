@@ -96,7 +96,7 @@ def reindex(retriever: Retriever, new_model: str | None, if_needed: bool, as_jso
     def lines() -> list[str]:
         out = [f"Reindexed {report.added} documents ({report.embedded} embedded) in {time.perf_counter() - t0:.1f}s; "
                f"version {report.version}"]
-        if new_model and new_model != retriever.settings.model:
+        if new_model and new_model != retriever.settings.encoder.model:
             out.append(f"The index now uses {new_model}: set `model: {new_model}` in your config (or RETRIEVE_MODEL) "
                        "so that searches use it too.")
         return out

@@ -40,7 +40,7 @@ def export_cmd(state: CliState, precisions: tuple[str, ...], force: bool, as_jso
     from retrieval.embed.export import ensure_export, read_meta, record_agreement
     from retrieval.embed.model import resolve_model
 
-    info = resolve_model(state.settings.model)
+    info = resolve_model(state.settings.encoder.model)
     if not info.is_language_model:
         raise RetrievalError(f"{info.name} is the test encoder: it has no weights and nothing to export")
     wanted = precisions or ("fp32",)

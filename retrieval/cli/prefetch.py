@@ -154,12 +154,12 @@ def _child(settings: Any, query: str, fd: int) -> int:
     from retrieval.embed.export import is_exported
     from retrieval.index.store import IndexStore
 
-    prefer = IndexStore(settings.index_dir).model_key()
+    prefer = IndexStore(settings.store.index_dir).model_key()
     # Decided before building the encoder: building a runtime encoder without a cached
     # export would export (import torch) here instead of in the parent. The test encoder
     # (hash) needs no help: it encodes in microseconds.
     chosen = plan_for(settings, prefer_key=prefer)
-    if chosen.backend in ("torch", "hash") or not is_exported(resolve_model(settings.model),
+    if chosen.backend in ("torch", "hash") or not is_exported(resolve_model(settings.encoder.model),
                                                                "int8" if chosen.precision == "int8" else "fp32"):
         return SKIPPED
     encoder = encoder_for(settings, prefer_key=prefer)

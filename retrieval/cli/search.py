@@ -72,7 +72,7 @@ def open_searcher(ctx: click.Context, state: CliState, server: str | None) -> Se
     if server:
         from retrieval.client import RemoteSearcher
 
-        searcher = RemoteSearcher(server, api_key=state.settings.api_key)
+        searcher = RemoteSearcher(server, api_key=state.settings.serve.api_key)
     else:
         from retrieval.retriever import Retriever
 

@@ -7,7 +7,6 @@ import logging
 import click
 
 from retrieval.cli.common import CliState, pass_state, warn
-from retrieval.errors import ConfigError
 
 
 @click.command()
@@ -33,35 +32,19 @@ def serve(state: CliState, host: str | None, port: int | None, api_key: str | No
         RETRIEVE_API_KEY=$(cat key.txt) retrieve serve --host 0.0.0.0 --port 8080
         curl -s localhost:8000/v1/search -H 'Content-Type: application/json' -d '{"query": "refund policy", "k": 3}'
     """
-    import uvicorn
-
-    from retrieval.http import check_serve_settings, create_app, is_loopback
+    from retrieval.http import check_serve_settings, create_app, run
     from retrieval.retriever import Retriever
 
     settings = state.settings.with_overrides("flag --host/--port/--api-key", host=host, port=port, api_key=api_key)
     check_serve_settings(settings)
-    if not settings.api_key:
+    if not settings.serve.api_key:
         warn("no API key is set: any program on this machine can read and change documents "
              "(set RETRIEVE_API_KEY to require one)")
     logging.getLogger("retrieval").setLevel(getattr(logging, log_level.upper()))
     retriever = Retriever.from_settings(settings)
     try:
-        app = create_app(retriever, settings, api_key=settings.api_key, query_batching=query_batching)
-        config = uvicorn.Config(
-            app,
-            host=settings.host,
-            port=settings.port,
-            log_level=log_level,
-            # Requests in flight get this long to finish after SIGTERM.
-            timeout_graceful_shutdown=30,
-            server_header=False,
-            proxy_headers=not is_loopback(settings.host),
-        )
-        server = uvicorn.Server(config)
-        server.run()
-        if not server.started:
-            raise ConfigError(f"could not start the service on {settings.host}:{settings.port} (see the log above; "
-                              "is the port in use? choose another with --port)")
+        run(create_app(retriever, settings, api_key=settings.serve.api_key, query_batching=query_batching), settings,
+            log_level)
     finally:
         retriever.close()
 

@@ -135,12 +135,12 @@ def runtime_encoder(
 def encoder_for(settings: Any, *, prefer_key: str | None = None, model: str | None = None) -> Encoder:
     """:func:`create_encoder` with a :class:`retrieval.config.Settings`' encoder settings
     (``model`` instead of the configured one, for `retrieve reindex --model`)."""
-    return create_encoder(model or settings.model, device=settings.device, batch_size=settings.batch_size,
-                          progress=settings.progress, backend=settings.backend, precision=settings.precision,
-                          threads=settings.threads, prefer_key=prefer_key)
+    e = settings.encoder
+    return create_encoder(model or e.model, device=e.device, batch_size=e.batch_size, progress=settings.ingest.progress,
+                          backend=e.backend, precision=e.precision, threads=e.threads, prefer_key=prefer_key)
 
 
 def plan_for(settings: Any, *, prefer_key: str | None = None) -> EncoderPlan:
     """What :func:`encoder_for` would build for ``settings``, without loading anything."""
-    return plan(resolve_model(settings.model), settings.backend, settings.precision, device=settings.device,
-                prefer_key=prefer_key)
+    e = settings.encoder
+    return plan(resolve_model(e.model), e.backend, e.precision, device=e.device, prefer_key=prefer_key)

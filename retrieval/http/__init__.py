@@ -9,9 +9,9 @@
 * ``page``: the search page at ``/`` (``static/``), open, under a strict CSP.
 """
 
-from retrieval.http.app import create_app
+from retrieval.http.app import create_app, run
 from retrieval.http.batcher import QueryBatcher
 from retrieval.http.security import check_serve_settings, is_loopback
 from retrieval.http.sync_thread import SyncThread
 
-__all__ = ["create_app", "check_serve_settings", "is_loopback", "QueryBatcher", "SyncThread"]
+__all__ = ["create_app", "check_serve_settings", "is_loopback", "run", "QueryBatcher", "SyncThread"]

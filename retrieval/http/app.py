@@ -30,13 +30,14 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from retrieval.config import Settings
+from retrieval.errors import ConfigError
 from retrieval.http import errors
 from retrieval.http.batcher import QueryBatcher
 from retrieval.http.edge import Edge, Metrics
 from retrieval.http.page import add_page
 from retrieval.http.routes import add_routes
 from retrieval.http.schemas import make_schemas
-from retrieval.http.security import key_checker
+from retrieval.http.security import is_loopback, key_checker
 from retrieval.http.service import API_VERSION, Service
 from retrieval.http.sync_thread import SyncThread
 
@@ -71,7 +72,7 @@ def create_app(
     batcher = QueryBatcher(retriever, max_wait_s=batch_wait_s) if query_batching else None
     if batcher is not None:
         batcher.batch_sizes = metrics.batch.observe
-    sync_thread = SyncThread(retriever, sync_interval_s or s.worker_poll_interval) if run_sync_thread else None
+    sync_thread = SyncThread(retriever, sync_interval_s or s.worker.poll_interval) if run_sync_thread else None
     service = Service(retriever, s, batcher=batcher, sync_thread=sync_thread, metrics=metrics)
 
     @asynccontextmanager
@@ -82,7 +83,7 @@ def create_app(
             sync_thread.start()
         if batcher is not None:
             batcher.start()
-        log.info("ready: %s", s.database_url)
+        log.info("ready: %s", s.store.database_url)
         try:
             yield
         finally:
@@ -107,5 +108,20 @@ def create_app(
     errors.install(app)
     add_routes(app, service, make_schemas(s), key_checker(api_key))
     add_page(app)
-    app.add_middleware(Edge, max_body_bytes=s.max_body_bytes, metrics=metrics)
+    app.add_middleware(Edge, max_body_bytes=s.serve.max_body_bytes, metrics=metrics)
     return app
+
+
+def run(app: FastAPI, settings: Settings, log_level: str = "info") -> None:
+    """Serve ``app`` with uvicorn on the configured host and port until SIGTERM or Ctrl-C:
+    requests in flight get 30 s to finish. One line when the service cannot start."""
+    import uvicorn
+
+    host, port = settings.serve.host, settings.serve.port
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30,
+                            server_header=False, proxy_headers=not is_loopback(host))
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        raise ConfigError(f"could not start the service on {host}:{port} (see the log above; is the port in use? "
+                          "choose another with --port)")

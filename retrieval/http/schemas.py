@@ -115,16 +115,16 @@ def make_schemas(s: Settings) -> Schemas:
     search = create_model(
         "SearchRequest",
         __base__=SearchRequest,
-        query=(str | None, Field(None, min_length=1, max_length=s.max_query_chars,
+        query=(str | None, Field(None, min_length=1, max_length=s.search.max_query_chars,
                                  description="The text to search for (optional with like or plus).")),
-        k=(int, Field(s.search_k, ge=1, le=s.max_k, description="How many results (at most max_k).")),
+        k=(int, Field(s.search.k, ge=1, le=s.search.max_k, description="How many results (at most max_k).")),
         min_score=(float | None, Field(None, ge=-1.0, le=1.0, allow_inf_nan=False,
                                        description="Leave out results with a lower cosine similarity.")),
     )
     upsert = create_model(
         "UpsertRequest",
         __base__=UpsertRequest,
-        documents=(list[DocumentIn], Field(min_length=1, max_length=s.max_batch,
+        documents=(list[DocumentIn], Field(min_length=1, max_length=s.serve.max_batch,
                                            description="Documents to add or replace (matched by id).")),
     )
     return Schemas(search, upsert)

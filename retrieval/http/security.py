@@ -30,20 +30,20 @@ def check_serve_settings(settings: Settings) -> None:
 
     Raises :class:`ConfigError` with what to change.
     """
-    if not is_loopback(settings.host) and not settings.api_key:
+    if not is_loopback(settings.serve.host) and not settings.serve.api_key:
         raise ConfigError(
-            f"refusing to listen on {settings.host} without an API key: anyone who can reach it could read and "
+            f"refusing to listen on {settings.serve.host} without an API key: anyone who can reach it could read and "
             "change every document; set RETRIEVE_API_KEY (or api_key in the config), or bind to 127.0.0.1"
         )
-    if settings.api_key is not None and len(settings.api_key) < 16:
+    if settings.serve.api_key is not None and len(settings.serve.api_key) < 16:
         raise ConfigError(
-            "api_key: use at least 16 characters (for example: python -c 'import secrets; print(secrets.token_urlsafe())')"
+            "serve.api_key: use at least 16 characters (for example: python -c 'import secrets; print(secrets.token_urlsafe())')"
         )
-    if not 0 <= settings.port <= 65535:
-        raise ConfigError(f"port: must be between 0 and 65535, got {settings.port}")
-    for name in ("max_body_bytes", "max_batch"):
-        if getattr(settings, name) < 1:
-            raise ConfigError(f"{name}: must be at least 1, got {getattr(settings, name)}")
+    if not 0 <= settings.serve.port <= 65535:
+        raise ConfigError(f"serve.port: must be between 0 and 65535, got {settings.serve.port}")
+    for name in ("serve.max_body_bytes", "serve.max_batch"):
+        if settings.get(name) < 1:
+            raise ConfigError(f"{name}: must be at least 1, got {settings.get(name)}")
 
 
 def key_checker(api_key: str | None) -> Callable[..., None]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from retrieval.config import IndexSettings
 from retrieval.index import faisslib
 
 log = logging.getLogger("retrieval.index")
@@ -30,6 +31,13 @@ class BuildOptions:
     min_recall: float = 0.98
     recall_queries: int = 200
     threads: int | None = None  # OpenMP threads of this thread's builds (None: FAISS's default)
+
+    @classmethod
+    def of(cls, index: IndexSettings, *, threads: int | None = None) -> BuildOptions:
+        """How a store with these index settings builds its segments."""
+        return cls(index_type=index.type, hnsw_min_docs=index.hnsw_min_docs, hnsw_m=index.hnsw_m,
+                   ef_construction=index.hnsw_ef_construction, ef_search=index.hnsw_ef_search,
+                   min_recall=index.min_recall, threads=threads)
 
     def kind_for(self, rows: int) -> str:
         if self.index_type == "flat":

@@ -23,6 +23,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from retrieval.config import IndexSettings
 from retrieval.index.build import BuildOptions
 from retrieval.index.manifest import SegmentMeta
 
@@ -43,6 +44,12 @@ class MergePolicy:
     max_merge_at_once: int = 10
     floor_docs: int = 1000
     max_tombstones: float = 0.2
+
+    @classmethod
+    def of(cls, index: IndexSettings) -> MergePolicy:
+        """The merge policy of a store with these index settings."""
+        return cls(segments_per_tier=index.merge_segments_per_tier, max_merge_at_once=index.merge_max_at_once,
+                   floor_docs=index.merge_floor_docs, max_tombstones=index.merge_max_tombstones)
 
     def tier(self, live: int) -> int:
         return int(math.log(max(live, self.floor_docs) / self.floor_docs, self.segments_per_tier) + 1e-9)

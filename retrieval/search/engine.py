@@ -58,24 +58,24 @@ class SearchEngine:
         min_score and the parsed filter. Every refusal is an :class:`ArgumentError`."""
         pipeline.check_mode(mode, alpha)
         f = parse_filter(where)
-        k = self.settings.search_k if k is None else k
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.settings.max_k:
-            raise ArgumentError(f"k must be between 1 and {self.settings.max_k} (max_k), got {k!r}")
+        k = self.settings.search.k if k is None else k
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.settings.search.max_k:
+            raise ArgumentError(f"k must be between 1 and {self.settings.search.max_k} (max_k), got {k!r}")
         if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))
                                       or math.isnan(min_score)):
             raise ArgumentError(f"min_score must be a number, got {min_score!r}")
         # The min_score setting is a cosine: it applies to dense searches; a min_score
         # given with a search applies to that mode's score.
         if min_score is None and mode == "dense":
-            min_score = self.settings.min_score
+            min_score = self.settings.search.min_score
         checked = [_text(t) for t in strings(texts, "queries")]
         for t in checked:
             if not isinstance(t, str):
                 raise ArgumentError(f"a query is a string, got {type(t).__name__}")
             if not t.strip():
                 raise ArgumentError("the query is empty")
-            if len(t) > self.settings.max_query_chars:
-                raise ArgumentError(f"the query has {len(t)} characters; the limit is {self.settings.max_query_chars} "
+            if len(t) > self.settings.search.max_query_chars:
+                raise ArgumentError(f"the query has {len(t)} characters; the limit is {self.settings.search.max_query_chars} "
                                     "(max_query_chars)")
         return Arguments(checked, k, min_score, f, mode, alpha)
 
@@ -137,9 +137,9 @@ class SearchEngine:
     def _run(self, version: IndexVersion | None, req: pipeline.Request) -> list[list[Hit]]:
         def run(v: IndexVersion | None) -> list[list[Hit]]:
             # A search's statements stop at its deadline, whatever the query and the store.
-            with db.deadline(self.settings.search_timeout_ms / 1000):
-                return pipeline.run(self.store, v, self.encoder.get, req, ef_search=self.settings.hnsw_ef_search,
-                                    threads=self.settings.search_threads, exact_rows=self.settings.filter_exact_rows)
+            with db.deadline(self.settings.search.timeout_ms / 1000):
+                return pipeline.run(self.store, v, self.encoder.get, req, ef_search=self.settings.index.hnsw_ef_search,
+                                    threads=self.settings.search.threads, exact_rows=self.settings.search.filter_exact_rows)
 
         try:
             return run(version)

@@ -113,7 +113,7 @@ class _Harness:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RETRIEVE_") and not k.startswith(HOOK_ENV)}
         env["RETRIEVE_PROGRESS"] = "false"
         env["PYTHONPATH"] = os.pathsep.join([str(self.hook_dir)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-        env[HOOK_ENV + "INDEX_DIR"] = str(Path(self.settings.index_dir).resolve())
+        env[HOOK_ENV + "INDEX_DIR"] = str(Path(self.settings.store.index_dir).resolve())
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         env.update(extra)
         return env
@@ -226,7 +226,7 @@ class _Harness:
                 break
             time.sleep(0.01)
         killed = proc.poll() is None
-        merging = killed and bool(lock_held(Path(self.settings.index_dir) / MERGE_LOCK))
+        merging = killed and bool(lock_held(Path(self.settings.store.index_dir) / MERGE_LOCK))
         if killed:
             proc.send_signal(signal.SIGKILL)
         out, err = proc.communicate()
@@ -460,7 +460,7 @@ class _Harness:
     def case_disk_full(self, problems: list[str]) -> None:
         self.retriever.sync()
         old = self.retriever.index_store.current_name()
-        index_dir = Path(self.settings.index_dir)
+        index_dir = Path(self.settings.store.index_dir)
         # Files left by writers killed earlier stay until garbage collection (an hour).
         crashed_before = {str(p) for p in index_dir.rglob(".tmp-*")}
         docs = self.change_set(30)
@@ -505,7 +505,7 @@ class _Harness:
         before = {k: self.expected.get(k) for k in docs}
         from retrieval.store.db import hold_write_lock
 
-        with hold_write_lock(self.settings.database_url):
+        with hold_write_lock(self.settings.store.database_url):
             run = self.run(["ingest", str(path)], env={"RETRIEVE_BUSY_TIMEOUT_MS": "500"})
         err_lines = [line for line in run.stderr.strip().splitlines() if line.strip()]
         if run.returncode == 0:

@@ -52,11 +52,12 @@ def write_config(path: Path, settings: Settings) -> None:
     """The settings as a config file children read (paths absolute, progress off)."""
     import yaml
 
-    values = {name: value for name, value, _ in settings.describe()}
-    values["progress"] = False
-    model_path = Path(values["model"]).expanduser()
+    values = settings.as_nested()
+    values["ingest"]["progress"] = False
+    values["serve"]["api_key"] = None  # a secret, and the children serve nothing
+    model_path = Path(values["encoder"]["model"]).expanduser()
     if model_path.exists():  # a local model folder given relative to the user's directory
-        values["model"] = str(model_path.resolve())
+        values["encoder"]["model"] = str(model_path.resolve())
     path.write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
 
 

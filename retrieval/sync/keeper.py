@@ -34,23 +34,11 @@ from retrieval.sync.replay import SyncReport, convert_legacy, follows, full_buil
 log = logging.getLogger("retrieval")
 
 
-def build_options(settings: Settings, *, threads: int | None = None) -> BuildOptions:
-    """How this store builds segments, from its settings."""
-    return BuildOptions(index_type=settings.index_type, hnsw_min_docs=settings.hnsw_min_docs, hnsw_m=settings.hnsw_m,
-                        ef_construction=settings.hnsw_ef_construction, ef_search=settings.hnsw_ef_search,
-                        min_recall=settings.min_recall, threads=threads)
-
-
-def merge_policy(settings: Settings) -> MergePolicy:
-    return MergePolicy(segments_per_tier=settings.merge_segments_per_tier, max_merge_at_once=settings.merge_max_at_once,
-                       floor_docs=settings.merge_floor_docs, max_tombstones=settings.merge_max_tombstones)
-
-
 def plan_merges_for(manifest: Any, settings: Settings) -> list[Merge]:
     """The merges the policy asks for in ``manifest`` (none without one)."""
     if manifest is None:
         return []
-    return merge_policy(settings).plan(manifest.segments, build_options(settings))
+    return MergePolicy.of(settings.index).plan(manifest.segments, BuildOptions.of(settings.index))
 
 
 def folder_lock(folder: Path, name: str) -> Any:
@@ -89,7 +77,7 @@ class EncoderSlot:
         """Another process reindexed with other vectors (say bf16): with ``auto``, follow
         the index instead of failing every search until a restart."""
         if (self.loaded is not None and self.loaded.model_key != model_key
-                and "auto" in (self.settings.backend, self.settings.precision)):
+                and "auto" in (self.settings.encoder.backend, self.settings.encoder.precision)):
             self.loaded = None
 
 
@@ -109,17 +97,17 @@ class IndexKeeper:
 
     def sync_lock(self) -> Any:
         """The lock every publisher of this index folder holds (a file lock in it)."""
-        return folder_lock(Path(self.settings.index_dir), SYNC_LOCK)
+        return folder_lock(Path(self.settings.store.index_dir), SYNC_LOCK)
 
     def merge_lock(self) -> Any:
         """The lock a merge holds from reading its inputs to its manifest switch: one merge
         at a time per store, and garbage collection leaves the segment it is writing alone."""
-        return folder_lock(Path(self.settings.index_dir), MERGE_LOCK)
+        return folder_lock(Path(self.settings.store.index_dir), MERGE_LOCK)
 
     @property
     def replica_name(self) -> str:
         """This index folder's name among the replicas following the database."""
-        return self.settings.replica_name or f"{socket.gethostname()}:{Path(self.settings.index_dir).resolve()}"
+        return self.settings.worker.replica_name or f"{socket.gethostname()}:{Path(self.settings.store.index_dir).resolve()}"
 
     # -- the generation served ------------------------------------------------------
 
@@ -132,7 +120,7 @@ class IndexKeeper:
                 try:
                     return self.index_store.load()
                 except LegacyIndexFound as legacy:
-                    return convert_legacy(self.index_store, legacy.name, build_options(self.settings))
+                    return convert_legacy(self.index_store, legacy.name, BuildOptions.of(self.settings.index))
 
     def current(self) -> IndexVersion:
         """The current index version, reloaded when another process published a newer one,
@@ -149,7 +137,7 @@ class IndexKeeper:
                 version = self._load()
             if version is None:
                 if self.store.count_documents() > 0:
-                    log.warning("no index in %s; building it from the stored embeddings", self.settings.index_dir)
+                    log.warning("no index in %s; building it from the stored embeddings", self.settings.store.index_dir)
                 self._rebuild()
                 version = self._load()
             assert version is not None
@@ -169,7 +157,7 @@ class IndexKeeper:
                     return SyncReport()
             except IndexCorruptError:
                 pass
-            return full_build(self.store, self.index_store, self.encoder.get(), build_options(self.settings))
+            return full_build(self.store, self.index_store, self.encoder.get(), BuildOptions.of(self.settings.index))
 
     def check_model(self, version: IndexVersion | None = None) -> None:
         """Refuse an index (``version``, or the current one: one manifest read) built with
@@ -196,7 +184,7 @@ class IndexKeeper:
     def sync(self, *, max_changes: int | None = None, inline_merges: bool = True) -> SyncReport:
         """Apply pending changes to the index as a new segment and publish a new generation
         (see :meth:`retrieval.Retriever.sync`)."""
-        opts = build_options(self.settings)
+        opts = BuildOptions.of(self.settings.index)
         with self.sync_lock():
             try:
                 base = self._load()
@@ -218,8 +206,8 @@ class IndexKeeper:
                 report = incremental(self.store, self.index_store, self.encoder.get(), base, opts,
                                      max_changes=max_changes)
             self.adopt(report)
-        if inline_merges and self.settings.merge_inline_max_docs and report.published is not None:
-            for done in self.merge(max_docs=self.settings.merge_inline_max_docs, wait=False):
+        if inline_merges and self.settings.index.merge_inline_max_docs and report.published is not None:
+            for done in self.merge(max_docs=self.settings.index.merge_inline_max_docs, wait=False):
                 report.merges.append(done.as_dict())
                 report.segments = done.segments_after
         return report
@@ -239,7 +227,7 @@ class IndexKeeper:
         except Timeout:
             return []
         done: list[MergeReport] = []
-        opts = build_options(self.settings, threads=threads)
+        opts = BuildOptions.of(self.settings.index, threads=threads)
         try:
             while stop is None or not stop.is_set():
                 version = self._load()
@@ -268,7 +256,7 @@ class IndexKeeper:
         with self.store.write() as conn:  # derived data too: rebuilt from the documents
             rebuild_keyword_index(conn)
         with self.sync_lock():
-            report = full_build(self.store, self.index_store, encoder, build_options(self.settings))
+            report = full_build(self.store, self.index_store, encoder, BuildOptions.of(self.settings.index))
         self.adopt(report)
         return report
 
@@ -289,7 +277,7 @@ class IndexKeeper:
                         return current
             log.warning("%s; rebuilding the index from the stored embeddings (nothing is re-embedded)", reason)
             self.forget(stale)
-            report = full_build(self.store, self.index_store, self.encoder.get(), build_options(self.settings))
+            report = full_build(self.store, self.index_store, self.encoder.get(), BuildOptions.of(self.settings.index))
             self.adopt(report)
         assert report.published is not None
         return report.published

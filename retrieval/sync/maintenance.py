@@ -42,8 +42,8 @@ def reindex_needed(retriever: Retriever) -> ReindexDecision:
     if m.model_key != configured:
         return ReindexDecision(True, f"the configured model changed ({m.model_key} -> {configured})")
     graphs = {s.hnsw_m for s in m.segments if s.kind == "hnsw" and s.hnsw_m is not None}
-    if graphs and graphs != {settings.hnsw_m}:
-        return ReindexDecision(True, f"hnsw_m changed ({', '.join(map(str, sorted(graphs)))} -> {settings.hnsw_m})")
+    if graphs and graphs != {settings.index.hnsw_m}:
+        return ReindexDecision(True, f"hnsw_m changed ({', '.join(map(str, sorted(graphs)))} -> {settings.index.hnsw_m})")
     # Segments of the wrong type for index_type, or with many dead rows, are rewritten by
     # merges; no segment type here is trained, so none drifts.
     return ReindexDecision(False, f"the index is current ({m.count} documents in {len(m.segments)} segments, "

@@ -79,12 +79,12 @@ class Worker:
     def __init__(self, retriever: Retriever, *, poll_interval: float | None = None, max_batch: int | None = None,
                  schedule: Schedule | None = None, gc_every: float = 300.0) -> None:
         self.retriever = retriever
-        self.poll_interval = poll_interval or retriever.settings.worker_poll_interval
-        self.max_batch = max_batch or retriever.settings.worker_max_batch
+        self.poll_interval = poll_interval or retriever.settings.worker.poll_interval
+        self.max_batch = max_batch or retriever.settings.worker.max_batch
         self.schedule = schedule or Schedule()
         self.gc_every = gc_every
         self.stop_event = threading.Event()
-        self.index_dir = Path(retriever.settings.index_dir)
+        self.index_dir = Path(retriever.settings.store.index_dir)
         self.name = retriever.replica_name
         self._db_lock: Any = None
         self._listener: Any = None
@@ -124,7 +124,7 @@ class Worker:
             lock.release()
             raise
         try:
-            log.info(_kv(event="started", pid=os.getpid(), store=describe_url(self.retriever.settings.database_url),
+            log.info(_kv(event="started", pid=os.getpid(), store=describe_url(self.retriever.settings.store.database_url),
                          replica=self.name,
                          poll_interval=self.poll_interval, max_batch=self.max_batch))
             next_reindex = self.schedule.next_after(time.time())
@@ -232,7 +232,7 @@ class Worker:
     def _merge_loop(self) -> None:
         """Run the merges the policy asks for, in the background, with a bounded number of
         FAISS threads: searches and syncs go on meanwhile."""
-        threads = self.retriever.settings.merge_threads
+        threads = self.retriever.settings.index.merge_threads
         while not self.stop_event.is_set():
             try:
                 done = self.retriever.merge(wait=False, threads=threads, stop=self.stop_event, progress=self._merge_started)
