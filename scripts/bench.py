@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="retrieve-bench-") as tmp:
         warm = Retriever.from_settings(store_settings(base, Path(tmp) / "warm"))
         warm.encoder.encode(["warm up"], progress=False)
-        model_path = warm.encoder.info.path or base.model
+        model_path = warm.encoder.info.path or base.encoder.model
         encoder_desc = f"{getattr(warm.encoder, 'backend', 'torch')} {getattr(warm.encoder, 'precision', 'fp32')}"
         language_model = warm.encoder.info.is_language_model
         if language_model:
@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "machine": machine(),
         "versions": versions,
-        "model": base.model,
+        "model": base.encoder.model,
         "encoder": encoder_desc,
         "repeats": args.repeats,
         "queries": args.queries,
