@@ -189,7 +189,8 @@ def _exact_rows(seg: OpenSegment, rows: np.ndarray, q: np.ndarray, k: int) -> tu
     scores = np.asarray(q @ vecs.T, dtype=np.float32)
     ids = np.broadcast_to(seg.ids[rows], scores.shape)
     if scores.shape[1] > k:
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        # Best first, ties by id: the allow list is small, so a full sort costs nothing.
+        top = np.lexsort((ids, -scores), axis=-1)[:, :k]
         return np.take_along_axis(scores, top, 1), np.take_along_axis(ids, top, 1)
     return scores, np.ascontiguousarray(ids)
 

@@ -190,6 +190,7 @@ def _fuse(dense: list[tuple[float, int]], keyword: list[tuple[float, int, Keywor
     d_rank = {i: r for r, (_, i) in enumerate(dense, 1)}
     k_rank = {h[1]: r for r, h in enumerate(keyword, 1)}
     fused: dict[int, float] = {}
+    weight: dict[int, float] = {}
     if alpha is None:
         for i, r in d_rank.items():
             fused[i] = fused.get(i, 0.0) + 1.0 / (RRF_K + r)
@@ -206,7 +207,10 @@ def _fuse(dense: list[tuple[float, int]], keyword: list[tuple[float, int, Keywor
         kn = normalised([(s, i) for s, i, _ in keyword])
         for i in set(dn) | set(kn):
             fused[i] = alpha * dn.get(i, 0.0) + (1 - alpha) * kn.get(i, 0.0)
-    ranked = sorted(((s, i) for i, s in fused.items()), key=lambda c: (-c[0], c[1]))[:k]
+            # A list's lowest score normalises to 0, as an absent document does: on a tie the
+            # document the heavier list holds goes first (alpha=1 keeps the dense order whole).
+            weight[i] = alpha * (i in dn) + (1 - alpha) * (i in kn)
+    ranked = sorted(((s, i) for i, s in fused.items()), key=lambda c: (-c[0], -weight.get(c[1], 0.0), c[1]))[:k]
     extra = {i: {"dense_rank": d_rank.get(i), "keyword_rank": k_rank.get(i)} for _, i in ranked}
     return ranked, extra
 
