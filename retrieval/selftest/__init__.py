@@ -1,5 +1,5 @@
 """Crash safety shown by real kills: the harness behind `retrieve selftest --crash`,
-``scripts/chaos.py`` and ``tests/test_chaos.py`` (see :mod:`retrieval.selftest.harness`),
+``scripts/chaos.py`` and ``tests/integration/test_chaos.py`` (see :mod:`retrieval.selftest.harness`),
 and its fault-injection hook (``hook/sitecustomize.py``)."""
 
 from retrieval.selftest.harness import HOOK_DIR, OPERATIONS, SPECIAL_CASES, run_chaos

@@ -19,7 +19,7 @@ from retrieval.errors import StoreError
 # The newest revision in retrieval/migrations/versions. Opening a store compares it with the
 # database's alembic_version and only loads Alembic when they differ, which keeps
 # commands such as `retrieve status` and `retrieve search` fast to start.
-# tests/test_migrations.py checks that it matches the migration scripts.
+# tests/store/test_migrations.py checks that it matches the migration scripts.
 HEAD_REVISION = "0004"
 
 # PostgreSQL advisory lock keys (per database). Revision 0003's trigger takes

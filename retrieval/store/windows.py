@@ -76,7 +76,7 @@ MAX_WINDOWS = 8
 # Longer candidate words are not stemmed (the cache keeps its words), only tried in a window.
 _LONGEST_WORD = 64
 # Revision 0002's tokenizer: the scratch FTS5 table reads a window as documents_fts reads
-# the whole document (tests/test_large_documents.py compares the two).
+# the whole document (tests/store/test_large_documents.py compares the two).
 FTS5_TOKENIZE = "porter unicode61 remove_diacritics 2"
 
 # Characters unicode61 keeps in tokens (letters, digits, combining marks, private use; see

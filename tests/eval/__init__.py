@@ -1,0 +1,1 @@
+"""Evaluation: `retrieve eval` against trec_eval, its modes, Cranfield exactness."""

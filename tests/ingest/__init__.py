@@ -1,0 +1,1 @@
+"""Writing documents: ingest, updates, deletes, and refused input."""

@@ -1,0 +1,1 @@
+"""The database: migrations, keyword indexes, snippets, concurrent writers, PostgreSQL-only behaviour."""

@@ -1,0 +1,1 @@
+"""Keeping the index in step: the worker, the stateful property test, restores and backups."""
