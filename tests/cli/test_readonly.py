@@ -79,7 +79,11 @@ def test_a_store_on_a_read_only_mount_answers_read_only_commands(store_env: dict
 
 
 _LONG_QUERY = """
+import signal
 import sys
+# A shell that starts the suite in the background (nohup, &) makes its children ignore
+# SIGINT, and Python then never raises KeyboardInterrupt: take the interactive default.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from retrieval.errors import SearchTimeoutError
 from retrieval.store import db
 from retrieval.store.repository import Store
@@ -119,10 +123,13 @@ def test_ctrl_c_stops_a_statement_running_in_sqlite(tmp_path: Path) -> None:
     Store.open(url).close()
     proc = subprocess.Popen([sys.executable, "-c", _LONG_QUERY, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # never leave an endless query spinning after a failure
     assert proc.returncode == 130 and "interrupted" in out, out + err
 
 
