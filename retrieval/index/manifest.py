@@ -80,6 +80,9 @@ class Manifest:
     # before them have store_id "" (followed by position only).
     store_id: str = ""
     anchor: str | None = None
+    # How a row id packs (document, passage ordinal) (see retrieval.index.rows): 0 in
+    # indexes written before passages, whose row ids are document ids.
+    passage_bits: int = 0
 
     def successor(self, generation: int, **changes: Any) -> Manifest:
         """The next generation of this index: the same model, dimension, lineage and

@@ -12,6 +12,7 @@ import numpy as np
 
 from retrieval.index import faisslib
 from retrieval.index.manifest import Manifest, SegmentMeta
+from retrieval.index.rows import docs_of, rows_of_documents
 
 
 class OpenSegment:
@@ -35,6 +36,10 @@ class OpenSegment:
         inside = pos < self.rows
         pos, wanted = pos[inside], doc_ids[inside]
         return pos[self.ids[pos] == wanted].astype(np.int64, copy=False)
+
+    def rows_of_documents(self, doc_ids: np.ndarray, bits: int) -> np.ndarray:
+        """Rows holding any passage of ``doc_ids`` (``bits``: the manifest's passage bits)."""
+        return rows_of_documents(self.ids, doc_ids, bits)
 
     def vectors(self) -> np.ndarray:
         """The float vectors of every row."""
@@ -93,11 +98,16 @@ class IndexVersion:
 
     @property
     def count(self) -> int:
+        """Live rows (passages; documents in an index without passage bits)."""
         return self.manifest.count
 
     @property
+    def bits(self) -> int:
+        return self.manifest.passage_bits
+
+    @property
     def ids(self) -> np.ndarray:
-        """Every live document id, segment by segment."""
+        """Every live row id, segment by segment (see :mod:`retrieval.index.rows`)."""
         parts = [v.segment.ids[~v.dead] for v in self.views]
         return np.concatenate(parts) if parts else np.empty(0, np.int64)
 
@@ -109,11 +119,12 @@ class IndexVersion:
     def search(self, vectors: np.ndarray, k: int, *, exclude: np.ndarray | None = None,
                allow: np.ndarray | None = None, ef_search: int | None = None,
                exact_max: int = EXACT_MAX_ROWS) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` (scores, ids) per query row over every segment, best first, ties by id,
-        padded with id -1.
+        """Top-``k`` (scores, row ids) per query row over every segment, best first, ties by
+        row id, padded with id -1. ``exclude`` and ``allow`` name documents: every passage
+        row of theirs is excluded or allowed.
 
         Each segment is searched with a bitmap selector of its live rows, less the rows of
-        ``exclude`` ids (documents changed since this generation), inside FAISS; an HNSW
+        ``exclude`` documents (changed since this generation), inside FAISS; an HNSW
         segment uses the efSearch its recall guard recorded (at least ``ef_search``).
 
         ``allow`` (sorted ids, a filter's matches) restricts the search to those documents,
@@ -137,7 +148,7 @@ class IndexVersion:
             if ef is not None and ef_search is not None:
                 ef = max(ef, ef_search)
             if allow is not None:
-                rows = seg.rows_of(allow)
+                rows = seg.rows_of_documents(allow, self.bits)
                 if len(rows):
                     rows = rows[~view.dead[rows]]
                 if not len(rows):
@@ -155,7 +166,7 @@ class IndexVersion:
             bitmap = view.allowed
             live = view.live
             if excl is not None:
-                rows = seg.rows_of(excl)
+                rows = seg.rows_of_documents(excl, self.bits)
                 if len(rows):
                     rows = rows[~view.dead[rows]]
                 if len(rows):
@@ -176,6 +187,48 @@ class IndexVersion:
         scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
         order = np.lexsort((ids, -scores), axis=1)[:, :k]
         return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+
+    def search_documents(self, vectors: np.ndarray, k: int, **kwargs: Any
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The top-``k`` documents per query, each scored by its best passage: (scores,
+        document ids, the best passage's row ids), best first, padded with -1.
+
+        Takes :meth:`search`'s arguments. When one document's passages fill the top rows,
+        the row search is widened (x4 each time, up to every live row) until every query
+        has min(k, matching documents) distinct documents. In an index without passage
+        bits a row is a document, and this is :meth:`search`."""
+        if not self.bits:
+            scores, rows = self.search(vectors, k, **kwargs)
+            return scores, rows, rows
+        q = np.ascontiguousarray(vectors, dtype=np.float32)
+        nq = len(q)
+        out_scores = np.full((nq, k), -np.inf, np.float32)
+        out_docs = np.full((nq, k), -1, np.int64)
+        out_rows = np.full((nq, k), -1, np.int64)
+        width = {qi: 0 for qi in range(nq)}
+        pending = np.arange(nq)
+        want, total = k, self.count
+        while len(pending):
+            scores, rows = self.search(q[pending], want, **kwargs)
+            unfinished = []
+            for j, qi in enumerate(pending.tolist()):
+                found = rows[j] >= 0
+                docs = docs_of(rows[j][found], self.bits)
+                # Rows come best first (ties by row id), so a document's first row is its best.
+                _, first = np.unique(docs, return_index=True)
+                first.sort()
+                n = min(k, len(first))
+                out_scores[qi, :n] = scores[j][found][first[:n]]
+                out_docs[qi, :n] = docs[first[:n]]
+                out_rows[qi, :n] = rows[j][found][first[:n]]
+                width[qi] = n
+                if n < k and int(found.sum()) >= want and want < total:
+                    unfinished.append(qi)
+            pending = np.asarray(unfinished, dtype=np.int64)
+            want = min(want * 4, total)
+        width_max = max(width.values(), default=0)
+        return out_scores[:, :width_max], out_docs[:, :width_max], out_rows[:, :width_max]
 
 
 def _ids_of(seg: OpenSegment, rows_found: np.ndarray) -> np.ndarray:

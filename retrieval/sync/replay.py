@@ -32,6 +32,7 @@ from retrieval.embed.base import Encoder
 from retrieval.index.build import BuildOptions
 from retrieval.index.legacy import read_legacy
 from retrieval.index.manifest import Manifest, SegmentMeta
+from retrieval.index.rows import docs_of
 from retrieval.index.segment import IndexVersion
 from retrieval.index.store import IndexStore
 from retrieval.store.records import FIRST_PAGE, page_size
@@ -207,11 +208,11 @@ def incremental(store: Store, index_store: IndexStore, encoder: Encoder, base: I
     segments: list[SegmentMeta] = []
     was_indexed: list[int] = []
     for view in base.views:
-        hit = view.segment.rows_of(changed_arr)
+        hit = view.segment.rows_of_documents(changed_arr, m.passage_bits)  # every passage of theirs
         hit = hit[~view.dead[hit]]
         meta = view.meta
         if len(hit):
-            was_indexed.extend(int(i) for i in view.segment.ids[hit])
+            was_indexed.extend(int(i) for i in np.unique(docs_of(view.segment.ids[hit], m.passage_bits)))
             dead = view.dead.copy()
             dead[hit] = True
             if int(dead.sum()) == meta.rows:
