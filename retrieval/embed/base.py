@@ -2,20 +2,28 @@
 
 A backend says how to prepare texts (tokenize them and measure their lengths) and how to
 embed one batch; :meth:`Encoder.encode` does the rest, once for all of them: sort by
-length so that a batch pads to about its own length, cut batches, show progress, put
-every vector back in the caller's order and L2-normalise.
+length so that a batch pads to about its own length, cut batches (at most ``batch_size``
+texts and, when the lengths are known, at most ``max_batch_tokens`` padded tokens), show
+progress, put every vector back in the caller's order and L2-normalise.
+
+A backend also says how its model reads long texts, for splitting them into passages
+(:mod:`retrieval.embed.passages`): :attr:`Encoder.window`, the most content tokens one
+input may hold, and :meth:`Encoder.token_spans`, where each content token of a text lies.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 # Inputs larger than this many batches show a progress bar (when progress is on).
 PROGRESS_MIN_BATCHES = 4
+# Padded tokens one batch may hold by default: 64 texts of 256 tokens. Attention costs
+# grow with the padded length, so a batch of long passages gets fewer texts.
+MAX_BATCH_TOKENS = 16384
 
 
 class Encoder(ABC):
@@ -31,6 +39,9 @@ class Encoder(ABC):
     backend: str = "?"
     precision: str = "fp32"
     batch_size: int = 64
+    # The most padded tokens (texts x longest length) in one batch, when prepare() knows
+    # the lengths; a single text longer than this still makes a batch of its own.
+    max_batch_tokens: int = MAX_BATCH_TOKENS
     progress: bool = True
     # Set by the factory: why a requested setting fell back (None when it did not), and
     # how ``auto`` chose (an EncoderPlan).
@@ -48,6 +59,20 @@ class Encoder(ABC):
         """What :meth:`embed_batch` takes for each text, and each text's length in tokens
         (None: no reordering). The default hands the texts over as they are."""
         return texts, None
+
+    @property
+    def window(self) -> int:
+        """The most content tokens one input may hold: the model's maximum sequence length
+        less the special tokens its tokenizer adds (254 for all-MiniLM-L6-v2). Text past
+        it is truncated by :meth:`encode`; :func:`retrieval.embed.passages.split` cuts
+        longer texts into passages of at most this many tokens."""
+        raise NotImplementedError(f"{type(self).__name__} does not say its window")
+
+    def token_spans(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """For each text, an (n, 2) int64 array of the character ``[start, end)`` offsets
+        (into the Python ``str``) of its content tokens, in order: no special tokens, and
+        not truncated at :attr:`window`. It never changes what :meth:`encode` computes."""
+        raise NotImplementedError(f"{type(self).__name__} does not give token offsets")
 
     @abstractmethod
     def embed_batch(self, items: Sequence[Any]) -> np.ndarray:
@@ -69,8 +94,8 @@ class Encoder(ABC):
 
             bar = tqdm(total=n, desc="Embedding", unit="text", leave=False, dynamic_ncols=True)
         try:
-            for start in range(0, n, self.batch_size):
-                idx = order[start : start + self.batch_size]
+            for idx in batches(order, None if lengths is None else np.asarray(lengths)[order],
+                               self.batch_size, self.max_batch_tokens):
                 out[idx] = self.embed_batch([items[i] for i in idx])
                 if bar is not None:
                     bar.update(len(idx))
@@ -87,6 +112,27 @@ class Encoder(ABC):
         """The one-time preparation time of this encoder if it was built after ``started``
         (a ``time.perf_counter()`` reading), else 0: the caller paid for it."""
         return self.setup_seconds if self.built_at >= started else 0.0
+
+
+def batches(order: np.ndarray, lengths: np.ndarray | None, batch_size: int,
+            max_tokens: int) -> Iterator[np.ndarray]:
+    """Cut ``order`` into consecutive batches of at most ``batch_size`` indices and, when
+    ``lengths`` (each ordered text's token count, ascending) is given, of at most
+    ``max_tokens`` padded tokens: a batch pads to its last, longest text. Every batch
+    holds at least one index, however long its text."""
+    if batch_size < 1 or max_tokens < 1:
+        raise ValueError(f"batch_size and max_batch_tokens must be at least 1, not {batch_size} and {max_tokens}")
+    n = len(order)
+    start = 0
+    while start < n:
+        size = min(batch_size, n - start)
+        if lengths is not None:
+            # Ascending lengths: the padded size (k texts x the k-th length) only grows
+            # with k, so the batch is the longest prefix within the budget.
+            padded = np.arange(1, size + 1) * lengths[start : start + size]
+            size = max(1, int(np.searchsorted(padded, max_tokens, side="right")))
+        yield order[start : start + size]
+        start += size
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:

@@ -9,7 +9,8 @@ instant and reproducible on every machine, in the way llm's ``embed-demo`` model
   from its BLAKE2b digest; a text's vector is the sum over its words, L2-normalised;
 * so identical texts get identical vectors, texts sharing words get a positive cosine
   (roughly the share of words they have in common), and unrelated texts score near 0;
-* a text without any word (``?``) hashes as one word, so every vector has unit length.
+* a text without any word (``?``) hashes as one word, so every vector has unit length;
+* for splitting long texts into passages, a word is a token and the window is 256 words.
 
 Select it like any model: ``model: hash-384`` (the number is the dimension, 8 to 4096).
 Its model key, ``hash-384|384|...``, never equals a language model's, so its vectors
@@ -36,6 +37,9 @@ STOPWORDS = frozenset(
     "a an and are as at be but by do for from has have how i in is it its me my no not of on or our so that the "
     "their them there these they this to was we were what when where which who why will with you your".split()
 )
+
+# Its window, in words: passages of long texts hold at most this many (no special tokens).
+WINDOW = 256
 
 NOT_A_LANGUAGE_MODEL = "a deterministic test encoder, not a language model: scores measure shared words, not meaning"
 
@@ -64,6 +68,15 @@ class HashEncoder(Encoder):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._features = lru_cache(maxsize=1 << 16)(self._word_features)
+
+    @property
+    def window(self) -> int:
+        """256 words: a word (``\\w+`` run) is a token, and none is special."""
+        return WINDOW
+
+    def token_spans(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """The character offsets of each text's words (``\\w+`` runs), its tokens."""
+        return [np.array([m.span() for m in WORD.finditer(text)], dtype=np.int64).reshape(-1, 2) for text in texts]
 
     def _word_features(self, word: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
         """The dimensions and signs of one word: distinct dimensions from its digest."""

@@ -64,6 +64,9 @@ class OnnxEncoder(Encoder):
         self.progress = progress
         self._runner: Any = None
         self._tokenizer: Tokenizer | None = None
+        # The same tokenizer without truncation, for token_spans: a separate instance, so
+        # that spans of long texts never change the truncation encode() relies on.
+        self._full_tokenizer: Any = None
         self._lock = threading.Lock()
 
     @property
@@ -107,6 +110,30 @@ class OnnxEncoder(Encoder):
     @property
     def max_seq_length(self) -> int:
         return self.layout.max_seq_length
+
+    def _untruncated(self) -> Any:
+        """The model's fast tokenizer (``tokenizers.Tokenizer``) without truncation or padding."""
+        with self._lock:
+            if self._full_tokenizer is None:
+                from tokenizers import Tokenizer as HFTokenizer
+
+                os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+                tokenizer = HFTokenizer.from_file(str(Path(self.info.path or "") / "tokenizer.json"))
+                tokenizer.no_truncation()
+                tokenizer.no_padding()
+                self._full_tokenizer = tokenizer
+            return self._full_tokenizer
+
+    @property
+    def window(self) -> int:
+        """``max_seq_length`` less the special tokens the tokenizer adds ([CLS] and [SEP]: 254)."""
+        return self.layout.max_seq_length - int(self._untruncated().num_special_tokens_to_add(False))
+
+    def token_spans(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Character offsets of each text's content tokens, untruncated (the fast
+        tokenizer's ``Encoding.offsets``, which count characters of the ``str``)."""
+        encodings = self._untruncated().encode_batch(list(texts), add_special_tokens=False)
+        return [np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2) for e in encodings]
 
     def token_counts(self, texts: Sequence[str]) -> np.ndarray:
         """Token count of each text as the model sees it (truncated, with special tokens)."""

@@ -35,6 +35,10 @@ class SentenceTransformerEncoder(Encoder):
         self.batch_size = batch_size
         self.progress = progress
         self._model: Any = None
+        # A copy of the model's tokenizer for token_spans: a Hugging Face fast tokenizer
+        # sets its truncation on the shared Rust tokenizer at each call, so untruncated
+        # calls on the model's own instance could race with encode()'s truncated ones.
+        self._full_tokenizer: Any = None
         self._lock = threading.Lock()
 
     def load(self) -> None:
@@ -73,6 +77,37 @@ class SentenceTransformerEncoder(Encoder):
     def max_seq_length(self) -> int:
         self.load()
         return int(self._model.max_seq_length or 512)
+
+    def _untruncated(self) -> Any:
+        self.load()
+        with self._lock:
+            if self._full_tokenizer is None:
+                import copy
+
+                self._full_tokenizer = copy.deepcopy(self._model.tokenizer)
+            return self._full_tokenizer
+
+    @property
+    def window(self) -> int:
+        """``max_seq_length`` less the special tokens the tokenizer adds ([CLS] and [SEP]: 254)."""
+        return self.max_seq_length - int(self._untruncated().num_special_tokens_to_add(pair=False))
+
+    def token_spans(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Character offsets of each text's content tokens, untruncated (the fast
+        tokenizer's ``offset_mapping``, which counts characters of the ``str``)."""
+        if not texts:
+            return []
+        encoded = self._untruncated()(
+            list(texts),
+            add_special_tokens=False,
+            truncation=False,
+            padding=False,
+            return_offsets_mapping=True,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            verbose=False,  # no warning about texts longer than the model's maximum
+        )
+        return [np.asarray(offsets, dtype=np.int64).reshape(-1, 2) for offsets in encoded["offset_mapping"]]
 
     def token_counts(self, texts: Sequence[str]) -> np.ndarray:
         """Token count of each text as the model will see it (truncated, with specials)."""
