@@ -80,6 +80,11 @@ class IndexSettings:
     merge_max_tombstones: float = 0.2
     merge_threads: int = 1
     merge_inline_max_docs: int = 1000
+    # Passages: a document longer than the model's window is split into passages of at
+    # most chunk_tokens tokens (None: the model's window; 0: off, one vector per document,
+    # truncated as sentence-transformers truncates), overlapping by chunk_overlap tokens.
+    chunk_tokens: int | None = None
+    chunk_overlap: int = 0
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,7 @@ FLAT: dict[str, str] = {
     "merge_max_at_once": "index.merge_max_at_once", "merge_floor_docs": "index.merge_floor_docs",
     "merge_max_tombstones": "index.merge_max_tombstones", "merge_threads": "index.merge_threads",
     "merge_inline_max_docs": "index.merge_inline_max_docs",
+    "chunk_tokens": "index.chunk_tokens", "chunk_overlap": "index.chunk_overlap",
     "search_k": "search.k", "max_k": "search.max_k", "min_score": "search.min_score",
     "max_query_chars": "search.max_query_chars", "search_threads": "search.threads",
     "search_timeout_ms": "search.timeout_ms", "filter_exact_rows": "search.filter_exact_rows",
@@ -228,6 +234,11 @@ class Settings:
         for name in ("store.busy_timeout_ms", "search.timeout_ms", "index.merge_inline_max_docs"):
             if self.get(name) < 0:
                 raise ConfigError(f"{name}: must not be negative, got {self.get(name)}")
+        if i.chunk_tokens is not None and i.chunk_tokens != 0 and i.chunk_tokens < 8:
+            raise ConfigError(f"index.chunk_tokens: must be 0 (off) or at least 8, got {i.chunk_tokens}")
+        if i.chunk_overlap < 0 or (i.chunk_tokens and i.chunk_overlap >= i.chunk_tokens // 2):
+            raise ConfigError(f"index.chunk_overlap: must be at least 0 and under half of index.chunk_tokens, "
+                              f"got {i.chunk_overlap}")
         if not 0 < i.min_recall <= 1:
             raise ConfigError(f"index.min_recall: must be in (0, 1], got {i.min_recall}")
         if i.merge_segments_per_tier < 2:

@@ -36,6 +36,7 @@ import numpy as np
 
 from retrieval.beir import BeirDataset, Qrels, Run, join_title, load_beir, load_corpus, load_qrels, load_queries
 from retrieval.errors import EvalDataError, RetrievalError
+from retrieval.index.rows import docs_of
 
 if TYPE_CHECKING:
     from retrieval.config import Settings
@@ -371,7 +372,7 @@ def evaluate(
         queries=len(judged),
         depth=k_eff,
         search_seconds=seconds,
-        documents=version.count,
+        documents=int(len(np.unique(docs_of(version.ids, version.bits)))),
         model=retriever.settings.encoder.model,
         index_type=version.manifest.index_type,
         per_query=per_query,

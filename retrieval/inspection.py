@@ -5,6 +5,7 @@ the index with the database). None of them loads the model or torch."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,7 @@ import numpy as np
 from retrieval.config import Settings
 from retrieval.errors import IndexCorruptError, RetrievalError
 from retrieval.index.manifest import SegmentMeta
+from retrieval.index.rows import docs_of
 from retrieval.index.segment import IndexVersion
 from retrieval.index.store import IndexStore
 from retrieval.store import db
@@ -123,7 +125,8 @@ def status(settings: Settings, store: Store, index_store: IndexStore, replica: s
     }
 
 
-def verify(store: Store, index_store: IndexStore, version: IndexVersion) -> VerifyReport:
+def verify(store: Store, index_store: IndexStore, version: IndexVersion,
+           passage_keys: Callable[[list[tuple[int, str]]], tuple[np.ndarray, list[str]]]) -> VerifyReport:
     """Check that the index ``version`` agrees exactly with the database, and every
     segment file with its checksum. Differences explained by changes not yet synced are
     reported as pending, not drift."""
@@ -150,28 +153,52 @@ def verify(store: Store, index_store: IndexStore, version: IndexVersion) -> Veri
         pending = set(snap.changed_ids(m.last_seq, max_seq)) if max_seq > m.last_seq else set()
         rows = [r for batch in snap.iter_docs() for r in batch]
         hashes = {doc_id: content_hash(text_) for doc_id, text_, _ in rows}
-        stored = snap.embeddings(m.model_key, set(hashes.values()))
+        if m.passage_bits:
+            _, all_keys = passage_keys([(doc_id, text_) for doc_id, text_, _ in rows])
+            stored = snap.embeddings(m.model_key, set(all_keys))
+        else:
+            stored = snap.embeddings(m.model_key, set(hashes.values()))
         problems.extend(snap.keyword_problems())
         problems.extend(f"document {e!r}: its metadata is not valid JSON (a NaN or infinity stored by an older "
                         "version); filtered searches fail on it: ingest it again with valid metadata"
                         for e in snap.invalid_metadata())
     in_index = {int(i): pos for pos, i in enumerate(index_ids)}
     in_db = set(hashes)
-    for i in sorted(set(in_index) - in_db - pending):
+    indexed_docs = set(docs_of(index_ids, m.passage_bits).tolist())
+    for i in sorted(indexed_docs - in_db - pending):
         problems.append(f"document {i} is in the index but not in the database")
-    for i in sorted(in_db - set(in_index) - pending):
+    for i in sorted(in_db - indexed_docs - pending):
         problems.append(f"document {i} is in the database but not in the index")
-    for i in sorted((in_db & set(in_index)) - pending):
-        vec = stored.get(hashes[i])
-        if vec is None:
-            problems.append(f"document {i} has no stored embedding for {m.model_key}")
-        elif not np.allclose(vectors[in_index[i]], vec, atol=1e-6):
-            problems.append(f"document {i}: the indexed vector is not the embedding of its current text")
-    return VerifyReport(ok=not problems, documents=len(in_db), indexed=len(in_index), pending=len(pending),
+    current = sorted((in_db & indexed_docs) - pending)
+    if m.passage_bits:
+        by_id = dict((doc_id, text_) for doc_id, text_, _ in rows)
+        expected_rows, keys = passage_keys([(i, by_id[i]) for i in current])
+    else:  # an index from before passages: a row per document, its whole text
+        expected_rows, keys = np.asarray(current, np.int64), [hashes[i] for i in current]
+    owners = docs_of(expected_rows, m.passage_bits)
+    extra = index_ids[np.isin(docs_of(index_ids, m.passage_bits), current) & ~np.isin(index_ids, expected_rows)]
+    for row in np.sort(extra)[:20].tolist():
+        problems.append(f"document {int(docs_of(np.array([row]), m.passage_bits)[0])}: the index holds a passage "
+                        f"({row}) its current text does not split into")
+    seen_bad: set[int] = set()
+    for row, doc, key in zip(expected_rows.tolist(), owners.tolist(), keys):
+        if doc in seen_bad:
+            continue
+        vec = stored.get(key)
+        if row not in in_index:
+            problems.append(f"document {doc}: passage row {row} of its current text is not in the index")
+            seen_bad.add(doc)
+        elif vec is None:
+            problems.append(f"document {doc} has no stored embedding for {m.model_key}")
+            seen_bad.add(doc)
+        elif not np.allclose(vectors[in_index[row]], vec, atol=1e-6):
+            problems.append(f"document {doc}: the indexed vector is not the embedding of its current text")
+            seen_bad.add(doc)
+    return VerifyReport(ok=not problems, documents=len(in_db), indexed=len(indexed_docs), pending=len(pending),
                         problems=problems)
 
 
 def _segment_status(meta: SegmentMeta) -> dict[str, Any]:
-    return {"name": meta.name, "type": meta.kind, "documents": meta.live, "rows": meta.rows,
+    return {"name": meta.name, "type": meta.kind, "passages": meta.live, "rows": meta.rows,
             "tombstones": round(meta.tombstone_fraction, 4), "recall": meta.recall, "ef_search": meta.ef_search,
             "exact_by_guard": meta.exact_by_guard, "origin": meta.origin, "bytes": meta.faiss.bytes}

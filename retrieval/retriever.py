@@ -32,6 +32,7 @@ from retrieval.search.hits import Hit
 from retrieval.store.repository import Store
 from retrieval.sync.keeper import EncoderSlot, IndexKeeper
 from retrieval.sync.merge import MergeReport
+from retrieval.sync.passages import Splitter, passage_keys
 from retrieval.sync.replay import SyncReport
 from retrieval.sync.vectors import EMBED_CHUNK, BulkEmbedReport
 from retrieval.writes import IngestReport, Writer
@@ -269,4 +270,9 @@ class Retriever:
     def verify(self) -> VerifyReport:
         """Check that the index agrees exactly with the database, and every segment file with
         its checksum; changes not yet synced are pending, not drift."""
-        return inspection.verify(self.store, self.index_store, self.current_index())
+        def keys(docs: list[tuple[int, str]]) -> tuple[Any, list[str]]:
+            index = self.settings.index
+            encoder = self._encoder.get()
+            return passage_keys(encoder, Splitter.of(index.chunk_tokens, index.chunk_overlap, encoder), docs)
+
+        return inspection.verify(self.store, self.index_store, self.current_index(), keys)

@@ -49,7 +49,7 @@ def status_rows(st: dict[str, Any]) -> list[tuple[str, Any]]:
             guard = f", recall@10 {seg['recall']:.3f} at efSearch {seg['ef_search']}"
         elif seg["exact_by_guard"]:
             guard = ", kept exact by the recall guard"
-        rows.append(("  segment", f"{seg['type']:<5} {seg['documents']:>10,} documents, {seg['tombstones']:.1%} dead"
+        rows.append(("  segment", f"{seg['type']:<5} {seg['passages']:>10,} passages, {seg['tombstones']:.1%} dead"
                                    f"{guard} ({seg['origin']}, {size(seg['bytes'])})"))
     if w and w.get("merging"):
         rows.append(("merging", w["merging"]))

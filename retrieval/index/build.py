@@ -31,13 +31,18 @@ class BuildOptions:
     min_recall: float = 0.98
     recall_queries: int = 200
     threads: int | None = None  # OpenMP threads of this thread's builds (None: FAISS's default)
+    # How documents become rows (retrieval.sync.passages.Splitter): tokens per passage
+    # (None: the model's window; 0: one row per document) and their overlap.
+    chunk_tokens: int | None = None
+    chunk_overlap: int = 0
 
     @classmethod
     def of(cls, index: IndexSettings, *, threads: int | None = None) -> BuildOptions:
         """How a store with these index settings builds its segments."""
         return cls(index_type=index.type, hnsw_min_docs=index.hnsw_min_docs, hnsw_m=index.hnsw_m,
                    ef_construction=index.hnsw_ef_construction, ef_search=index.hnsw_ef_search,
-                   min_recall=index.min_recall, threads=threads)
+                   min_recall=index.min_recall, threads=threads, chunk_tokens=index.chunk_tokens,
+                   chunk_overlap=index.chunk_overlap)
 
     def kind_for(self, rows: int) -> str:
         if self.index_type == "flat":

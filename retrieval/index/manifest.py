@@ -83,6 +83,9 @@ class Manifest:
     # How a row id packs (document, passage ordinal) (see retrieval.index.rows): 0 in
     # indexes written before passages, whose row ids are document ids.
     passage_bits: int = 0
+    # How documents were split into passages (retrieval.sync.passages.Splitter.key): ""
+    # before passages; an index split another way than the settings ask is rebuilt.
+    splitter: str = ""
 
     def successor(self, generation: int, **changes: Any) -> Manifest:
         """The next generation of this index: the same model, dimension, lineage and

@@ -19,13 +19,14 @@ from retrieval.documents import check_ids
 from retrieval.errors import ArgumentError, IndexDivergedError, NotFoundError
 from retrieval.filters import Filter
 from retrieval.filters import parse as parse_filter
+from retrieval.index.rows import PASSAGE_BITS, docs_of
 from retrieval.index.segment import IndexVersion
 from retrieval.search import pipeline
 from retrieval.search.hits import Hit
 from retrieval.store import db
 from retrieval.store.repository import Store
 from retrieval.sync.keeper import EncoderSlot, IndexKeeper
-from retrieval.sync.vectors import ensure_vectors
+from retrieval.sync.passages import Splitter, passage_vectors
 
 
 @dataclass(frozen=True)
@@ -134,12 +135,17 @@ class SearchEngine:
                                                    where=args.where, min_score=args.min_score, alpha=args.alpha,
                                                    snippets=snippets))
 
+    def _splitter(self) -> Splitter:
+        index = self.settings.index
+        return Splitter.of(index.chunk_tokens, index.chunk_overlap, self.encoder.get())
+
     def _run(self, version: IndexVersion | None, req: pipeline.Request) -> list[list[Hit]]:
         def run(v: IndexVersion | None) -> list[list[Hit]]:
             # A search's statements stop at its deadline, whatever the query and the store.
             with db.deadline(self.settings.search.timeout_ms / 1000):
                 return pipeline.run(self.store, v, self.encoder.get, req, ef_search=self.settings.index.hnsw_ef_search,
-                                    threads=self.settings.search.threads, exact_rows=self.settings.search.filter_exact_rows)
+                                    threads=self.settings.search.threads, exact_rows=self.settings.search.filter_exact_rows,
+                                    splitter=self._splitter)
 
         try:
             return run(version)
@@ -162,8 +168,14 @@ class SearchEngine:
             if missing:
                 raise NotFoundError(f"no document with id {missing[0]!r}")
             rows = [(d.id, d.text, d.content_hash) for d in docs.values()]
-            ids, matrix = ensure_vectors(self.store, encoder, rows)
-            by_id = dict(zip(ids.tolist(), matrix))
+            # A document's vector: the normalised mean of its passages' vectors (its own
+            # vector when it is one passage).
+            got = passage_vectors(self.store, encoder, self._splitter(), rows)
+            owners = docs_of(got.rows, PASSAGE_BITS)
+            by_id = {}
+            for doc_id in set(owners.tolist()):
+                mean = got.matrix[owners == doc_id].mean(axis=0)
+                by_id[doc_id] = mean / max(float(np.linalg.norm(mean)), 1e-12)
             for e in like:
                 total = total + by_id[docs[e].id]
             for e in unlike:

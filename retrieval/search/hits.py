@@ -26,6 +26,9 @@ class Hit:
     keyword_rank: int | None = None
     snippet: str | None = None
     highlights: tuple[tuple[int, int], ...] = ()
+    # Dense and hybrid hits of a document longer than one passage: the passage that scored
+    # (ordinal, start and end offsets in ``text``, its text, and of how many).
+    passage: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "score": self.score, "text": self.text, "metadata": self.metadata,
@@ -33,6 +36,8 @@ class Hit:
         if self.mode == "hybrid":
             out["dense_rank"] = self.dense_rank
             out["keyword_rank"] = self.keyword_rank
+        if self.passage is not None:
+            out["passage"] = self.passage
         if self.snippet is not None:
             out["snippet"] = self.snippet
             out["highlights"] = [list(h) for h in self.highlights]
@@ -45,4 +50,5 @@ class Hit:
         return cls(str(r["id"]), float(r["score"]), r["text"], r.get("metadata") or {}, None,
                    mode=str(r.get("mode", "dense")), dense_rank=r.get("dense_rank"),
                    keyword_rank=r.get("keyword_rank"), snippet=r.get("snippet"),
-                   highlights=tuple((int(a), int(b)) for a, b in r.get("highlights") or ()))
+                   highlights=tuple((int(a), int(b)) for a, b in r.get("highlights") or ()),
+                   passage=r.get("passage"))

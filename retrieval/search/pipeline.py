@@ -33,12 +33,13 @@ from retrieval.config import SEARCH_MODES
 from retrieval.embed.base import Encoder
 from retrieval.errors import ArgumentError, IndexDivergedError
 from retrieval.filters import Filter
+from retrieval.index.rows import PASSAGE_BITS, docs_of, ordinals_of
 from retrieval.index.segment import EXACT_MAX_ROWS, IndexVersion, set_search_threads
 from retrieval.search.hits import Hit
 from retrieval.store.records import StoredDocument
 from retrieval.store.repository import Store
+from retrieval.sync.passages import Splitter, passage_vectors
 from retrieval.sync.replay import follows
-from retrieval.sync.vectors import ensure_vectors
 
 if TYPE_CHECKING:
     from retrieval.store.snapshot import Snapshot
@@ -47,10 +48,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Candidates:
-    """Scored documents per query: ``scores`` and ``ids`` are (queries, m); id -1 pads."""
+    """Scored documents per query: ``scores`` and ``ids`` are (queries, m); id -1 pads.
+    ``rows``, when given, is the index row of each document's best passage."""
 
     scores: np.ndarray
     ids: np.ndarray
+    rows: np.ndarray | None = None
 
     @classmethod
     def empty(cls, queries: int) -> Candidates:
@@ -76,19 +79,33 @@ def backlog(snap: Snapshot, version: IndexVersion, *, max_seq: int | None = None
 def dense_candidates(version: IndexVersion, vectors: np.ndarray, k: int, *, exclude: np.ndarray,
                      allow: np.ndarray | None = None, ef_search: int | None = None,
                      exact_rows: int = EXACT_MAX_ROWS) -> Candidates:
-    scores, ids = version.search(vectors, k, exclude=exclude, allow=allow, ef_search=ef_search, exact_max=exact_rows)
-    return Candidates(scores, ids)
+    scores, docs, rows = version.search_documents(vectors, k, exclude=exclude, allow=allow, ef_search=ef_search,
+                                                  exact_max=exact_rows)
+    return Candidates(scores, docs, rows)
 
 
 def exact_candidates(store: Store, encoder: Callable[[], Encoder], documents: dict[int, StoredDocument],
-                     vectors: np.ndarray) -> Candidates:
-    """Every document given, scored exactly against every query."""
+                     vectors: np.ndarray, splitter: Callable[[], Splitter] | None = None) -> Candidates:
+    """Every document given, scored exactly against every query by its best passage."""
     if not documents:
         return Candidates.empty(len(vectors))
-    rows = [(d.id, d.text, d.content_hash) for d in documents.values()]
-    ids, matrix = ensure_vectors(store, encoder(), rows)
-    scores = np.asarray(vectors @ matrix.T, dtype=np.float32)
-    return Candidates(scores, np.broadcast_to(ids, scores.shape))
+    enc = encoder()
+    split = splitter() if splitter is not None else Splitter(0)
+    got = passage_vectors(store, enc, split, [(d.id, d.text, d.content_hash) for d in documents.values()])
+    scores = np.asarray(vectors @ got.matrix.T, dtype=np.float32)
+    docs = docs_of(got.rows, PASSAGE_BITS)
+    # Best passage per document: rows are grouped by document, in order.
+    starts = np.flatnonzero(np.r_[True, docs[1:] != docs[:-1]])
+    best = np.maximum.reduceat(scores, starts, axis=1)
+    # The first row reaching the best score in each group (ties by row id).
+    hit = scores >= np.repeat(best, np.diff(np.r_[starts, len(docs)]), axis=1)
+    group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(docs)]))
+    first = np.full((len(vectors), len(starts)), -1, np.int64)
+    for qi in range(len(vectors)):
+        cols = np.flatnonzero(hit[qi])
+        _, at = np.unique(group[cols], return_index=True)
+        first[qi] = got.rows[cols[at]]
+    return Candidates(best.astype(np.float32), np.broadcast_to(docs[starts], best.shape), first)
 
 
 def merge(parts: Sequence[Candidates], k: int, min_score: float | None) -> list[list[tuple[float, int]]]:
@@ -102,10 +119,34 @@ def merge(parts: Sequence[Candidates], k: int, min_score: float | None) -> list[
     return results
 
 
+def best_rows(parts: Sequence[Candidates]) -> list[dict[int, int]]:
+    """Per query, each candidate document's best passage row (where the parts say it)."""
+    queries = len(parts[0].scores) if parts else 0
+    out: list[dict[int, int]] = [{} for _ in range(queries)]
+    for part in parts:
+        if part.rows is None:
+            continue
+        for qi in range(queries):
+            out[qi].update((int(i), int(r)) for i, r in zip(part.ids[qi], part.rows[qi]) if i >= 0)
+    return out
+
+
 def fetch_hits(snap: Snapshot, ranked: list[list[tuple[float, int]]], *,
-               extra: list[dict[int, dict[str, Any]]] | None = None, mode: str = "dense") -> list[list[Hit]]:
-    """The winners' rows, from the same snapshot; ``extra`` adds fields per query and id."""
+               extra: list[dict[int, dict[str, Any]]] | None = None, mode: str = "dense",
+               passages: Callable[[list[StoredDocument], list[int]], list[dict[str, Any] | None]] | None = None,
+               rows: list[dict[int, int]] | None = None) -> list[list[Hit]]:
+    """The winners' rows, from the same snapshot; ``extra`` adds fields per query and id.
+    With ``rows`` (each document's best passage row per query) and ``passages`` (which
+    locates passages in documents), a hit of a document longer than one passage carries
+    its best passage."""
     docs = snap.documents(sorted({i for r in ranked for _, i in r}))
+    located: dict[tuple[int, int], dict[str, Any] | None] = {}
+    if rows is not None and passages is not None:
+        wanted = sorted({(i, int(ordinals_of(np.array([rows[qi][i]]), PASSAGE_BITS)[0]))
+                         for qi, r in enumerate(ranked) for _, i in r if i in rows[qi] and i in docs})
+        if wanted:
+            found = passages([docs[i] for i, _ in wanted], [o for _, o in wanted])
+            located = dict(zip(wanted, found))
     hits: list[list[Hit]] = []
     for qi, r in enumerate(ranked):
         row = []
@@ -113,10 +154,32 @@ def fetch_hits(snap: Snapshot, ranked: list[list[tuple[float, int]]], *,
             d = docs.get(i)
             if d is None:  # cannot happen: the snapshot holds every candidate
                 continue
-            more = extra[qi].get(i, {}) if extra is not None else {}
+            more = dict(extra[qi].get(i, {})) if extra is not None else {}
+            if rows is not None and i in rows[qi]:
+                ordinal = int(ordinals_of(np.array([rows[qi][i]]), PASSAGE_BITS)[0])
+                more["passage"] = located.get((i, ordinal))
             row.append(Hit(d.external_id, score, d.text, d.metadata, d.id, mode=mode, **more))
         hits.append(row)
     return hits
+
+
+def locate_passages(encoder: Callable[[], Encoder], splitter: Callable[[], Splitter]
+                    ) -> Callable[[list[StoredDocument], list[int]], list[dict[str, Any] | None]]:
+    """Where passage ``ordinal`` of each document lies (None for a document that is one
+    passage), found by splitting the documents again as the index did."""
+    def locate(documents: list[StoredDocument], ordinals: list[int]) -> list[dict[str, Any] | None]:
+        split = splitter().split(encoder(), [d.text for d in documents])
+        out: list[dict[str, Any] | None] = []
+        for d, ordinal, parts in zip(documents, ordinals, split):
+            if len(parts) < 2 or ordinal >= len(parts):
+                out.append(None)
+                continue
+            p = parts[ordinal]
+            out.append({"ordinal": ordinal, "start": p.start, "end": p.end, "text": p.text(d.text),
+                        "of": len(parts)})
+        return out
+
+    return locate
 
 
 MODES = SEARCH_MODES
@@ -147,7 +210,8 @@ class Request:
 
 def _dense_ranked(store: Store, version: IndexVersion, encoder: Callable[[], Encoder],
                   req: Request, pending: Backlog, allowed: np.ndarray | None, k: int,
-                  ef_search: int | None, exact_rows: int) -> list[list[tuple[float, int]]]:
+                  ef_search: int | None, exact_rows: int, splitter: Callable[[], Splitter] | None = None
+                  ) -> tuple[list[list[tuple[float, int]]], list[dict[int, int]]]:
     assert req.vectors is not None
     vectors = np.ascontiguousarray(req.vectors, dtype=np.float32)
     exclude = pending.ids
@@ -161,9 +225,9 @@ def _dense_ranked(store: Store, version: IndexVersion, encoder: Callable[[], Enc
     parts = [
         dense_candidates(version, vectors, k, exclude=exclude, allow=allowed, ef_search=ef_search,
                          exact_rows=exact_rows),
-        exact_candidates(store, encoder, documents, vectors),
+        exact_candidates(store, encoder, documents, vectors, splitter),
     ]
-    return merge(parts, k, None)
+    return merge(parts, k, None), best_rows(parts)
 
 
 def _keyword_ranked(snap: Snapshot, req: Request, k: int) -> list[list[tuple[float, int, KeywordHit]]]:
@@ -231,7 +295,8 @@ def check_mode(mode: str, alpha: float | None = None) -> None:
 
 
 def run(store: Store, version: IndexVersion | None, encoder: Callable[[], Encoder], req: Request, *,
-        ef_search: int | None = None, threads: int = 1, exact_rows: int = EXACT_MAX_ROWS) -> list[list[Hit]]:
+        ef_search: int | None = None, threads: int = 1, exact_rows: int = EXACT_MAX_ROWS,
+        splitter: Callable[[], Splitter] | None = None) -> list[list[Hit]]:
     """Run the pipeline for ``req`` inside one read transaction.
 
     ``encoder`` is called only when a backlog document has no stored vector yet.
@@ -253,12 +318,15 @@ def run(store: Store, version: IndexVersion | None, encoder: Callable[[], Encode
             return [[] for _ in range(nq)]
         depth = req.k if req.mode != "hybrid" else max(req.k, req.depth)
         dense: list[list[tuple[float, int]]] = []
+        rows: list[dict[int, int]] | None = None
         if req.mode != "keyword":
             assert version is not None
             pending = backlog(snap, version, max_seq=max_seq)
-            dense = _dense_ranked(store, version, encoder, req, pending, allowed, depth, ef_search, exact_rows)
+            dense, rows = _dense_ranked(store, version, encoder, req, pending, allowed, depth, ef_search, exact_rows,
+                                        splitter)
+        locate = locate_passages(encoder, splitter) if splitter is not None else None
         if req.mode == "dense":
-            return fetch_hits(snap, [_cut(r, req.min_score) for r in dense])
+            return fetch_hits(snap, [_cut(r, req.min_score) for r in dense], passages=locate, rows=rows)
         keyword = _keyword_ranked(snap, req, depth)
         assert req.texts is not None
         if req.mode == "keyword":
@@ -268,7 +336,7 @@ def run(store: Store, version: IndexVersion | None, encoder: Callable[[], Encode
         fused = [_fuse(d, kw, req.k, req.alpha) for d, kw in zip(dense, keyword)]
         ranked = [_cut(r, req.min_score) for r, _ in fused]
         extra = _with_snippets(snap, req, ranked, [e for _, e in fused])
-        return fetch_hits(snap, ranked, extra=extra, mode="hybrid")
+        return fetch_hits(snap, ranked, extra=extra, mode="hybrid", passages=locate, rows=rows)
 
 
 def search(store: Store, version: IndexVersion, encoder: Callable[[], Encoder], vectors: np.ndarray, k: int, *,

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retrieval.config import Settings
+from retrieval.index.rows import docs_of
 from retrieval.index.store import MERGE_LOCK, lock_held
 from retrieval.selftest.report import ChaosReport, Run
 from retrieval.selftest.scratch import scratch_settings, text_pool, worker_available, write_config
@@ -291,10 +292,11 @@ class _Harness:
             self.fail(f"{label}: there is no index after `retrieve sync`")
             return
         db_ids = {doc_id for doc_id, _ in rows.values()}
-        orphans = {int(i) for i in version.ids} - db_ids
+        orphans = {int(i) for i in docs_of(version.ids, version.bits)} - db_ids
         if orphans:
             self.report.drift_found += len(orphans)
-            self.fail(f"{label}: {len(orphans)} vectors in the index have no document: {sorted(orphans)[:5]}")
+            self.fail(f"{label}: vectors of {len(orphans)} documents the database does not hold are in the index: "
+                      f"{sorted(orphans)[:5]}")
         self.check_search(label, [t for t in touched if t in self.expected])
 
     def check_search(self, label: str, touched: Sequence[str]) -> None:

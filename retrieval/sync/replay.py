@@ -32,12 +32,13 @@ from retrieval.embed.base import Encoder
 from retrieval.index.build import BuildOptions
 from retrieval.index.legacy import read_legacy
 from retrieval.index.manifest import Manifest, SegmentMeta
-from retrieval.index.rows import docs_of
+from retrieval.index.rows import PASSAGE_BITS, docs_of
 from retrieval.index.segment import IndexVersion
 from retrieval.index.store import IndexStore
 from retrieval.store.records import FIRST_PAGE, page_size
 from retrieval.store.repository import Store
-from retrieval.sync.vectors import EmbedStats, ensure_vectors
+from retrieval.sync.passages import Splitter, passage_vectors
+from retrieval.sync.vectors import EmbedStats
 
 if TYPE_CHECKING:
     from retrieval.store.snapshot import Snapshot
@@ -50,8 +51,10 @@ class SyncReport:
     changes: int = 0  # distinct documents changed since the previous generation
     embedded: int = 0  # distinct texts sent to the encoder
     reused: int = 0  # documents whose vector was already stored
-    added: int = 0
+    added: int = 0  # documents
     removed: int = 0
+    passages: int = 0  # rows written for the documents added
+    long_documents: int = 0  # added documents longer than one passage
     full: bool = False
     version: str | None = None
     last_seq: int = 0
@@ -66,14 +69,17 @@ class SyncReport:
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "published"}
 
-    def vectors_for(self, store: Store, encoder: Encoder, rows: list[tuple[int, str, str | None]]) -> tuple[Any, Any]:
-        """:func:`ensure_vectors`, counting what was embedded and reused in this report."""
+    def vectors_for(self, store: Store, encoder: Encoder, splitter: Splitter,
+                    rows: list[tuple[int, str, str | None]]) -> tuple[Any, Any]:
+        """:func:`passage_vectors`, counting what was embedded and reused in this report."""
         stats = EmbedStats()
-        ids, matrix = ensure_vectors(store, encoder, rows, stats)
+        got = passage_vectors(store, encoder, splitter, rows, stats)
         self.embedded += stats.embedded
         self.reused += stats.reused
+        self.passages += len(got.rows)
+        self.long_documents += got.long_documents
         self.stages["embed"] = self.stages.get("embed", 0.0) + stats.seconds
-        return ids, matrix
+        return got.rows, got.matrix
 
     def finish(self, index_store: IndexStore, version: IndexVersion, written_before: int, t0: float) -> SyncReport:
         self.published = version
@@ -133,12 +139,13 @@ def full_build(store: Store, index_store: IndexStore, encoder: Encoder, opts: Bu
     t0 = time.perf_counter()
     written = index_store.bytes_written
     report = SyncReport(full=True)
+    splitter = Splitter.of(opts.chunk_tokens, opts.chunk_overlap, encoder)
     parts: list[tuple[np.ndarray, np.ndarray]] = []
     with store.read() as snap:
         position = _position(snap, snap.max_seq())
         # A page of texts at a time: memory holds the vectors, not the store's texts.
         for batch in snap.iter_docs(batch=TEXT_PAGE, max_bytes=TEXT_PAGE_BYTES):
-            parts.append(report.vectors_for(store, encoder, batch))
+            parts.append(report.vectors_for(store, encoder, splitter, batch))
     ids, matrix = _joined(parts, encoder.dim)
     report.stages["read"] = time.perf_counter() - t0 - report.stages.get("embed", 0.0)
     t1 = time.perf_counter()
@@ -147,12 +154,14 @@ def full_build(store: Store, index_store: IndexStore, encoder: Encoder, opts: Bu
     if len(ids):
         segments = (index_store.write_segment(ids, matrix, opts=opts, origin="build", generation=generation),)
     manifest = Manifest(generation=generation, model_key=encoder.model_key, dim=encoder.dim, index_type=opts.index_type,
-                        segments=segments, created_at=time.time(), lineage=uuid.uuid4().hex, **position)
+                        segments=segments, created_at=time.time(), lineage=uuid.uuid4().hex,
+                        passage_bits=PASSAGE_BITS, splitter=splitter.key(encoder), **position)
     version = index_store.commit(manifest)
     report.stages["index"] = time.perf_counter() - t1
-    report.changes = report.added = len(ids)
+    report.changes = report.added = len(np.unique(docs_of(ids, PASSAGE_BITS)))
     report.finish(index_store, version, written, t0)
-    log.info("full build: %d documents, %d embedded, generation %s", len(ids), report.embedded, report.version)
+    log.info("full build: %d documents, %d passages, %d embedded, generation %s", report.added, len(ids),
+             report.embedded, report.version)
     return report
 
 
@@ -166,6 +175,13 @@ def incremental(store: Store, index_store: IndexStore, encoder: Encoder, base: I
     t0 = time.perf_counter()
     written = index_store.bytes_written
     m = base.manifest
+    splitter = Splitter.of(opts.chunk_tokens, opts.chunk_overlap, encoder)
+    if m.splitter != splitter.key(encoder) or m.passage_bits != PASSAGE_BITS:
+        # Documents split another way (or not at all, before passages): rebuild from the
+        # stored vectors; only passages never embedded are embedded.
+        log.warning("the index splits documents as %r, the settings ask for %r: rebuilding it",
+                    m.splitter or "one row per document", splitter.key(encoder))
+        return full_build(store, index_store, encoder, opts)
     report = SyncReport(last_seq=m.last_seq, version=m.version, segments=len(m.segments))
     with store.read() as snap:
         last_seq = snap.max_seq()
@@ -189,7 +205,7 @@ def incremental(store: Store, index_store: IndexStore, encoder: Encoder, base: I
                 start += size
                 present.update(docs)
                 rows = [(d.id, d.text, d.content_hash) for d in docs.values()]
-                parts.append(report.vectors_for(store, encoder, rows))
+                parts.append(report.vectors_for(store, encoder, splitter, rows))
                 if rows:
                     size = page_size(sum(len(r[1]) for r in rows) / len(rows), TEXT_PAGE, TEXT_PAGE_BYTES)
                 del docs, rows
@@ -226,7 +242,7 @@ def incremental(store: Store, index_store: IndexStore, encoder: Encoder, base: I
     report.stages["index"] = time.perf_counter() - t1
     report.changes = len(changed)
     report.removed = sum(1 for i in was_indexed if i not in present)
-    report.added = len(ids)
+    report.added = len(present)
     report.finish(index_store, version, written, t0)
     log.info("sync: %d changes, %d embedded, generation %s, %d segments, %d bytes written",
              report.changes, report.embedded, report.version, report.segments, report.bytes_written)

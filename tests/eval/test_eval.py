@@ -254,7 +254,8 @@ def test_compare_exact_on_a_forced_poor_hnsw_meets_the_recall_target(make_retrie
     report = hnsw.reindex()
     assert report.embedded == 0
     (segment,) = hnsw.status()["segments"]
-    assert segment["documents"] == len(data.corpus)
+    # Every document is in the segment, some (longer than the model's window) as several passages.
+    assert segment["passages"] >= len(data.corpus) and exact.documents == len(data.corpus)
     if segment["type"] == "hnsw":
         assert segment["recall"] >= 0.98 and segment["ef_search"] > 1
     else:

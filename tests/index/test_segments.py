@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from retrieval.index.rows import docs_of
 from tests.conftest import HASH, REAL, SHARED_DATA
 
 CATALOG = SHARED_DATA / "catalog" / "catalog-100k.jsonl"
@@ -183,7 +184,7 @@ def test_the_recall_guard_raises_ef_search_on_real_vectors(make_retriever, encod
     r = make_retriever(model=REAL, index_type="hnsw", hnsw_m=8, hnsw_ef_search=2)
     r.ingest({"id": str(i), "text": t} for i, t in enumerate(texts))
     (seg,) = r.status()["segments"]
-    assert seg["type"] == "hnsw" and seg["documents"] == len(texts)
+    assert seg["type"] == "hnsw" and seg["passages"] == len(texts)
     # efSearch 2 misses far more than 2% of the exact top 10 on a degree-8 graph: the guard
     # raised it until its sample met the target (half the misses min_recall allows).
     assert seg["ef_search"] > 2 and seg["recall"] >= 0.99
@@ -221,7 +222,9 @@ def test_a_store_in_the_single_file_format_is_served_without_re_embedding(
     first = make_retriever()
     first.ingest(_docs(200))
     version = first.current_index()
-    ids, vectors, key, seq = version.ids, version.vectors(), version.manifest.model_key, version.manifest.last_seq
+    # The single-file format held one row per document, named by its id.
+    ids = docs_of(version.ids, version.bits)
+    vectors, key, seq = version.vectors(), version.manifest.model_key, version.manifest.last_seq
     first.ingest([{"id": "late", "text": "written after the old index was published"}], sync=False)
     first.close()
     index_dir = Path(first.settings.store.index_dir)
@@ -267,5 +270,5 @@ def test_segments_the_guard_kept_exact_stay_exact_when_merged(make_retriever) ->
     done = r.merge()
     assert done and all(m.kind == "flat" and m.recall is None for m in done)
     (merged,) = r.status()["segments"]
-    assert merged["exact_by_guard"] is True and merged["documents"] == 6000 and merged["origin"] == "merge"
+    assert merged["exact_by_guard"] is True and merged["passages"] == 6000 and merged["origin"] == "merge"
     assert r.pending_merges() == [] and r.verify().ok

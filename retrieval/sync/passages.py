@@ -1,0 +1,112 @@
+"""Documents as passages: the split a store's settings ask for, and the vectors of every
+passage, embedding only passage texts never embedded with the model.
+
+A document that fits in the model's window is one passage: its whole text, with the
+content hash (and so the stored vector) it has always had. A longer one is split by
+:func:`retrieval.embed.passages.split` on the model's own tokens; each passage's text is
+hashed and embedded once per model, like any text. Index rows name (document, ordinal)
+(:mod:`retrieval.index.rows`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from retrieval.embed.base import Encoder
+from retrieval.embed.passages import Passage, check_arguments, split, splitter_key
+from retrieval.index.rows import PASSAGE_BITS, max_passages, row_ids
+from retrieval.store.records import content_hash
+from retrieval.store.repository import Store
+from retrieval.sync.vectors import EmbedStats, embed_missing
+
+
+@dataclass(frozen=True)
+class Splitter:
+    """How documents become passages: at most ``max_tokens`` tokens each (0: off, one
+    passage per document, truncated by the encoder as sentence-transformers truncates),
+    overlapping by ``overlap`` tokens."""
+
+    max_tokens: int
+    overlap: int = 0
+
+    @classmethod
+    def of(cls, chunk_tokens: int | None, chunk_overlap: int, encoder: Encoder) -> Splitter:
+        if chunk_tokens == 0:
+            return cls(0, 0)
+        window = encoder.window
+        tokens = window if chunk_tokens is None else min(chunk_tokens, window)
+        check_arguments(tokens, chunk_overlap)
+        return cls(tokens, chunk_overlap)
+
+    def key(self, encoder: Encoder) -> str:
+        """What a manifest records: an index split another way is rebuilt."""
+        return "off" if not self.max_tokens else splitter_key(encoder.model_key, self.max_tokens, self.overlap)
+
+    def split(self, encoder: Encoder, texts: Sequence[str]) -> list[list[Passage]]:
+        if not self.max_tokens:
+            return [[Passage(0, 0, len(t))] for t in texts]
+        return [split(t, spans, self.max_tokens, self.overlap) for t, spans in zip(texts, encoder.token_spans(texts))]
+
+
+@dataclass
+class PassageVectors:
+    """Rows (``row_ids``) and their vectors for a set of documents, in document order."""
+
+    rows: np.ndarray
+    matrix: np.ndarray
+    documents: int = 0
+    long_documents: int = 0  # documents longer than one passage
+
+
+def passage_vectors(store: Store, encoder: Encoder, splitter: Splitter, docs: Sequence[tuple[int, str, str | None]],
+                    stats: EmbedStats | None = None) -> PassageVectors:
+    """Vectors of every passage of (id, text, stored hash) rows, embedding only passage
+    texts the store has no vector of for this model. Stale or missing document hashes
+    (rows written by other programs) are recomputed and saved."""
+    stats = stats if stats is not None else EmbedStats()
+    if not docs:
+        return PassageVectors(np.empty(0, np.int64), np.empty((0, encoder.dim or 0), np.float32))
+    hashes = [content_hash(text) for _, text, _ in docs]
+    fixes = [(doc_id, h) for (doc_id, _, old), h in zip(docs, hashes) if old != h]
+    if fixes:
+        store.set_hashes(fixes)
+    rows, keys, unique, long_docs = _passages(encoder, splitter, [(d, t) for d, t, _ in docs], hashes)
+    have, embedded = embed_missing(store, encoder, unique, stats)
+    stats.reused += sum(1 for k in keys if k not in embedded)
+    matrix = np.stack([have[k] for k in keys]).astype(np.float32, copy=False)
+    return PassageVectors(rows, matrix, len(docs), long_docs)
+
+
+def passage_keys(encoder: Encoder, splitter: Splitter, docs: Sequence[tuple[int, str]]) -> tuple[np.ndarray, list[str]]:
+    """The row ids and content hashes of every passage of (id, text) documents, as a sync
+    writes them (``verify`` compares an index with them)."""
+    rows, keys, _, _ = _passages(encoder, splitter, docs, [content_hash(t) for _, t in docs])
+    return rows, keys
+
+
+def _passages(encoder: Encoder, splitter: Splitter, docs: Sequence[tuple[int, str]], hashes: Sequence[str]
+              ) -> tuple[np.ndarray, list[str], dict[str, str], int]:
+    """(row ids, content hash per row, text per distinct hash, documents longer than one passage)."""
+    doc_ids: list[int] = []
+    ordinals: list[int] = []
+    keys: list[str] = []
+    unique: dict[str, str] = {}
+    long_docs = 0
+    for (doc_id, text), h, passages in zip(docs, hashes, splitter.split(encoder, [t for _, t in docs])):
+        if len(passages) > max_passages(PASSAGE_BITS):
+            raise ValueError(f"document {doc_id} splits into {len(passages)} passages, more than an index row holds")
+        if len(passages) == 1 and passages[0].start == 0 and passages[0].end == len(text):
+            pairs = [(h, text)]  # the whole text: the vector it always had
+        else:
+            long_docs += 1
+            pairs = [(content_hash(p.text(text)), p.text(text)) for p in passages]
+        for ordinal, (key, body) in enumerate(pairs):
+            unique.setdefault(key, body)
+            doc_ids.append(doc_id)
+            ordinals.append(ordinal)
+            keys.append(key)
+    rows = row_ids(np.asarray(doc_ids, np.int64), np.asarray(ordinals, np.int64), PASSAGE_BITS)
+    return rows, keys, unique, long_docs
