@@ -238,27 +238,42 @@ while not os.path.exists(sys.argv[1]):  # until the test has its backup
 def test_a_backup_taken_under_concurrent_ingest_and_a_worker_restores_clean(store_env: dict[str, str], tmp_path: Path,
                                                                             make_retriever) -> None:
     import os
+    import threading
 
     env = {**os.environ}
     stop = tmp_path / "stop"
-    writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(stop)], env=env, stdout=subprocess.PIPE, text=True)
+    errors = (tmp_path / "writer.err").open("w")
+    writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(stop)], env=env, stdout=subprocess.PIPE,
+                              stderr=errors, text=True)
     worker = subprocess.Popen([sys.executable, "-m", "retrieval.cli", "worker", "--poll-interval", "0.1"], env=env,
                               stderr=subprocess.DEVNULL)
+    written: list[int] = []
+    lines = writer.stdout
+    assert lines is not None
+    reader = threading.Thread(target=lambda: written.extend(int(line) for line in lines), daemon=True)
+    reader.start()
     try:
-        assert writer.stdout is not None
-        while int(writer.stdout.readline() or 0) < 10:  # some batches in, the writer still going
-            pass
+        deadline = time.monotonic() + 240
+        while len(written) < 10:  # some batches in, the writer still going
+            assert writer.poll() is None and time.monotonic() < deadline, \
+                f"the writer stopped or stalled after {len(written)} batches: {(tmp_path / 'writer.err').read_text()[-2000:]}"
+            time.sleep(0.05)
         made = subprocess.run([sys.executable, "-m", "retrieval.cli", "backup", str(tmp_path / "bk"), "--json"],
                               env=env, capture_output=True, text=True, timeout=120)
         assert made.returncode == 0, made.stderr
         assert writer.poll() is None, "the backup should have run while the writer was writing"
     finally:
-        stop.touch()
-        assert writer.stdout is not None
-        written = [int(line) for line in writer.stdout.read().split()]
-        writer.wait(120)
+        stop.touch()  # the writer stops at its next batch; the worker is asked to stop
         worker.terminate()
-        worker.wait(60)
+        for process in (writer, worker):
+            try:
+                process.wait(120)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        reader.join(30)
+        errors.close()
+    assert writer.returncode == 0, (tmp_path / "writer.err").read_text()[-2000:]
     info = json.loads(made.stdout)
     batches = max(written) + 1
     assert 10 * 20 <= info["documents"] < batches * 20 and info["documents"] % 20 == 0  # whole transactions only
