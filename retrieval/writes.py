@@ -14,9 +14,10 @@ from retrieval.documents import check_batch, check_ids
 from retrieval.embed.spec import EncoderSpec
 from retrieval.errors import IndexWriteError, InvalidInputError, RetrievalError
 from retrieval.executors import EmbedPool, LocalPool, check_executor
-from retrieval.store.records import NewDocument, content_hash
+from retrieval.store.records import NewDocument
 from retrieval.store.repository import Store
 from retrieval.sync.keeper import EncoderSlot, IndexKeeper
+from retrieval.sync.passages import Splitter, passage_texts, recording_split
 from retrieval.sync.replay import SyncReport
 from retrieval.sync.vectors import EMBED_CHUNK, BulkEmbedReport, embed_missing, embed_stored
 
@@ -105,7 +106,9 @@ class Writer:
         docs = [NewDocument(c.external_id, c.text, c.metadata) for c in checked]
         if embed_first and docs:
             self._before_write(sync, executor)
-            embed_missing(self.store, self.encoder.get(), {content_hash(d.text): d.text for d in docs})
+            encoder = self.encoder.get()
+            splitter = Splitter.of(self.settings.index.chunk_tokens, self.settings.index.chunk_overlap, encoder)
+            embed_missing(self.store, encoder, passage_texts(encoder, splitter, [d.text for d in docs]))
         report = self._write([docs], sync=sync, executor=executor, address=address, t0=t0)
         report.invalid, report.problems = len(problems), problems
         return report
@@ -224,9 +227,11 @@ class Writer:
             pool = RayPool(spec, address=address or s.ray.address, actors=actors or s.ray.actors,
                            runtime_env=runtime_env)
         report.startup_seconds = time.perf_counter() - t0
+        splitter = Splitter.of(s.index.chunk_tokens, s.index.chunk_overlap, encoder)
         with pool:
             embed_stored(self.store, pool, commit_every=commit_every, report=report,
-                         progress=s.ingest.progress if progress is None else progress)
+                         progress=s.ingest.progress if progress is None else progress,
+                         split=recording_split(self.store, encoder, splitter))
         return report
 
     def delete(self, external_ids: Sequence[str], *, sync: bool = True) -> tuple[int, list[str]]:

@@ -6,13 +6,13 @@ For each BEIR collection with judgements in ../shared/data (cranfield, medline):
   the same code as ``retrieve eval --dataset --mode dense,keyword,hybrid`` (temporary
   store, ingested once, batched search), one row per search mode: ``dense`` (cosine),
   ``keyword`` (BM25 over the store's FTS5 index) and ``hybrid`` (their reciprocal rank
-  fusion); when that encoder is not fp32 (the default is bf16 on CPUs that have it), the
-  project is also run with ``precision: fp32`` (dense and hybrid: keyword does not use
-  the encoder);
+  fusion). Documents longer than the model's window are split into passages (the
+  default); the project is also run with ``precision: fp32`` and ``chunk_tokens: 0``,
+  one truncated vector per document (dense and hybrid: keyword does not use the encoder);
 * **naive**: what users start from, ``SentenceTransformer(model).encode(...,
   normalize_embeddings=True)`` and brute-force cosine over a numpy matrix. It must give
-  the same numbers as the project's fp32 run (asserted to 1e-4): the project's token-count
-  batching, its runtimes and its index change speed, never results;
+  the same numbers as the project's fp32 ``chunk_tokens: 0`` run (asserted to 1e-4): the
+  project's token-count batching, its runtimes and its index change speed, never results;
 * **BM25**: ``bm25s`` with its defaults (Lucene variant, k1=1.5, b=0.75), lower-cased
   tokens and its English stopword list, so users see where meaning beats keywords.
 
@@ -22,13 +22,13 @@ which guards every future encoder change.
 
 The long collections of issue 24, ``cranfield-long`` and ``medline-long``, are built on the
 fly into a temporary folder by ``scripts/long_collections.py`` (4 to 12 abstracts per
-document, paragraphs separated by a blank line). On them the project's rows are the same,
-and the references are sentence-transformers (the same model, exact cosine, numpy) scoring
+document, paragraphs separated by a blank line). On them the project's rows are its
+default (passages) and, when the configured encoder is not fp32, ``precision: fp32``; the
+references are sentence-transformers (the same model, exact cosine, numpy) scoring
 each document by its best piece, plus BM25 and a fusion:
 
 * **one vector per document**: the naive baseline above, truncated at the model's window
-  as sentence-transformers truncates (not asserted equal to the project: passages will
-  change the project's dense mode);
+  as sentence-transformers truncates (the project with ``chunk_tokens: 0``);
 * **windows**: 160-word windows, stride 80; a document scores its best window;
 * **paragraphs**: one vector per paragraph; a document scores its best paragraph;
 * **BM25** (bm25s) over whole documents, as above;
@@ -292,6 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(encoder, "precision", "fp32") != "fp32":
         fp32 = settings.with_overrides("eval_report", precision="fp32")
         variants.append(("fp32", fp32, encoder_for(fp32)))
+    # The naive baseline's twin: fp32, and one vector per document (index.chunk_tokens: 0)
+    # as sentence-transformers truncates. On short collections it replaces the fp32 row:
+    # the configured row splits documents longer than the model's window into passages.
+    truncated_settings = settings.with_overrides("eval_report", precision="fp32", chunk_tokens=0)
+    truncated = ("fp32, chunk_tokens 0", truncated_settings,
+                 variants[-1][2] if variants[-1][0] == "fp32" else encoder_for(truncated_settings))
     model_path = encoder.info.path or settings.encoder.model
     naive_model = SentenceTransformer(model_path, device="cpu")
 
@@ -309,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
                 folder = built.folder
             else:
                 folder = args.data / name
-            missed += evaluate_collection(name, folder, args, variants, modes, settings, describe, naive_model, rows)
+            chosen = variants if name in LONG_COLLECTIONS else [variants[0], truncated]
+            missed += evaluate_collection(name, folder, args, chosen, modes, settings, describe, naive_model, rows)
             if name in LONG_COLLECTIONS:
                 found = long_targets(name, rows[rows_before:])
                 for t in found:
@@ -375,7 +382,8 @@ def evaluate_collection(name: str, folder: Path, args: argparse.Namespace, varia
         for result in results:
             if result.mode == "dense":
                 ours = result
-            rows.append({"collection": name, "system": system_name(result, settings.encoder.model, describe(enc)),
+            shown = describe(enc) + (", one vector per document (chunk_tokens 0)" if s.index.chunk_tokens == 0 else "")
+            rows.append({"collection": name, "system": system_name(result, settings.encoder.model, shown),
                          "mode": result.mode, "fusion": result.fusion, "metrics": result.metrics,
                          "ms_per_query": result.mean_query_ms, "documents": result.documents,
                          "queries": result.queries, "encoder": None if result.mode == "keyword" else describe(enc),

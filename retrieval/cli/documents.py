@@ -106,8 +106,17 @@ def ingest(retriever: Retriever, files: tuple[str, ...], sample: bool, fmt: str 
     emit(as_json, report.as_dict(), lambda: [
         *([_embed_line(report.embed)] if report.embed and report.embed.documents else []),
         f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged, {report.invalid} invalid "
-        f"in {report.seconds:.1f}s ({report.docs_per_second:,.0f} documents/s)"
+        f"in {report.seconds:.1f}s ({report.docs_per_second:,.0f} documents/s)",
+        *([_passages_line(report.sync)] if report.sync and report.sync.long_documents else []),
     ])
+
+
+def _passages_line(sync: Any) -> str:
+    """What the index got for the documents published: passages, and how many documents
+    were longer than the model's window (and so split)."""
+    return (f"indexed {sync.added:,} documents as {sync.passages:,} passages; {sync.long_documents:,} "
+            f"{'was' if sync.long_documents == 1 else 'were'} longer than the model's window and split "
+            "(index.chunk_tokens)")
 
 
 @click.command()

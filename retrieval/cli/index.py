@@ -28,7 +28,8 @@ def sync(retriever: Retriever, as_json: bool) -> None:
 
     def lines() -> list[str]:
         if report.full:
-            return [f"Built the index from scratch: {report.added} documents, {report.embedded} embedded, "
+            return [f"Built the index from scratch: {report.added} documents ({report.passages} passages; "
+                    f"{report.long_documents} longer than the model's window), {report.embedded} embedded, "
                     f"version {report.version}"]
         if report.changes == 0:
             return [f"Up to date (version {report.version})."]

@@ -38,7 +38,13 @@ def hit_lines(hits: Iterable[Any]) -> list[str]:
     lines = []
     for rank, hit in enumerate(hits, 1):
         meta = f"  {json.dumps(hit.metadata, ensure_ascii=False)}" if hit.metadata else ""
-        body = _marked(hit.snippet, hit.highlights) if hit.snippet else shorten(hit.text)
+        if hit.snippet:
+            body = _marked(hit.snippet, hit.highlights)
+        elif hit.passage:  # a long document: the passage that scored, not its opening
+            p = hit.passage
+            body = f"[passage {p['ordinal'] + 1}/{p['of']}] " + shorten(p["text"])
+        else:
+            body = shorten(hit.text)
         ranks = ""
         if hit.mode == "hybrid":
             ranks = f"  (dense #{hit.dense_rank or '-'}, keyword #{hit.keyword_rank or '-'})"

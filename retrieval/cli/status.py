@@ -20,7 +20,7 @@ def status_rows(st: dict[str, Any]) -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = [
         ("documents", st["documents"]),
         ("embedded", f"{st['embedded']} (current model)"),
-        ("indexed", st["indexed"]),
+        ("indexed", f"{st['indexed']:,} passages (a document longer than the model's window is several)"),
         ("pending changes", st["pending_changes"]),
         ("model", f"{st['model']}  [{st['model_key']}]"),
         ("index", f"{st['index_type']}, generation {st['index_version'] or '(none yet)'}, "

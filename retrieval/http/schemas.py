@@ -13,6 +13,14 @@ from retrieval.config import Settings
 from retrieval.documents import MAX_ID_CHARS
 
 
+class PassageOut(BaseModel):
+    ordinal: int = Field(description="The passage's position among its document's passages, from 0.")
+    start: int = Field(description="Character offset in the document's text where the passage starts.")
+    end: int = Field(description="Character offset where it ends (exclusive).")
+    text: str
+    of: int = Field(description="How many passages the document has.")
+
+
 class SearchHit(BaseModel):
     id: str
     score: float = Field(description=("Cosine similarity (dense), the keyword rank (BM25 on SQLite, ts_rank_cd on "
@@ -25,6 +33,9 @@ class SearchHit(BaseModel):
     snippet: str | None = Field(None, description="Keyword and hybrid: a passage of the text around the matches.")
     highlights: list[tuple[int, int]] | None = Field(
         None, description="Keyword and hybrid: [start, end) character offsets of the matched terms in snippet.")
+    passage: PassageOut | None = Field(
+        None, description=("Dense and hybrid, for a document longer than the model's window: the passage that "
+                           "scored (documents rank by their best passage)."))
 
 
 class SearchResponse(BaseModel):

@@ -134,19 +134,33 @@ def best_rows(parts: Sequence[Candidates]) -> list[dict[int, int]]:
 def fetch_hits(snap: Snapshot, ranked: list[list[tuple[float, int]]], *,
                extra: list[dict[int, dict[str, Any]]] | None = None, mode: str = "dense",
                passages: Callable[[list[StoredDocument], list[int]], list[dict[str, Any] | None]] | None = None,
-               rows: list[dict[int, int]] | None = None) -> list[list[Hit]]:
+               rows: list[dict[int, int]] | None = None, splitter_key: str = "") -> list[list[Hit]]:
     """The winners' rows, from the same snapshot; ``extra`` adds fields per query and id.
-    With ``rows`` (each document's best passage row per query) and ``passages`` (which
-    locates passages in documents), a hit of a document longer than one passage carries
-    its best passage."""
+    With ``rows`` (each document's best passage row per query), a hit of a document longer
+    than one passage carries its best passage: where the store recorded it for
+    ``splitter_key`` (the index's), else where ``passages`` finds it (splitting again:
+    documents the index has not caught up with)."""
     docs = snap.documents(sorted({i for r in ranked for _, i in r}))
     located: dict[tuple[int, int], dict[str, Any] | None] = {}
-    if rows is not None and passages is not None:
+    if rows is not None:
         wanted = sorted({(i, int(ordinals_of(np.array([rows[qi][i]]), PASSAGE_BITS)[0]))
                          for qi, r in enumerate(ranked) for _, i in r if i in rows[qi] and i in docs})
-        if wanted:
-            found = passages([docs[i] for i, _ in wanted], [o for _, o in wanted])
-            located = dict(zip(wanted, found))
+        recorded = snap.passages(splitter_key, sorted({i for i, _ in wanted})) if wanted and splitter_key else {}
+        missing = []
+        for i, ordinal in wanted:
+            spans = recorded.get(i, {}).get(docs[i].content_hash or "", [])
+            if ordinal < len(spans):
+                start, end = spans[ordinal]
+                located[(i, ordinal)] = {"ordinal": ordinal, "start": start, "end": end,
+                                         "text": docs[i].text[start:end], "of": len(spans)}
+            elif ordinal > 0 or i in recorded:
+                # Changed since the split, or not split by the index yet (the backlog). A
+                # document with no rows whose best passage is its first is taken as one
+                # passage: a sync records every document it splits in several.
+                missing.append((i, ordinal))
+        if missing and passages is not None:
+            found = passages([docs[i] for i, _ in missing], [o for _, o in missing])
+            located.update(zip(missing, found))
     hits: list[list[Hit]] = []
     for qi, r in enumerate(ranked):
         row = []
@@ -325,8 +339,10 @@ def run(store: Store, version: IndexVersion | None, encoder: Callable[[], Encode
             dense, rows = _dense_ranked(store, version, encoder, req, pending, allowed, depth, ef_search, exact_rows,
                                         splitter)
         locate = locate_passages(encoder, splitter) if splitter is not None else None
+        key = version.manifest.splitter if version is not None else ""
         if req.mode == "dense":
-            return fetch_hits(snap, [_cut(r, req.min_score) for r in dense], passages=locate, rows=rows)
+            return fetch_hits(snap, [_cut(r, req.min_score) for r in dense], passages=locate, rows=rows,
+                              splitter_key=key)
         keyword = _keyword_ranked(snap, req, depth)
         assert req.texts is not None
         if req.mode == "keyword":
@@ -336,7 +352,7 @@ def run(store: Store, version: IndexVersion | None, encoder: Callable[[], Encode
         fused = [_fuse(d, kw, req.k, req.alpha) for d, kw in zip(dense, keyword)]
         ranked = [_cut(r, req.min_score) for r, _ in fused]
         extra = _with_snippets(snap, req, ranked, [e for _, e in fused])
-        return fetch_hits(snap, ranked, extra=extra, mode="hybrid", passages=locate, rows=rows)
+        return fetch_hits(snap, ranked, extra=extra, mode="hybrid", passages=locate, rows=rows, splitter_key=key)
 
 
 def search(store: Store, version: IndexVersion, encoder: Callable[[], Encoder], vectors: np.ndarray, k: int, *,

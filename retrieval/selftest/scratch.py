@@ -17,6 +17,11 @@ CATALOG = Path(__file__).resolve().parents[3] / "shared" / "data" / "catalog" / 
 POOL_SIZE = 20_000  # catalog lines read: enough distinct texts for hundreds of iterations
 # Merge settings of the scratch store: small tiers, and no merges inline in syncs, so that
 # `retrieve compact` (the merge operation) and the worker always have merges to run.
+# One text in LONG_EVERY is long: LONG_PARTS short ones as paragraphs, longer than the
+# model's window (hash-384's 256 tokens; all-MiniLM-L6-v2's 254), so kills land while
+# documents are split into passages and their passages written too.
+LONG_EVERY = 8
+LONG_PARTS = 40
 MERGE_SETTINGS = {"merge_segments_per_tier": 3, "merge_max_at_once": 3, "merge_floor_docs": 20, "merge_inline_max_docs": 0}
 
 
@@ -44,6 +49,8 @@ def text_pool(rng: random.Random) -> list[str]:
             if text not in seen:
                 seen.add(text)
                 texts.append(text)
+    rng.shuffle(texts)
+    texts += ["\n\n".join(rng.sample(texts, LONG_PARTS)) for _ in range(len(texts) // (LONG_EVERY - 1))]
     rng.shuffle(texts)
     return texts
 

@@ -93,6 +93,26 @@ class Change(Base):
     token: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
+class Passage(Base):
+    """Where each passage of a document longer than the model's window lies (revision
+    0005), as the sync split it with ``splitter`` (a key of the tokenizer and lengths):
+    hits show their best passage from here, and the vectors of passages (keyed by
+    ``content_hash``, the passage text's hash) count as used. A document that is one
+    passage has no rows. Rows whose ``source_hash`` is not the document's current
+    content hash are stale (the document changed since) and are collected."""
+
+    __tablename__ = "passages"
+    __table_args__ = (Index("ix_passages_content_hash", "content_hash"),)
+
+    doc_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    splitter: Mapped[str] = mapped_column(String(256), primary_key=True)
+    ordinal: Mapped[int] = mapped_column(Integer, primary_key=True)
+    start_char: Mapped[int] = mapped_column(Integer, nullable=False)
+    end_char: Mapped[int] = mapped_column(Integer, nullable=False)
+    content_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    source_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+
+
 class StoreInfo(Base):
     """Facts about the database itself (revision 0004): ``store_id``, a random identity made
     with the schema, which every index manifest records."""

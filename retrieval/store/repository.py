@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import Connection, Engine, and_, bindparam, delete, exists, func, not_, select, text, update
+from sqlalchemy.dialects import postgresql as postgresql_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import DataError, OperationalError
 
@@ -29,13 +30,14 @@ from retrieval.filters import parse as parse_filter
 from retrieval.store import db
 from retrieval.store.filters import index_expression, index_name, pg_field_expression
 from retrieval.store.matches import MatchCache
-from retrieval.store.models import Base, Change, Document, Embedding
+from retrieval.store.models import Base, Change, Document, Embedding, Passage
 from retrieval.store.records import NewDocument, StoredDocument, UpsertCounts, chunks, stored
 from retrieval.store.snapshot import Snapshot
 from retrieval.store.writes import VECTORS_FROM_STAGING, staging, upsert_postgres, upsert_sqlite
 
 _DOCS = Base.metadata.tables["documents"]
 _EMBEDDINGS = Base.metadata.tables["embeddings"]
+_PASSAGES = Base.metadata.tables["passages"]
 _DOC_COLUMNS = (Document.id, Document.external_id, Document.text, Document.meta, Document.content_hash)
 
 
@@ -282,24 +284,38 @@ class Store:
                 [{"b_id": i, "b_hash": h} for i, h in fixes],
             )
 
+    # -- passages ---------------------------------------------------------------------
+
+    def save_passages(self, splitter: str, documents: Sequence[tuple[int, str, Sequence[tuple[int, int, str]]]]) -> None:
+        """Record how ``splitter`` split documents: (id, the text's content hash, [(start,
+        end, passage hash) per passage]). A document's earlier rows for this splitter are
+        replaced; a document of one passage keeps none."""
+        if not documents or self.readonly:
+            return
+        rows = [{"doc_id": doc_id, "splitter": splitter, "ordinal": n, "start_char": start, "end_char": end,
+                 "content_hash": h, "source_hash": source}
+                for doc_id, source, parts in documents if len(parts) > 1
+                for n, (start, end, h) in enumerate(parts)]
+        insert = (postgresql_dialect if self.dialect == "postgresql" else sqlite_dialect).insert(_PASSAGES)
+        # Upserts: two replicas recording the same documents at once neither fail nor
+        # mix (a reader takes only rows of the document's current content hash).
+        upsert = insert.on_conflict_do_update(
+            index_elements=["doc_id", "splitter", "ordinal"],
+            set_={c: insert.excluded[c] for c in ("start_char", "end_char", "content_hash", "source_hash")})
+        with self.write() as conn:
+            for part in chunks([doc_id for doc_id, _, _ in documents]):
+                conn.execute(delete(Passage).where(Passage.splitter == splitter, Passage.doc_id.in_(part)))
+            for part in chunks(rows, 2_000):
+                conn.execute(upsert, part)
+
     # -- status -----------------------------------------------------------------------
 
     def stats(self, model_key: str | None) -> dict[str, int]:
         with self.connection() as conn:
             docs = int(conn.scalar(select(func.count()).select_from(Document)) or 0)
             embedded = 0
-            if model_key is not None:
-                embedded = int(
-                    conn.scalar(
-                        select(func.count())
-                        .select_from(Document)
-                        .join(
-                            Embedding,
-                            (Embedding.content_hash == Document.content_hash) & (Embedding.model_key == model_key),
-                        )
-                    )
-                    or 0
-                )
+            if model_key is not None:  # documents with every vector they need (their passages')
+                embedded = docs - Snapshot(conn, self.matches).count_docs_without_vectors(model_key)
             vectors = int(conn.scalar(select(func.count()).select_from(Embedding)) or 0)
             max_seq = Snapshot(conn, self.matches).max_seq()
         return {"documents": docs, "embedded": embedded, "stored_vectors": vectors, "max_seq": max_seq}
@@ -359,6 +375,7 @@ class Store:
                 cond = _unused_embeddings(model_key)
             else:
                 cond = and_(Embedding.model_key == model_key, _unused_embeddings(None))
+            conn.execute(delete(Passage).where(_stale_passages()))  # before the vectors they name
             removed = conn.execute(delete(Embedding).where(cond)).rowcount
             pruned = conn.execute(delete(Change).where(Change.seq < applied_floor)).rowcount if applied_floor > 0 else 0
         return int(removed or 0), int(pruned or 0)
@@ -379,10 +396,17 @@ class Store:
             raw.close()
 
 
+def _stale_passages() -> Any:
+    """Passage rows of documents deleted or changed since they were split."""
+    return not_(exists().where(Document.id == Passage.doc_id, Document.content_hash == Passage.source_hash))
+
+
 def _unused_embeddings(model_keep: str | None) -> Any:
-    """Embeddings no document uses: hashes of no current text, or another model's vectors."""
+    """Embeddings no document uses: hashes of no current text nor recorded passage, or
+    another model's vectors."""
     used = exists().where(Document.content_hash == Embedding.content_hash)
-    condition = not_(used)
+    passage = exists().where(Passage.content_hash == Embedding.content_hash)
+    condition = not_(used) & not_(passage)
     if model_keep is not None:
         condition = condition | (Embedding.model_key != model_keep)
     return condition

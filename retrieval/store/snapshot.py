@@ -19,7 +19,7 @@ from sqlalchemy import Connection, bindparam, exists, func, select
 from retrieval.filters import Filter
 from retrieval.store import keyword as kw
 from retrieval.store.filters import compile_filter
-from retrieval.store.models import Change, Document, Embedding, StoreInfo
+from retrieval.store.models import Change, Document, Embedding, Passage, StoreInfo
 from retrieval.store.records import FIRST_PAGE, StoredDocument, chunks, page_size, stored
 from retrieval.store.terms import KeywordHit
 
@@ -34,12 +34,25 @@ _MIN_SEQ = select(func.min(Change.seq))
 _TOKEN_AT = select(Change.token).where(Change.seq == bindparam("seq"))
 _STORE_ID = select(StoreInfo.value).where(StoreInfo.key == "store_id")
 _DOCS_BY_IDS = select(*_DOC_COLUMNS).where(Document.id.in_(bindparam("ids", expanding=True)))
+_PASSAGES_OF = (
+    select(Passage.doc_id, Passage.ordinal, Passage.start_char, Passage.end_char, Passage.source_hash)
+    .where(Passage.splitter == bindparam("splitter"), Passage.doc_id.in_(bindparam("ids", expanding=True)))
+    .order_by(Passage.doc_id, Passage.ordinal)
+)
 _CHANGED_IDS = (
     select(Change.doc_id)
     .where(Change.seq > bindparam("after"), Change.seq <= bindparam("upto"))
     .group_by(Change.doc_id)
 )
-NO_VECTOR = ~exists().where(Embedding.model_key == bindparam("key"), Embedding.content_hash == Document.content_hash)
+# A document needs vectors for a model when its text has none and it was not split into
+# passages (revision 0005) that all have one. (The sync splits a document longer than
+# the model's window and embeds its passages, not its whole, truncated text.)
+_SPLIT = exists().where(Passage.doc_id == Document.id, Passage.source_hash == Document.content_hash)
+_PASSAGE_WITHOUT_VECTOR = exists().where(
+    Passage.doc_id == Document.id, Passage.source_hash == Document.content_hash,
+    ~exists().where(Embedding.model_key == bindparam("key"), Embedding.content_hash == Passage.content_hash))
+NO_VECTOR = ~exists().where(Embedding.model_key == bindparam("key"), Embedding.content_hash == Document.content_hash) \
+    & (~_SPLIT | _PASSAGE_WITHOUT_VECTOR)
 _WITHOUT_VECTORS_ALL = select(Document.id).where(NO_VECTOR)
 _WITHOUT_VECTORS = (
     select(Document.id, Document.text, Document.content_hash)
@@ -115,6 +128,18 @@ class Snapshot:
         for part in chunks(list(ids)):
             for row in self.conn.execute(_DOCS_BY_IDS, {"ids": list(part)}):
                 out[row[0]] = stored(row)
+        return out
+
+    def passages(self, splitter: str, ids: Sequence[int]) -> dict[int, dict[str, list[tuple[int, int]]]]:
+        """How ``splitter`` split the documents among ``ids`` that it split into several
+        passages: by id, by the text's content hash then, [(start, end) per passage]."""
+        out: dict[int, dict[str, list[tuple[int, int]]]] = {}
+        for part in chunks(list(ids)):
+            for doc_id, ordinal, start, end, source in self.conn.execute(
+                    _PASSAGES_OF, {"splitter": splitter, "ids": list(part)}):
+                spans = out.setdefault(doc_id, {}).setdefault(source, [])
+                if ordinal == len(spans):
+                    spans.append((start, end))
         return out
 
     def iter_docs(self, batch: int = 10_000,

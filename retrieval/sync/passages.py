@@ -10,7 +10,7 @@ hashed and embedded once per model, like any text. Index rows name (document, or
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,10 +62,12 @@ class PassageVectors:
 
 
 def passage_vectors(store: Store, encoder: Encoder, splitter: Splitter, docs: Sequence[tuple[int, str, str | None]],
-                    stats: EmbedStats | None = None) -> PassageVectors:
+                    stats: EmbedStats | None = None, *, record: bool = False) -> PassageVectors:
     """Vectors of every passage of (id, text, stored hash) rows, embedding only passage
     texts the store has no vector of for this model. Stale or missing document hashes
-    (rows written by other programs) are recomputed and saved."""
+    (rows written by other programs) are recomputed and saved. With ``record`` (a sync),
+    where the passages lie is recorded in the store first (so garbage collection keeps
+    their vectors from the moment they are stored)."""
     stats = stats if stats is not None else EmbedStats()
     if not docs:
         return PassageVectors(np.empty(0, np.int64), np.empty((0, encoder.dim or 0), np.float32))
@@ -73,7 +75,9 @@ def passage_vectors(store: Store, encoder: Encoder, splitter: Splitter, docs: Se
     fixes = [(doc_id, h) for (doc_id, _, old), h in zip(docs, hashes) if old != h]
     if fixes:
         store.set_hashes(fixes)
-    rows, keys, unique, long_docs = _passages(encoder, splitter, [(d, t) for d, t, _ in docs], hashes)
+    rows, keys, unique, long_docs, spans = _passages(encoder, splitter, [(d, t) for d, t, _ in docs], hashes)
+    if record:
+        store.save_passages(splitter.key(encoder), spans)
     have, embedded = embed_missing(store, encoder, unique, stats)
     stats.reused += sum(1 for k in keys if k not in embedded)
     matrix = np.stack([have[k] for k in keys]).astype(np.float32, copy=False)
@@ -83,13 +87,18 @@ def passage_vectors(store: Store, encoder: Encoder, splitter: Splitter, docs: Se
 def passage_keys(encoder: Encoder, splitter: Splitter, docs: Sequence[tuple[int, str]]) -> tuple[np.ndarray, list[str]]:
     """The row ids and content hashes of every passage of (id, text) documents, as a sync
     writes them (``verify`` compares an index with them)."""
-    rows, keys, _, _ = _passages(encoder, splitter, docs, [content_hash(t) for _, t in docs])
+    rows, keys, _, _, _ = _passages(encoder, splitter, docs, [content_hash(t) for _, t in docs])
     return rows, keys
 
 
+Spans = list[tuple[int, str, list[tuple[int, int, str]]]]
+
+
 def _passages(encoder: Encoder, splitter: Splitter, docs: Sequence[tuple[int, str]], hashes: Sequence[str]
-              ) -> tuple[np.ndarray, list[str], dict[str, str], int]:
-    """(row ids, content hash per row, text per distinct hash, documents longer than one passage)."""
+              ) -> tuple[np.ndarray, list[str], dict[str, str], int, Spans]:
+    """(row ids, content hash per row, text per distinct hash, documents longer than one
+    passage, and per document (id, content hash, [(start, end, passage hash)]))."""
+    spans: Spans = []
     doc_ids: list[int] = []
     ordinals: list[int] = []
     keys: list[str] = []
@@ -100,13 +109,40 @@ def _passages(encoder: Encoder, splitter: Splitter, docs: Sequence[tuple[int, st
             raise ValueError(f"document {doc_id} splits into {len(passages)} passages, more than an index row holds")
         if len(passages) == 1 and passages[0].start == 0 and passages[0].end == len(text):
             pairs = [(h, text)]  # the whole text: the vector it always had
+            spans.append((doc_id, h, []))
         else:
             long_docs += 1
             pairs = [(content_hash(p.text(text)), p.text(text)) for p in passages]
+            spans.append((doc_id, h, [(p.start, p.end, key) for p, (key, _) in zip(passages, pairs)]))
         for ordinal, (key, body) in enumerate(pairs):
             unique.setdefault(key, body)
             doc_ids.append(doc_id)
             ordinals.append(ordinal)
             keys.append(key)
     rows = row_ids(np.asarray(doc_ids, np.int64), np.asarray(ordinals, np.int64), PASSAGE_BITS)
-    return rows, keys, unique, long_docs
+    return rows, keys, unique, long_docs, spans
+
+
+def passage_texts(encoder: Encoder, splitter: Splitter, texts: Sequence[str]) -> dict[str, str]:
+    """The distinct texts a sync will embed for these documents' texts, by content hash:
+    the whole text of one that fits, the passages of a longer one."""
+    _, _, unique, _, _ = _passages(encoder, splitter, list(enumerate(texts)), [content_hash(t) for t in texts])
+    return unique
+
+
+def recording_split(store: Store, encoder: Encoder, splitter: Splitter) -> Callable[
+        [Sequence[tuple[int, str]], Sequence[str]], dict[int, list[tuple[str, str]]]]:
+    """For a bulk embed (:func:`~retrieval.sync.vectors.embed_stored`): split a page of
+    documents as a sync would, record where the passages of the long ones lie (so that
+    their vectors are kept, and the documents count as embedded once those vectors are
+    stored), and give each long document's passages as (hash, text)."""
+    key = splitter.key(encoder)
+
+    def split_page(docs: Sequence[tuple[int, str]], hashes: Sequence[str]) -> dict[int, list[tuple[str, str]]]:
+        _, _, _, _, spans = _passages(encoder, splitter, docs, hashes)
+        store.save_passages(key, spans)
+        texts = dict(docs)
+        return {doc_id: [(h, texts[doc_id][start:end]) for start, end, h in parts]
+                for doc_id, _, parts in spans if parts}
+
+    return split_page

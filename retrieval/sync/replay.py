@@ -73,7 +73,7 @@ class SyncReport:
                     rows: list[tuple[int, str, str | None]]) -> tuple[Any, Any]:
         """:func:`passage_vectors`, counting what was embedded and reused in this report."""
         stats = EmbedStats()
-        got = passage_vectors(store, encoder, splitter, rows, stats)
+        got = passage_vectors(store, encoder, splitter, rows, stats, record=True)
         self.embedded += stats.embedded
         self.reused += stats.reused
         self.passages += len(got.rows)

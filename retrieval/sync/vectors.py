@@ -8,7 +8,7 @@ an HTTP write embedding ahead of its commit.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -116,9 +116,17 @@ class BulkEmbedReport:
         return out
 
 
+# Splits a page of (id, text) documents whose content hashes are given: the passages
+# (hash, text) of each document longer than one passage, by id, recorded in the store.
+Split = Callable[[Sequence[tuple[int, str]], Sequence[str]], dict[int, list[tuple[str, str]]]]
+
+
 def embed_stored(store: Store, pool: EmbedPool, *, commit_every: int = EMBED_CHUNK, batch: int = EMBED_BATCH,
-                 page: int = EMBED_PAGE, progress: bool = True, report: BulkEmbedReport | None = None) -> BulkEmbedReport:
-    """Embed, on ``pool``, every stored text that has no vector for the pool's model.
+                 page: int = EMBED_PAGE, progress: bool = True, report: BulkEmbedReport | None = None,
+                 split: Split | None = None) -> BulkEmbedReport:
+    """Embed, on ``pool``, every stored text that has no vector for the pool's model:
+    with ``split``, the passages of documents longer than the model's window instead of
+    their whole (truncated) texts, as a sync would embed them.
 
     The driver (this function) pages through the documents without a vector in id order,
     hands each distinct text to the pool once (sorted by length within a page, so that a
@@ -154,7 +162,7 @@ def embed_stored(store: Store, pool: EmbedPool, *, commit_every: int = EMBED_CHU
                 report.read_seconds += time.perf_counter() - started
                 return
             after = rows[-1][0]
-            texts = _new_texts(store, key, rows, pending, report)
+            texts = _new_texts(store, key, rows, pending, report, split)
             report.read_seconds += time.perf_counter() - started
             ordered = sorted(texts, key=lambda h: len(texts[h]))
             for start in range(0, len(ordered), batch):
@@ -196,24 +204,30 @@ def embed_stored(store: Store, pool: EmbedPool, *, commit_every: int = EMBED_CHU
 
 
 def _new_texts(store: Store, key: str, rows: Sequence[tuple[int, str, str | None]], pending: dict[str, int],
-               report: BulkEmbedReport) -> dict[str, str]:
+               report: BulkEmbedReport, split: Split | None = None) -> dict[str, str]:
     """The distinct texts of a page of documents that still need a vector: stale or
     missing hashes (rows other programs wrote) are recomputed and saved first, and
-    texts already handed out in this run are counted, not handed out again."""
+    texts already handed out in this run are counted, not handed out again. A document
+    that ``split`` cuts into passages needs its passages' texts (those without a vector)."""
     hashes = [content_hash(text) for _, text, _ in rows]
     fixes = [(doc_id, h) for (doc_id, _, old), h in zip(rows, hashes) if old != h]
-    have: set[str] = set()
     if fixes:
         store.set_hashes(fixes)
+    parts = split([(doc_id, text) for doc_id, text, _ in rows], hashes) if split is not None else {}
+    wanted = {h for _, h in fixes} | {h for pieces in parts.values() for h, _ in pieces}
+    have: set[str] = set()
+    if wanted:
         with store.read() as snap:
-            have = set(snap.embeddings(key, {h for _, h in fixes}))
+            have = set(snap.embeddings(key, wanted))
     texts: dict[str, str] = {}
-    for (_, text, _), h in zip(rows, hashes):
-        if h in have:
-            continue
-        if h in pending:
-            report.shared += 1
-        else:
-            texts[h] = text
-        pending[h] = pending.get(h, 0) + 1
+    for (doc_id, text, _), h in zip(rows, hashes):
+        # Each document counts once (on its first text) for the progress bar.
+        for n, (piece_hash, piece) in enumerate(parts.get(doc_id) or [(h, text)]):
+            if piece_hash in have:
+                continue
+            if piece_hash in pending:
+                report.shared += 1
+            else:
+                texts[piece_hash] = piece
+            pending[piece_hash] = pending.get(piece_hash, 0) + (n == 0)
     return texts

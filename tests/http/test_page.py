@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -454,3 +455,26 @@ def test_the_key_is_asked_once_and_kept_for_the_session_only(keyed: Server, tab:
     assert KEY not in page.url and "q=shoes" in page.url
     page.locator("#forget-key").click()
     assert page.evaluate("sessionStorage.length") == 0
+
+
+def test_a_long_documents_hit_shows_the_passage_that_matched(served: Server, tab: Tab) -> None:
+    from playwright.sync_api import expect
+
+    garden = ("Roses need at least six hours of sun, well drained soil rich in compost, and deep watering once a "
+              "week rather than a little every day. Mulch keeps the roots cool in summer. ") * 3
+    ending = ("Finally, a word on the bicycle you ride to the allotment. To repair a broken chain, remove the "
+              "damaged link with a chain tool, join the ends with a quick link, and oil it.")
+    text = "\n\n".join([garden] * 10 + [ending])
+    assert served.api("POST", "/v1/documents", json={"documents": [{"id": "garden", "text": text}]}).status_code == 200
+    try:
+        page = tab.page
+        page.goto(served.url + "/?q=how+do+I+repair+a+broken+bicycle+chain&k=3")
+        expect(tab.ids().first).to_have_text("garden")
+        hit = page.locator("#results .result[data-id='garden'] .text")
+        label = hit.locator(".passage-label")
+        expect(label).to_have_text(re.compile(r"passage (\d+) of \1"))  # the last passage
+        expect(hit).to_contain_text("chain tool")
+        assert not hit.inner_text().lstrip().startswith("Roses")  # the passage, not the opening
+        assert tab.console_errors == []
+    finally:
+        served.api("DELETE", "/v1/documents/garden")

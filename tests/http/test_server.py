@@ -125,6 +125,19 @@ def test_upserts_follow_the_rules_of_files_and_python(client: httpx.Client) -> N
     assert re.fullmatch(r"g\d{10}", same.json()["index_version"])
 
 
+def test_a_long_documents_hit_carries_its_best_passage(client: httpx.Client) -> None:
+    paragraphs = ["\n\n".join(" ".join(f"p{p}w{w}" for w in range(100)) for p in range(8))]
+    text = paragraphs[0] + "\n\nA lantern with a folding handle and a dimmer for the tent."
+    assert client.post("/v1/documents", json={"documents": [{"id": "manual", "text": text}]}).status_code == 200
+    hit = search(client, "p6w10 p6w20 p6w30 p6w40", k=1)[0]
+    passage = hit["passage"]
+    assert hit["id"] == "manual" and passage["of"] > 1 and passage["ordinal"] > 0
+    assert passage["text"] == text[passage["start"]:passage["end"]] and "p6w20" in passage["text"]
+    assert "passage" not in search(client, "running shoes for jogging", k=1)[0] or \
+        search(client, "running shoes for jogging", k=1)[0]["passage"] is None
+    assert client.delete("/v1/documents/manual").status_code in (200, 204)
+
+
 def test_delete_then_search(client: httpx.Client) -> None:
     doc = {"id": "kayak/7", "text": "An inflatable two-seat kayak with paddles and a pump."}
     assert client.post("/v1/documents", json={"documents": [doc]}).status_code == 200

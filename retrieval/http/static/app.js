@@ -343,13 +343,21 @@
           ranks,
           el("button", { type: "button", class: "similar small", "aria-label": `More like ${hit.id}`,
                          text: "More like this" })),
-        hit.snippet ? highlighted(hit.snippet, hit.highlights) : el("p", { class: "text", text: hit.text }),
+        hit.snippet ? highlighted(hit.snippet, hit.highlights) : hitText(hit),
         chips(hit.metadata));
       item.querySelector(".doc-id").addEventListener("click", () => openDocument(hit.id, true));
       item.querySelector(".similar").addEventListener("click", () => moreLikeThis(hit.id));
       return item;
     });
     ui.results.replaceChildren(...items);
+  }
+
+  // A long document's hit shows the passage that scored (labelled), not its opening.
+  function hitText(hit) {
+    const p = hit.passage;
+    if (!p) return el("p", { class: "text", text: hit.text });
+    return el("p", { class: "text passage" },
+      el("mark", { class: "passage-label", text: `passage ${p.ordinal + 1} of ${p.of}` }), " ", p.text);
   }
 
   function moreLikeThis(id) {
