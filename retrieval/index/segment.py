@@ -87,6 +87,7 @@ def _selector_params(faiss: Any, kind: str, bitmap: np.ndarray | None, rows: int
 # selectivity where the graph starts to need a wide efSearch (see scripts/bench_filters.py).
 EXACT_MAX_ROWS = 8192
 WIDEN_STEPS = 4  # efSearch x4 each time; then the allowed rows are scored exactly
+FIRST_WIDTH = 4  # search_documents: rows asked for first, per document wanted
 
 
 class IndexVersion:
@@ -195,7 +196,8 @@ class IndexVersion:
         document ids, the best passage's row ids), best first, padded with -1.
 
         Takes :meth:`search`'s arguments. When one document's passages fill the top rows,
-        the row search is widened (x4 each time, up to every live row) until every query
+        the row search (first ``FIRST_WIDTH`` x k rows) is widened (x4 each time, up to
+        every live row) until every query
         has min(k, matching documents) distinct documents. In an index without passage
         bits a row is a document, and this is :meth:`search`."""
         if not self.bits:
@@ -208,7 +210,11 @@ class IndexVersion:
         out_rows = np.full((nq, k), -1, np.int64)
         width = {qi: 0 for qi in range(nq)}
         pending = np.arange(nq)
-        want, total = k, self.count
+        # A first search of k rows often finds fewer than k documents (the passages of a
+        # document are near each other, so a query near one finds several): start wider.
+        # Few more rows cost a flat scan or an HNSW search (efSearch is larger) nothing.
+        total = self.count
+        want = min(total, k * FIRST_WIDTH)
         while len(pending):
             scores, rows = self.search(q[pending], want, **kwargs)
             unfinished = []

@@ -55,31 +55,6 @@ def embed_missing(
     return have, set(missing)
 
 
-def ensure_vectors(
-    store: Store, encoder: Encoder, docs: Sequence[tuple[int, str, str | None]], stats: EmbedStats | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Vectors for (id, text, stored hash) rows, embedding only texts never embedded.
-
-    Returns (ids, matrix) in the order given. Stale or missing content hashes (rows
-    written by other programs) are recomputed and saved.
-    """
-    stats = stats if stats is not None else EmbedStats()
-    if not docs:
-        return np.empty(0, dtype=np.int64), np.empty((0, encoder.dim or 0), dtype=np.float32)
-    hashes = [content_hash(text) for _, text, _ in docs]
-    fixes = [(doc_id, h) for (doc_id, _, old), h in zip(docs, hashes) if old != h]
-    if fixes:
-        store.set_hashes(fixes)
-    unique: dict[str, str] = {}
-    for (_, text, _), h in zip(docs, hashes):
-        unique.setdefault(h, text)
-    have, embedded = embed_missing(store, encoder, unique, stats)
-    stats.reused += sum(1 for h in hashes if h not in embedded)
-    ids = np.fromiter((d[0] for d in docs), dtype=np.int64, count=len(docs))
-    matrix = np.stack([have[h] for h in hashes]).astype(np.float32, copy=False)
-    return ids, matrix
-
-
 # -- bulk embedding of what is stored (`retrieve embed`) ------------------------------
 
 # Documents read from the store per page, and texts per batch handed to a worker.
