@@ -100,6 +100,30 @@ def test_ray_ingest_stores_the_local_encoders_vectors_and_verifies_clean(
     assert again.documents == 0 and again.embedded == 0 and again.workers_info == []
 
 
+def test_ray_embeds_the_passages_of_long_documents(ray_cluster: str, make_retriever: Any, encoder: Any) -> None:
+    """A document longer than the window is embedded on the cluster as its passages, the
+    vectors a local encoder gives them; the sync then embeds nothing itself."""
+    from sqlalchemy import text as sql
+
+    from retrieval.embed.passages import split_texts
+
+    long = "\n\n".join(d["text"] for d in catalog(120))  # catalog descriptions as paragraphs
+    pieces = split_texts(encoder, [long])[0]
+    assert len(pieces) > 2
+    r = make_retriever(model=REAL, executor="ray", ray_actors=2)
+    report = r.ingest([{"id": "long", "text": long}, {"id": "short", "text": "A red wool scarf."}])
+    assert report.embed is not None and report.embed.executor == "ray"
+    assert report.embed.embedded == len(pieces) + 1  # the passages and the short text, not the truncated whole
+    assert report.sync is not None and report.sync.embedded == 0 and report.sync.long_documents == 1
+    with r.store.engine.connect() as conn:
+        rows = conn.execute(sql("SELECT start_char, end_char, content_hash FROM passages ORDER BY ordinal")).all()
+    assert [(a, b) for a, b, _ in rows] == [(p.start, p.end) for p in pieces]
+    stored = stored_vectors(r, encoder.model_key)
+    local = encoder.encode([p.text(long) for p in pieces])
+    np.testing.assert_allclose(np.stack([stored[h] for _, _, h in rows]), local, atol=2e-5)
+    assert r.verify().ok
+
+
 @pytest.mark.skipif(not (CRANFIELD / "corpus.jsonl").is_file(), reason="../shared/data/cranfield is absent")
 def test_cranfield_ndcg_is_the_same_as_local_ingest(ray_cluster: str, real_store_env: dict[str, str],
                                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
