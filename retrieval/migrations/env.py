@@ -40,13 +40,20 @@ def _include_name(name: str | None, type_: str, parent_names: Mapping[str, str |
     return True
 
 
-def _run(connection) -> None:  # type: ignore[no-untyped-def]
+def _run(connection, *, one_transaction: bool = False) -> None:  # type: ignore[no-untyped-def]
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
         render_as_batch=True,  # SQLite cannot ALTER most things in place
         compare_type=True,
         include_name=_include_name,
+        # Alembic commits after each revision on SQLite (it assumes the driver's own
+        # transaction handling, which cannot run DDL in a transaction). The store's
+        # engine begins its transactions itself, and a migration must hold the write
+        # lock (BEGIN IMMEDIATE) from reading the version to its last revision: two
+        # processes opening a new database at once otherwise interleave revisions, and
+        # one applies a revision the other just applied ("table ... already exists").
+        **({"transactional_ddl": True} if one_transaction else {}),
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -62,7 +69,7 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:
-        _run(connection)
+        _run(connection, one_transaction=True)
         return
     url = config.get_main_option("sqlalchemy.url") or os.environ.get("RETRIEVE_DATABASE_URL", "sqlite:///data/retrieval.db")
     engine = create_engine(url)

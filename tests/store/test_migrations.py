@@ -74,3 +74,45 @@ def test_store_opening_migrates_automatically_and_sets_pragmas(tmp_path: Path) -
         assert conn.exec_driver_sql("PRAGMA mmap_size").scalar() == db.MMAP_BYTES  # reads through a memory map
     assert db.current_revision(store.engine) == db.HEAD_REVISION
     store.close()
+
+
+def test_processes_opening_a_new_sqlite_database_at_once_migrate_it_once(tmp_path: Path) -> None:
+    """Alembic commits after each revision on SQLite unless told the DDL is transactional;
+    then a second process could take the write lock between two revisions and both apply
+    the next one ("table documents_fts already exists": one process failed in about 30
+    before the fix). The whole migration is one BEGIN IMMEDIATE transaction now."""
+    import subprocess
+    import sys
+
+    code = "import sys; from retrieval.store.repository import Store; Store.open(sys.argv[1]).close()"
+    for round_ in range(6):
+        url = f"sqlite:///{tmp_path / f'r{round_}.db'}"
+        procs = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True)
+                 for _ in range(4)]
+        for p in procs:
+            _, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err
+        engine = db.create_store_engine(url)
+        try:
+            assert db.current_revision(engine) == db.HEAD_REVISION
+        finally:
+            engine.dispose()
+
+
+def test_a_migration_holds_the_write_lock_from_first_to_last_revision(tmp_path: Path) -> None:
+    """Every revision runs in the one transaction that read the version: while a store
+    migrates, another connection cannot write between two revisions."""
+    from sqlalchemy import event
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    engine = db.create_store_engine(url)
+    seen: list[str] = []
+    event.listen(engine, "commit", lambda conn: seen.append("commit"))
+    event.listen(engine, "begin", lambda conn: seen.append("begin"))
+    try:
+        db.upgrade(engine)
+        assert db.current_revision(engine) == db.HEAD_REVISION
+    finally:
+        engine.dispose()
+    # One begin and one commit for the migration (current_revision's read adds a begin).
+    assert seen[:2] == ["begin", "commit"] and seen.count("commit") == 1, seen
