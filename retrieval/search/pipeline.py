@@ -81,6 +81,10 @@ def dense_candidates(version: IndexVersion, vectors: np.ndarray, k: int, *, excl
                      exact_rows: int = EXACT_MAX_ROWS) -> Candidates:
     scores, docs, rows = version.search_documents(vectors, k, exclude=exclude, allow=allow, ef_search=ef_search,
                                                   exact_max=exact_rows)
+    if version.bits != PASSAGE_BITS:
+        # An index from before passages (its next sync rebuilds it): a row is its
+        # document's one passage. Downstream, rows are read with PASSAGE_BITS.
+        rows = np.where(docs >= 0, docs << PASSAGE_BITS, -1)
     return Candidates(scores, docs, rows)
 
 
@@ -142,9 +146,12 @@ def fetch_hits(snap: Snapshot, ranked: list[list[tuple[float, int]]], *,
     documents the index has not caught up with)."""
     docs = snap.documents(sorted({i for r in ranked for _, i in r}))
     located: dict[tuple[int, int], dict[str, Any] | None] = {}
-    if rows is not None:
-        wanted = sorted({(i, int(ordinals_of(np.array([rows[qi][i]]), PASSAGE_BITS)[0]))
-                         for qi, r in enumerate(ranked) for _, i in r if i in rows[qi] and i in docs})
+    # Per query, each document's best passage ordinal.
+    ordinal_at = [dict(zip(q, ordinals_of(np.fromiter(q.values(), np.int64, len(q)), PASSAGE_BITS).tolist()))
+                  for q in rows] if rows is not None else None
+    if ordinal_at is not None:
+        wanted = sorted({(i, ordinal_at[qi][i]) for qi, r in enumerate(ranked) for _, i in r
+                         if i in ordinal_at[qi] and i in docs})
         recorded = snap.passages(splitter_key, sorted({i for i, _ in wanted})) if wanted and splitter_key else {}
         missing = []
         for i, ordinal in wanted:
@@ -169,9 +176,8 @@ def fetch_hits(snap: Snapshot, ranked: list[list[tuple[float, int]]], *,
             if d is None:  # cannot happen: the snapshot holds every candidate
                 continue
             more = dict(extra[qi].get(i, {})) if extra is not None else {}
-            if rows is not None and i in rows[qi]:
-                ordinal = int(ordinals_of(np.array([rows[qi][i]]), PASSAGE_BITS)[0])
-                more["passage"] = located.get((i, ordinal))
+            if ordinal_at is not None and i in ordinal_at[qi]:
+                more["passage"] = located.get((i, ordinal_at[qi][i]))
             row.append(Hit(d.external_id, score, d.text, d.metadata, d.id, mode=mode, **more))
         hits.append(row)
     return hits

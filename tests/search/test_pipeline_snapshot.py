@@ -4,8 +4,10 @@ winners' rows. On a tiny real store, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from retrieval.search.pipeline import backlog, fetch_hits
@@ -81,3 +83,21 @@ def test_fetch_hits_adds_fields_per_query_and_skips_a_missing_row(make_retriever
     assert (row[0].dense_rank, row[0].keyword_rank, row[0].snippet) == (1, None, None)
     assert row[1].snippet == "blue [hat]" and row[1].dense_rank is None
     assert {h.mode for h in row} == {"hybrid"}
+
+
+def test_rows_of_an_index_from_before_passages_name_each_documents_first_passage(tmp_path: Path) -> None:
+    """An index written before passages (passage_bits 0: a row id is its document id) is
+    searched until its next sync rebuilds it; its rows must read as passage 0 of their
+    document, not as passage ``id & 0xFFFFF`` (a wrong passage would be looked up)."""
+    from retrieval.index.rows import PASSAGE_BITS, docs_of, ordinals_of
+    from retrieval.search.pipeline import dense_candidates
+    from tests.index.test_segment_contract import KINDS, QUERIES, build, manifest
+
+    kind = KINDS[0]
+    store, meta = build(kind, tmp_path / "index")
+    version = store.commit(manifest(kind, meta, generation=1))
+    assert version.bits == 0
+    found = dense_candidates(version, QUERIES, 5, exclude=np.empty(0, np.int64))
+    assert found.rows is not None and (found.ids >= 0).all()
+    assert (docs_of(found.rows, PASSAGE_BITS) == found.ids).all()
+    assert (ordinals_of(found.rows, PASSAGE_BITS) == 0).all()
