@@ -1,6 +1,7 @@
 """What a store holds and how its index stands: :func:`lag` (what a monitor polls),
 :func:`status` (`retrieve status`), :func:`verify` (`retrieve verify`: exact agreement of
-the index with the database). None of them loads the model or torch."""
+the index with the database). None of them runs the model or loads torch; verify reads
+the model's tokenizer (``passage_keys``), to split documents as the sync did."""
 
 from __future__ import annotations
 

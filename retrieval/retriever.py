@@ -271,8 +271,7 @@ class Retriever:
         """Check that the index agrees exactly with the database, and every segment file with
         its checksum; changes not yet synced are pending, not drift."""
         def keys(docs: list[tuple[int, str]]) -> tuple[Any, list[str]]:
-            index = self.settings.index
             encoder = self._encoder.get()
-            return passage_keys(encoder, Splitter.of(index.chunk_tokens, index.chunk_overlap, encoder), docs)
+            return passage_keys(encoder, Splitter.of(self.settings.index, encoder), docs)
 
         return inspection.verify(self.store, self.index_store, self.current_index(), keys)

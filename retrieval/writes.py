@@ -107,7 +107,7 @@ class Writer:
         if embed_first and docs:
             self._before_write(sync, executor)
             encoder = self.encoder.get()
-            splitter = Splitter.of(self.settings.index.chunk_tokens, self.settings.index.chunk_overlap, encoder)
+            splitter = Splitter.of(self.settings.index, encoder)
             embed_missing(self.store, encoder, passage_texts(encoder, splitter, [d.text for d in docs]))
         report = self._write([docs], sync=sync, executor=executor, address=address, t0=t0)
         report.invalid, report.problems = len(problems), problems
@@ -227,7 +227,7 @@ class Writer:
             pool = RayPool(spec, address=address or s.ray.address, actors=actors or s.ray.actors,
                            runtime_env=runtime_env)
         report.startup_seconds = time.perf_counter() - t0
-        splitter = Splitter.of(s.index.chunk_tokens, s.index.chunk_overlap, encoder)
+        splitter = Splitter.of(s.index, encoder)
         with pool:
             embed_stored(self.store, pool, commit_every=commit_every, report=report,
                          progress=s.ingest.progress if progress is None else progress,

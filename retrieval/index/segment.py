@@ -197,8 +197,7 @@ class IndexVersion:
 
         Takes :meth:`search`'s arguments. When one document's passages fill the top rows,
         the row search (first ``FIRST_WIDTH`` x k rows) is widened (x4 each time, up to
-        every live row) until every query
-        has min(k, matching documents) distinct documents. In an index without passage
+        every live row) until every query has min(k, matching documents) distinct documents. In an index without passage
         bits a row is a document, and this is :meth:`search`."""
         if not self.bits:
             scores, rows = self.search(vectors, k, **kwargs)

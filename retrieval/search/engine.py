@@ -136,8 +136,7 @@ class SearchEngine:
                                                    snippets=snippets))
 
     def _splitter(self) -> Splitter:
-        index = self.settings.index
-        return Splitter.of(index.chunk_tokens, index.chunk_overlap, self.encoder.get())
+        return Splitter.of(self.settings.index, self.encoder.get())
 
     def _run(self, version: IndexVersion | None, req: pipeline.Request) -> list[list[Hit]]:
         def run(v: IndexVersion | None) -> list[list[Hit]]:

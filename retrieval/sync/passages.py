@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -21,6 +22,15 @@ from retrieval.index.rows import PASSAGE_BITS, max_passages, row_ids
 from retrieval.store.records import content_hash
 from retrieval.store.repository import Store
 from retrieval.sync.vectors import EmbedStats, embed_missing
+
+
+class ChunkSettings(Protocol):
+    """What a split is made of: ``IndexSettings`` and ``BuildOptions`` both carry it."""
+
+    @property
+    def chunk_tokens(self) -> int | None: ...
+    @property
+    def chunk_overlap(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -33,13 +43,15 @@ class Splitter:
     overlap: int = 0
 
     @classmethod
-    def of(cls, chunk_tokens: int | None, chunk_overlap: int, encoder: Encoder) -> Splitter:
-        if chunk_tokens == 0:
+    def of(cls, index: ChunkSettings, encoder: Encoder) -> Splitter:
+        """The split ``index.chunk_tokens`` and ``index.chunk_overlap`` ask for (the
+        index settings, or a build's options) with ``encoder``'s window."""
+        if index.chunk_tokens == 0:
             return cls(0, 0)
         window = encoder.window
-        tokens = window if chunk_tokens is None else min(chunk_tokens, window)
-        check_arguments(tokens, chunk_overlap)
-        return cls(tokens, chunk_overlap)
+        tokens = window if index.chunk_tokens is None else min(index.chunk_tokens, window)
+        check_arguments(tokens, index.chunk_overlap)
+        return cls(tokens, index.chunk_overlap)
 
     def key(self, encoder: Encoder) -> str:
         """What a manifest records: an index split another way is rebuilt."""

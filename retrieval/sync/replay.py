@@ -139,7 +139,7 @@ def full_build(store: Store, index_store: IndexStore, encoder: Encoder, opts: Bu
     t0 = time.perf_counter()
     written = index_store.bytes_written
     report = SyncReport(full=True)
-    splitter = Splitter.of(opts.chunk_tokens, opts.chunk_overlap, encoder)
+    splitter = Splitter.of(opts, encoder)
     parts: list[tuple[np.ndarray, np.ndarray]] = []
     with store.read() as snap:
         position = _position(snap, snap.max_seq())
@@ -175,7 +175,7 @@ def incremental(store: Store, index_store: IndexStore, encoder: Encoder, base: I
     t0 = time.perf_counter()
     written = index_store.bytes_written
     m = base.manifest
-    splitter = Splitter.of(opts.chunk_tokens, opts.chunk_overlap, encoder)
+    splitter = Splitter.of(opts, encoder)
     if m.splitter != splitter.key(encoder) or m.passage_bits != PASSAGE_BITS:
         # Documents split another way (or not at all, before passages): rebuild from the
         # stored vectors; only passages never embedded are embedded.

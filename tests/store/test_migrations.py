@@ -81,22 +81,10 @@ def test_processes_opening_a_new_sqlite_database_at_once_migrate_it_once(tmp_pat
     then a second process could take the write lock between two revisions and both apply
     the next one ("table documents_fts already exists": one process failed in about 30
     before the fix). The whole migration is one BEGIN IMMEDIATE transaction now."""
-    import subprocess
-    import sys
+    from tests.fixtures.databases import open_at_once
 
-    code = "import sys; from retrieval.store.repository import Store; Store.open(sys.argv[1]).close()"
     for round_ in range(6):
-        url = f"sqlite:///{tmp_path / f'r{round_}.db'}"
-        procs = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True)
-                 for _ in range(4)]
-        for p in procs:
-            _, err = p.communicate(timeout=120)
-            assert p.returncode == 0, err
-        engine = db.create_store_engine(url)
-        try:
-            assert db.current_revision(engine) == db.HEAD_REVISION
-        finally:
-            engine.dispose()
+        open_at_once(f"sqlite:///{tmp_path / f'r{round_}.db'}", 4)
 
 
 def test_a_migration_holds_the_write_lock_from_first_to_last_revision(tmp_path: Path) -> None:

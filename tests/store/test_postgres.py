@@ -36,7 +36,7 @@ from retrieval.store import db
 from retrieval.store.records import NewDocument
 from retrieval.store.repository import Store
 from tests.conftest import HASH
-from tests.fixtures.databases import admin_connect, execute_sql
+from tests.fixtures.databases import admin_connect, execute_sql, open_at_once
 from tests.fixtures.stores import write_jsonl
 
 
@@ -460,16 +460,7 @@ def test_migrations_go_both_ways_and_the_models_match(pg_url: str) -> None:
 
 
 def test_two_processes_opening_a_new_database_migrate_it_once(pg_url: str, tmp_path: Path) -> None:
-    code = "import sys; from retrieval.store.repository import Store; Store.open(sys.argv[1]).close()"
-    procs = [subprocess.Popen([sys.executable, "-c", code, pg_url], stderr=subprocess.PIPE, text=True) for _ in range(3)]
-    for p in procs:
-        _, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err
-    engine = db.create_store_engine(pg_url)
-    try:
-        assert db.current_revision(engine) == db.HEAD_REVISION
-    finally:
-        engine.dispose()
+    open_at_once(pg_url, 3)
 
 
 # -- the HTTP service ------------------------------------------------------------------
