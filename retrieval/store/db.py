@@ -188,8 +188,8 @@ def create_store_engine(url: str, *, busy_timeout_ms: int = 30_000, readonly: st
             dbapi_connection.set_progress_handler(_progress, PROGRESS_OPCODES)
             cur = dbapi_connection.cursor()
             cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            if not readonly and cur.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                cur.execute("PRAGMA journal_mode = WAL")
+            if not readonly:
+                _use_wal(cur, busy_timeout_ms / 1000)
             cur.execute("PRAGMA synchronous = FULL")
             cur.execute("PRAGMA foreign_keys = ON")
             # Reads through a memory map instead of read() calls into a 2 MB page cache:
@@ -203,6 +203,30 @@ def create_store_engine(url: str, *, busy_timeout_ms: int = 30_000, readonly: st
             conn.exec_driver_sql(conn.get_execution_options().get("sqlite_begin", "BEGIN"))
 
     return engine
+
+
+def _use_wal(cur: Any, timeout_s: float) -> None:
+    """Switch a SQLite database to WAL, waiting up to ``timeout_s`` for the lock it needs.
+
+    The switch upgrades a shared lock, and SQLite answers "database is locked" at once,
+    without its busy handler, while another connection holds a rollback-journal write
+    lock: two processes opening a new database at once hit that. So wait here as the busy
+    handler would, and re-read the mode, which the other process has often set meanwhile.
+    """
+    import sqlite3
+
+    deadline = time.monotonic() + timeout_s
+    pause = 0.002
+    while True:
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -104,3 +104,28 @@ def test_a_migration_holds_the_write_lock_from_first_to_last_revision(tmp_path: 
         engine.dispose()
     # One begin and one commit for the migration (current_revision's read adds a begin).
     assert seen[:2] == ["begin", "commit"] and seen.count("commit") == 1, seen
+
+
+def test_opening_waits_for_a_rollback_journal_writer_to_switch_to_wal(tmp_path: Path) -> None:
+    """Switching to WAL while another connection writes in rollback-journal mode fails at
+    once in SQLite, without the busy timeout: two processes opening a new database at
+    once saw "database is locked". Opening waits for the writer instead."""
+    import sqlite3
+    import threading
+
+    path = tmp_path / "w.db"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("CREATE TABLE t (x)")
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("INSERT INTO t VALUES (1)")
+    release = threading.Timer(0.3, lambda: writer.execute("COMMIT"))
+    release.start()
+    engine = db.create_store_engine(f"sqlite:///{path}", busy_timeout_ms=10_000)
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("SELECT count(*) FROM t").scalar() == 1
+    finally:
+        release.join()
+        engine.dispose()
+        writer.close()
