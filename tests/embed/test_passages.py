@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from retrieval.embed import resolve_model
 from retrieval.embed.hashing import HashEncoder
-from retrieval.embed.passages import Passage, split, split_texts, splitter_key
+from retrieval.embed.passages import FORMAT_VERSION, Passage, split, split_texts, splitter_key
 from tests.conftest import HASH
 
 SENTENCES = [
@@ -141,6 +141,8 @@ def test_paragraphs_that_fit_are_never_cut(encoder: Any) -> None:
         assert p.start == 0 or doc[p.start - 2 : p.start] == "\n\n"
         assert p.end == len(doc) or doc[p.end : p.end + 2] == "\n\n"
         assert p.text(doc) in doc and all(par in paragraphs for par in p.text(doc).split("\n\n"))
+    # One paragraph a passage: none packs the end of one with the start of the next.
+    assert [p.text(doc) for p in passages] == paragraphs
 
 
 def test_cjk_without_spaces_splits_at_sentence_ends(encoder: Any) -> None:
@@ -185,6 +187,30 @@ def test_hash_invariants_on_articles(words: HashEncoder, overlap: int) -> None:
     for max_tokens in (8, 64, 256):
         if overlap < max_tokens // 2:
             check_passages(doc, spans, split(doc, spans, max_tokens, overlap), max_tokens, overlap)
+
+
+def test_a_heading_goes_with_its_paragraph(words: HashEncoder) -> None:
+    body = [article(seed, 1, (6, 8)) for seed in range(3)]
+    doc = "\n\n".join(["Chapter one", body[0], "Notes", body[1], body[2]])
+    spans = words.token_spans([doc])[0]
+    passages = split(doc, spans, 200, 0)
+    check_passages(doc, spans, passages, 200, 0)
+    # A paragraph of fewer than max_tokens // 8 tokens is no passage of its own.
+    assert [p.text(doc) for p in passages] == ["Chapter one\n\n" + body[0], "Notes\n\n" + body[1], body[2]]
+
+
+def test_a_long_paragraph_splits_into_equal_pieces_at_sentence_ends(words: HashEncoder) -> None:
+    rng = random.Random(3)
+    paragraph = " ".join(rng.choice(SENTENCES) for _ in range(26))  # about 330 words
+    doc = paragraph + "\n\n" + SENTENCES[0]
+    spans = words.token_spans([doc])[0]
+    passages = split(doc, spans, 254, 0)
+    check_passages(doc, spans, passages, 254, 0)
+    sizes = [len(t) for t in token_ranges(spans, passages)]
+    # Two halves ending at sentence ends, not 254 tokens and a short tail; the short
+    # paragraph after it goes with the second half, which then fits the budget.
+    assert len(passages) == 2 and all(p.text(doc).endswith((".", "!", "?")) for p in passages), sizes
+    assert max(sizes) < 254 * 3 // 4 and min(sizes) > 254 // 4, sizes
 
 
 def test_a_10000_character_word(words: HashEncoder) -> None:
@@ -256,7 +282,7 @@ def test_arguments_are_checked(words: HashEncoder) -> None:
 
 def test_splitter_key_names_what_changes_the_split(words: HashEncoder) -> None:
     key = splitter_key(words.model_key, 256, 32)
-    assert key == splitter_key(words.model_key, 256, 32) and len(key) < 40 and key.startswith("split1-t256-o32-")
+    assert key == splitter_key(words.model_key, 256, 32) and len(key) < 40 and key.startswith(f"split{FORMAT_VERSION}-t256-o32-")
     others = {splitter_key(words.model_key, 255, 32), splitter_key(words.model_key, 256, 0),
               splitter_key(resolve_model("all-MiniLM-L6-v2").key, 256, 32)}
     assert key not in others and len(others) == 3
