@@ -22,7 +22,7 @@ from retrieval import inspection
 from retrieval.config import Settings, load_settings
 from retrieval.documents import Document, check_ids
 from retrieval.embed.base import Encoder
-from retrieval.errors import NotFoundError
+from retrieval.errors import ArgumentError, NotFoundError
 from retrieval.index.policy import Merge
 from retrieval.index.segment import IndexVersion
 from retrieval.index.store import IndexStore
@@ -34,7 +34,7 @@ from retrieval.sync.keeper import EncoderSlot, IndexKeeper
 from retrieval.sync.merge import MergeReport
 from retrieval.sync.passages import Splitter, passage_keys
 from retrieval.sync.replay import SyncReport
-from retrieval.sync.vectors import EMBED_CHUNK, BulkEmbedReport
+from retrieval.sync.vectors import EMBED_CHUNK, BulkEmbedReport, vectors_of
 from retrieval.writes import IngestReport, Writer
 
 __all__ = ["Hit", "IngestReport", "Retriever", "VerifyReport"]
@@ -184,6 +184,27 @@ class Retriever:
         resumable. The index is not touched: the next sync publishes the documents."""
         return self._writer.embed(executor=executor, address=address, actors=actors, commit_every=commit_every,
                                   progress=progress, runtime_env=runtime_env)
+
+    def embed_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+        """The store's vectors of ``texts`` (L2-normalised float32, one row per text, as a
+        document of that text gets) and each text's number of tokens; texts the store
+        already holds a vector of are not embedded again, and nothing is stored.
+
+        A text longer than the model's window is refused with :class:`ArgumentError`
+        naming it: one vector would see only its beginning (documents are split into
+        passages for that reason), and a caller should split it instead."""
+        if isinstance(texts, str):
+            raise TypeError("embed_texts takes a sequence of texts, not one string")
+        encoder = self.encoder
+        window = encoder.window
+        tokens = [len(spans) for spans in encoder.token_spans(texts)]
+        over = [(i, n) for i, n in enumerate(tokens) if n > window]
+        if over:
+            i, n = over[0]
+            more = f" (and {len(over) - 1} more)" if len(over) > 1 else ""
+            raise ArgumentError(f"input[{i}] has {n} tokens, more than the {window} that {self.settings.encoder.model} "
+                                f"reads{more}: split it into passages of at most {window} tokens")
+        return vectors_of(self.store, encoder, texts), tokens
 
     def delete(self, external_ids: Sequence[str], *, sync: bool = True) -> tuple[int, list[str]]:
         """Delete documents by id; returns (deleted, ids that did not exist). A bare string is

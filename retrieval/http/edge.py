@@ -106,7 +106,7 @@ class Edge:
         try:
             if declared > limit:
                 response = error_response(413, "payload_too_large", BodyTooLarge(limit).detail, request_id,
-                                          limit="max_body_bytes")
+                                          path=scope.get("path", ""), limit="max_body_bytes")
                 await response(scope, receive, send_wrapped)
                 return
             received = 0
@@ -126,7 +126,7 @@ class Edge:
             if not response_started:
                 response = error_response(500, "internal_error",
                                           f"internal error; the server log has the details under request id {request_id}",
-                                          request_id)
+                                          request_id, path=scope.get("path", ""))
                 await response(scope, receive, send)
                 status = 500
         finally:

@@ -39,8 +39,19 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"the request body is larger than {limit} bytes (max_body_bytes)")
 
 
-def error_response(status: int, code: str, message: str, request_id: str, **extra: Any) -> JSONResponse:
-    body = {"error": code, "message": message, "request_id": request_id, **extra}
+# Routes that answer as OpenAI's API does, errors included: its clients show
+# ``error.message`` of ``{"error": {"message", "type", "param", "code"}}`` and nothing else.
+OPENAI_PATHS = frozenset({"/v1/embeddings"})
+
+
+def error_response(status: int, code: str, message: str, request_id: str, *, path: str = "",
+                   **extra: Any) -> JSONResponse:
+    if path in OPENAI_PATHS:
+        param = next((d.get("field") for d in extra.get("details", ()) if d.get("field")), None)
+        body: dict[str, Any] = {"error": {"message": message, "type": code, "param": param, "code": code},
+                                "request_id": request_id}
+    else:
+        body = {"error": code, "message": message, "request_id": request_id, **extra}
     return JSONResponse(body, status_code=status, headers={"X-Request-ID": request_id})
 
 
@@ -81,14 +92,15 @@ def install(app: FastAPI) -> None:
             reason = ctx.get("error", "cannot be parsed")
             return error_response(400, "malformed_json",
                                   f"the request body is not valid JSON: {reason} (at character {where})",
-                                  request_id(request))
+                                  request_id(request), path=request.url.path)
         message, details = describe(errs)
-        return error_response(422, "invalid_request", message, request_id(request), details=details)
+        return error_response(422, "invalid_request", message, request_id(request), path=request.url.path,
+                              details=details)
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         response = error_response(exc.status_code, HTTP_CODES.get(exc.status_code, "error"), str(exc.detail),
-                                  request_id(request))
+                                  request_id(request), path=request.url.path)
         for name, value in (exc.headers or {}).items():
             response.headers[name] = value
         return response
@@ -100,8 +112,9 @@ def install(app: FastAPI) -> None:
         extra: dict[str, Any] = {}
         if isinstance(exc, InvalidInputError):  # every refused document, as the CLI lists them
             extra["details"] = [{"message": p} for p in exc.problems[:MAX_DETAILS]]
-        return error_response(exc.http_status, exc.code, str(exc), request_id(request), **extra)
+        return error_response(exc.http_status, exc.code, str(exc), request_id(request), path=request.url.path, **extra)
 
     @app.exception_handler(RecursionError)
     async def _nested(request: Request, _exc: RecursionError) -> JSONResponse:
-        return error_response(400, "malformed_json", "the request body is nested too deeply", request_id(request))
+        return error_response(400, "malformed_json", "the request body is nested too deeply", request_id(request),
+                              path=request.url.path)

@@ -14,8 +14,11 @@ from pydantic import BaseModel
 from retrieval.http.schemas import (
     ERRORS,
     NOT_FOUND,
+    OPENAI_ERRORS,
     DeleteResponse,
     DocumentOut,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
     Schemas,
     SearchRequest,
     SearchResponse,
@@ -58,6 +61,14 @@ def add_routes(app: FastAPI, service: Service, schemas: Schemas, require_key: An
         database and in the published index."""
         docs = [{"id": d.id, "text": d.text, "metadata": d.metadata} for d in body.documents]
         return await service.upsert(docs)
+
+    @app.post("/v1/embeddings", response_model=EmbeddingsResponse, dependencies=protected, responses=OPENAI_ERRORS,
+              tags=["embeddings"])
+    @body_model(schemas.EmbeddingsRequest)
+    async def embeddings(body: EmbeddingsRequest) -> Any:
+        """OpenAI-compatible embeddings with the store's encoder: the vectors its documents
+        get (L2-normalised, so a dot product is cosine similarity)."""
+        return await service.embeddings(body)
 
     @app.get("/v1/documents/{doc_id:path}/similar", response_model=SearchResponse, response_model_exclude_none=True,
              dependencies=protected,

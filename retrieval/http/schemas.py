@@ -7,7 +7,7 @@ made per application by :func:`make_schemas`, and the OpenAPI schema states ever
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from retrieval.config import Settings
 from retrieval.documents import MAX_ID_CHARS
@@ -114,12 +114,53 @@ class UpsertRequest(BaseModel):
     documents: list[DocumentIn]
 
 
+class EmbeddingsRequest(BaseModel):
+    """OpenAI's embeddings request (``POST /v1/embeddings``), so that an OpenAI client with
+    its ``base_url`` here embeds with the store's encoder; :func:`make_schemas` adds limits."""
+
+    model_config = ConfigDict(extra="forbid")
+    input: str | list[str] = Field(description=(
+        "A text, or a list of at most max_batch texts, each within the model's window (token arrays are not taken)."))
+    model: str = Field(description="The store's model (its name as configured, e.g. all-MiniLM-L6-v2).")
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="float: a list of numbers; base64: the little-endian float32 bytes, base64-encoded.")
+    dimensions: int | None = Field(None, description="Must be the model's dimension when given (vectors are not cut).")
+    user: str | None = Field(None, max_length=256, description="Accepted and ignored, as a label of the caller.")
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _texts(cls, value: Any) -> Any:
+        # One message instead of one per branch of the union; the service checks the rest.
+        if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            return value
+        raise ValueError("expected a text or a list of texts (token arrays are not taken)")
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingsUsage(BaseModel):
+    prompt_tokens: int = Field(description="Tokens of the inputs, by the model's tokenizer (no special tokens).")
+    total_tokens: int
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingsUsage
+
+
 @dataclass(frozen=True)
 class Schemas:
     """The request models of one application (their limits are its settings')."""
 
     SearchRequest: type[SearchRequest]
     UpsertRequest: type[UpsertRequest]
+    EmbeddingsRequest: type[EmbeddingsRequest]
 
 
 def make_schemas(s: Settings) -> Schemas:
@@ -138,9 +179,25 @@ def make_schemas(s: Settings) -> Schemas:
         documents=(list[DocumentIn], Field(min_length=1, max_length=s.serve.max_batch,
                                            description="Documents to add or replace (matched by id).")),
     )
-    return Schemas(search, upsert)
+    return Schemas(search, upsert, EmbeddingsRequest)
+
+
+class OpenAIError(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str
+
+
+class OpenAIErrorResponse(BaseModel):
+    """The error body of the OpenAI-compatible routes, as OpenAI's clients read it."""
+
+    error: OpenAIError
+    request_id: str
 
 
 # Error bodies the OpenAPI schema documents for every protected route.
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 413, 422, 500, 503)}
 NOT_FOUND: dict[int | str, dict[str, Any]] = {**ERRORS, 404: {"model": ErrorResponse}}
+OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": OpenAIErrorResponse}
+                                                   for code in (400, 401, 413, 422, 500, 503)}

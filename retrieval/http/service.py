@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Any
 from starlette.concurrency import run_in_threadpool
 
 from retrieval.config import Settings
-from retrieval.errors import InvalidInputError, NotFoundError, RetrievalError
+from retrieval.errors import ArgumentError, InvalidInputError, NotFoundError, RetrievalError
 from retrieval.http.batcher import QueryBatcher
 from retrieval.http.edge import Metrics
 from retrieval.http.sync_thread import SyncThread
 
 if TYPE_CHECKING:
-    from retrieval.http.schemas import SearchRequest
+    from retrieval.http.schemas import EmbeddingsRequest, SearchRequest
     from retrieval.retriever import Retriever
 
 API_VERSION = "v1"
@@ -89,6 +89,35 @@ class Service:
         # own sync got the lock; either way the current version holds them now.
         return {"added": report.added, "updated": report.updated, "unchanged": report.unchanged,
                 "index_version": self.retriever.index_version(), "took_ms": _ms(t0)}
+
+    async def embeddings(self, body: EmbeddingsRequest) -> dict[str, Any]:
+        """OpenAI's embeddings response for ``body``, with the store's encoder."""
+        return await run_in_threadpool(self._embeddings, body)
+
+    def _embeddings(self, body: EmbeddingsRequest) -> dict[str, Any]:
+        import base64
+
+        model = self.settings.encoder.model
+        # The configured name, or it with a hub organisation before it (sentence-transformers/...).
+        if body.model != model and body.model.rsplit("/", 1)[-1] != model.rsplit("/", 1)[-1]:
+            raise ArgumentError(f"model {body.model!r} is not served here: this service embeds with {model!r}")
+        texts = [body.input] if isinstance(body.input, str) else list(body.input)
+        if not texts or len(texts) > self.settings.serve.max_batch:
+            raise ArgumentError(f"input: from 1 to {self.settings.serve.max_batch} texts (max_batch), not {len(texts)}")
+        for i, text in enumerate(texts):
+            if not text.strip():
+                raise ArgumentError(f"input[{i}]: a text needs a character other than whitespace")
+        dim = self.retriever.encoder.dim
+        if body.dimensions is not None and body.dimensions != dim:
+            raise ArgumentError(f"dimensions: {model} gives vectors of {dim} dimensions, not {body.dimensions}")
+        vectors, tokens = self.retriever.embed_texts(texts)
+        if body.encoding_format == "base64":
+            data: list[Any] = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
+        else:
+            data = vectors.tolist()
+        used = sum(tokens)
+        return {"object": "list", "model": model, "usage": {"prompt_tokens": used, "total_tokens": used},
+                "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(data)]}
 
     async def get(self, doc_id: str) -> dict[str, Any]:
         doc = await run_in_threadpool(self.retriever.get, doc_id)

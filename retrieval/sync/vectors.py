@@ -55,6 +55,21 @@ def embed_missing(
     return have, set(missing)
 
 
+def vectors_of(store: Store, encoder: Encoder, texts: Sequence[str]) -> np.ndarray:
+    """One vector per text, in order: the stored vector of a text the store holds one of
+    for this model, the encoder's for the others (each distinct text once). Nothing is
+    written: a text that is no document's would only be collected again."""
+    hashes = [content_hash(t) for t in texts]
+    with store.read() as snap:
+        have = snap.embeddings(encoder.model_key, list(dict.fromkeys(hashes)))
+    missing = {h: t for h, t in zip(hashes, texts) if h not in have}
+    if missing:
+        have.update(zip(missing, encoder.encode(list(missing.values()))))
+    if not texts:
+        return np.empty((0, encoder.dim), np.float32)
+    return np.stack([have[h] for h in hashes]).astype(np.float32, copy=False)
+
+
 # -- bulk embedding of what is stored (`retrieve embed`) ------------------------------
 
 # Documents read from the store per page, and texts per batch handed to a worker.

@@ -221,14 +221,20 @@ def test_metrics_and_probes(server: Server, client: httpx.Client) -> None:
 
 @pytest.mark.parametrize("method,path", [("POST", "/v1/search"), ("GET", "/v1/status"), ("GET", "/metrics"),
                                          ("GET", "/openapi.json"), ("GET", "/v1/documents/seed-0"),
-                                         ("DELETE", "/v1/documents/seed-0"), ("POST", "/v1/documents")])
+                                         ("DELETE", "/v1/documents/seed-0"), ("POST", "/v1/documents"),
+                                         ("POST", "/v1/embeddings")])
 def test_every_endpoint_but_the_probes_needs_the_key(server: Server, method: str, path: str) -> None:
     body = {"query": "shoes"} if path == "/v1/search" else {"documents": [{"id": "x", "text": "y"}]}
     kwargs: dict[str, Any] = {"json": body} if method == "POST" else {}
     for headers in ({}, {"Authorization": "Bearer wrong-key-0123456789"}, {"X-API-Key": "nope"}):
         response = httpx.request(method, server.url + path, headers=headers, **kwargs)
         assert response.status_code == 401, (headers, response.text)
-        assert response.json()["error"] == "unauthorized" and "X-API-Key" in response.json()["message"]
+        error = response.json()["error"]
+        if path == "/v1/embeddings":  # OpenAI's error shape, which its clients read
+            error, message = error["code"], error["message"]
+        else:
+            message = response.json()["message"]
+        assert error == "unauthorized" and "X-API-Key" in message
     assert httpx.get(server.url + "/v1/documents/seed-0", headers=AUTH).status_code == 200  # not deleted above
 
 
@@ -411,6 +417,57 @@ def test_search_server_says_when_nothing_listens(monkeypatch: pytest.MonkeyPatch
     assert result.exit_code == 1 and "cannot reach the retrieval service" in result.output
 
 
+# -- OpenAI-compatible embeddings -----------------------------------------------------
+
+
+def openai_client(server: Server, key: str = KEY) -> Any:
+    from openai import OpenAI
+
+    return OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def test_the_openai_client_embeds_with_the_stores_encoder(server: Server, client: httpx.Client) -> None:
+    import numpy as np
+
+    oa = openai_client(server)
+    query = "running shoes for jogging"
+    # The client asks for base64 unless told otherwise, and decodes it; float is the other format.
+    default = oa.embeddings.create(model=HASH, input=[query, SEED[1]])
+    floats = oa.embeddings.create(model=HASH, input=[query, SEED[1]], encoding_format="float")
+    assert [d.index for d in default.data] == [0, 1] and default.model == HASH
+    a = np.array([d.embedding for d in default.data])
+    np.testing.assert_allclose(a, np.array([d.embedding for d in floats.data]), rtol=0, atol=1e-7)
+    assert a.shape == (2, 384)
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    # The vectors documents and queries get: their dot product is the search's score.
+    [hit] = search(client, query, k=1)
+    assert hit["id"] == SHOES and abs(float(a[0] @ a[1]) - hit["score"]) < 1e-4
+    assert default.usage.prompt_tokens == len(query.split()) + len(re.findall(r"\w+", SEED[1]))
+    one = oa.embeddings.create(model=f"some-org/{HASH}", input=query)  # one string; an organisation prefix
+    np.testing.assert_allclose(one.data[0].embedding, a[0], atol=1e-7)
+
+
+def test_embeddings_refuse_what_they_cannot_do_in_one_line(server: Server) -> None:
+    import openai
+
+    oa = openai_client(server)
+    long = " ".join(["word"] * 300)  # the test encoder reads 256 words
+    for kwargs, message in [
+        ({"model": "text-embedding-3-small", "input": "x"}, "model 'text-embedding-3-small' is not served here"),
+        ({"model": HASH, "input": ["fine", long]}, "input[1] has 300 tokens, more than the 256"),
+        ({"model": HASH, "input": "x", "dimensions": 128}, "gives vectors of 384 dimensions, not 128"),
+        ({"model": HASH, "input": ["x"] * (LIMITS["max_batch"] + 1)}, "input: from 1 to 16 texts (max_batch), not 17"),
+        ({"model": HASH, "input": []}, "input: from 1 to 16 texts (max_batch), not 0"),
+        ({"model": HASH, "input": ["x", " \n"]}, "input[1]: a text needs a character other than whitespace"),
+        ({"model": HASH, "input": [[1, 2]]}, "input: Value error, expected a text or a list of texts"),
+    ]:
+        with pytest.raises(openai.UnprocessableEntityError) as caught:
+            oa.embeddings.create(**kwargs)
+        assert message in str(caught.value), caught.value
+    with pytest.raises(openai.AuthenticationError):
+        openai_client(server, key="wrong-key-0123456789").embeddings.create(model=HASH, input="x")
+
+
 # -- property-based fuzzing against the OpenAPI schema -----------------------------------
 
 
@@ -422,7 +479,7 @@ def api_schema(server: Server) -> Any:
 FUZZ = {"requests": 0, "failures": 0}
 OPERATIONS = [("POST", "/v1/search"), ("POST", "/v1/documents"), ("GET", "/v1/documents/{doc_id}"),
               ("DELETE", "/v1/documents/{doc_id}"), ("GET", "/v1/status"), ("GET", "/metrics"), ("GET", "/healthz"),
-              ("GET", "/readyz")]
+              ("GET", "/readyz"), ("POST", "/v1/embeddings")]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -481,4 +538,5 @@ def test_sigterm_publishes_pending_work_and_exits(server: Server) -> None:
         status = after.status()
     assert status["pending_changes"] == 0 and status["indexed"] == status["documents"]
     assert status["worker"]["stopped"] is True and status["worker"]["running"] is False
+
 

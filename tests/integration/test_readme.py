@@ -138,3 +138,37 @@ def test_the_readmes_filter_example_finds_something_on_the_sample(store_env) -> 
     assert found.exit_code == 0, found.output
     hits = json.loads(found.stdout)["results"]
     assert hits and all(h["metadata"]["category"] == "clothing" and h["metadata"]["price"] < 50 for h in hits)
+
+
+def test_the_openai_page_example_runs_against_a_real_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             tmp_path_factory: pytest.TempPathFactory) -> None:
+    """docs/openai.md's example, run with the official client against `retrieve serve` on
+    the real model (torch fp32: it starts without an ONNX export), prints what the page says;
+    the error the page quotes is the one the server gives."""
+    from tests.conftest import REAL
+    from tests.fixtures.server import ServeProcess
+
+    page = (DOCS / "openai.md").read_text()
+    [code] = _python_blocks(page)
+    key = "docs-key-0123456789abcdef"
+    server = ServeProcess(tmp_path / "served", model=REAL, api_key=key, backend="torch", precision="fp32",
+                          cache=tmp_path_factory.getbasetemp() / "xdg-cache")
+    (tmp_path / "served").mkdir()
+    server.start()
+    try:
+        assert 'base_url="http://127.0.0.1:8000/v1", api_key="YOUR-RETRIEVE-API-KEY"' in code
+        code = code.replace("http://127.0.0.1:8000", server.url).replace("YOUR-RETRIEVE-API-KEY", key)
+        out = _run_example(code, "docs/openai.md", tmp_path, monkeypatch)
+        assert out.strip() == "384 dimensions; closest: running shoes"
+        assert "prints `384 dimensions; closest: running shoes`" in page
+
+        import openai
+
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
+        words = " ".join(["rain"] * 300)
+        with pytest.raises(openai.UnprocessableEntityError) as caught:
+            client.embeddings.create(model=REAL, input=["fine", words])
+        quoted = re.search(r"`(Error code: 422 - .*?)`", page, re.S)
+        assert quoted and str(caught.value) == " ".join(quoted.group(1).split())
+    finally:
+        server.stop()
