@@ -34,8 +34,13 @@ LIBRARY_HOMES: dict[str, tuple[str, ...]] = {
     "fastapi": ("http",),
     "starlette": ("http",),
     "uvicorn": ("http",),
-    "pydantic": ("http",),
+    # The adapters' frameworks declare their schemas in pydantic too (MCP tools, LlamaIndex stores).
+    "pydantic": ("http", "integrations"),
     "ray": ("executors",),
+    # Optional extras: each framework only in its adapter (retrieval/integrations/).
+    "mcp": ("integrations",),
+    "langchain_core": ("integrations",),
+    "llama_index": ("integrations",),
 }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from retrieval.cli import backup, documents, evaluate, index, model, search, selftest, serve, status, worker
+from retrieval.cli import backup, documents, evaluate, index, mcp, model, search, selftest, serve, status, worker
 from retrieval.cli.common import CliState, RetrieveGroup, setup_logging
 from retrieval.config import BACKENDS, INDEX_TYPES, PRECISIONS
 
@@ -64,7 +64,7 @@ def cli(ctx: click.Context, config_path: str | None, database_url: str | None, i
     )
 
 
-for _module in (documents, search, index, status, worker, backup, evaluate, model, selftest, serve):
+for _module in (documents, search, index, status, worker, backup, evaluate, model, selftest, serve, mcp):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 
