@@ -12,6 +12,10 @@ one of them refuses is refused by all three, with the same reason:
   infinity, which SQLite's JSON functions and PostgreSQL's jsonb refuse), nested at most
   :data:`MAX_METADATA_DEPTH` deep, and at most ``max_document_bytes`` as JSON.
 
+A document handed to the Python API may carry its own ``vector`` (a store whose vectors
+come from the caller, :mod:`retrieval.embed.external`): a non-empty sequence of finite
+numbers, not all zero (:func:`check_vector`; the store checks its dimension).
+
 Within one batch, an id given twice with the same text is stored once (the later
 metadata wins); an id given twice with different texts is refused both times, since
 either could be the one meant (:class:`Deduplicator`).
@@ -118,6 +122,25 @@ def check_metadata(value: Any, max_bytes: int) -> dict[str, Any]:
     return dict(value)
 
 
+def check_vector(value: Any) -> tuple[float, ...]:
+    """A caller's vector: a non-empty sequence (a list, a tuple, a numpy array) of finite
+    numbers, not all zero (a zero vector has no direction to compare)."""
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()  # a numpy array (or scalar, refused below)
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple)):
+        raise DocumentError(f"vector must be an array of numbers, got {json_type(value)}")
+    if not value:
+        raise DocumentError("vector is empty")
+    for i, x in enumerate(value):
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            raise DocumentError(f"vector[{i}] must be a number, got {json_type(x)}")
+        if not math.isfinite(x):
+            raise DocumentError(f"vector[{i}] is {x!r}; a vector holds finite numbers only")
+    if not any(value):
+        raise DocumentError("vector is all zeros: it has no direction")
+    return tuple(float(x) for x in value)
+
+
 def check_document(external_id: Any, text: Any, metadata: Any, *,
                    max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES) -> tuple[str, str, dict[str, Any]]:
     """(id, text, metadata) checked by every rule above; raises :class:`DocumentError`."""
@@ -168,6 +191,7 @@ class Checked:
     text: str
     metadata: dict[str, Any]
     source: str
+    vector: tuple[float, ...] | None = None  # the caller's (see :func:`check_vector`)
 
 
 @dataclass(frozen=True)
@@ -236,13 +260,15 @@ class Deduplicator:
 
 
 _FIELDS = ("id", "text", "metadata")
+_VECTOR_FIELDS = (*_FIELDS, "vector")
 
 
 def check_batch(documents: Iterable[Any], *, max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
-                what: str = "documents") -> tuple[list[Checked], list[Invalid]]:
+                what: str = "documents", vectors: bool = False) -> tuple[list[Checked], list[Invalid]]:
     """Check documents handed in by a program (the Python API, an HTTP body): dicts with
     ``id``, ``text`` and optional ``metadata``, or objects with those attributes
-    (:class:`Document`, a reader's record). Problems are named ``documents[i]``.
+    (:class:`Document`, a reader's record). Problems are named ``documents[i]``. With
+    ``vectors`` (the Python API), a document may carry a ``vector`` too.
 
     A bare string or bytes (which would be read as a sequence of one-letter documents) and
     an item that is no document at all are programming errors: :class:`TypeError`.
@@ -254,23 +280,27 @@ def check_batch(documents: Iterable[Any], *, max_bytes: int = DEFAULT_MAX_DOCUME
     for i, doc in enumerate(documents):
         source = f"{what}[{i}]"
         if isinstance(doc, Mapping):
-            unknown = [k for k in doc if k not in _FIELDS]
+            unknown = [k for k in doc if k not in (_VECTOR_FIELDS if vectors else _FIELDS)]
             if unknown:
-                items.append(Invalid(source, f"unknown field {unknown[0]!r}; a document has id, text and metadata"))
+                items.append(Invalid(source, f"unknown field {unknown[0]!r}; a document has id, text and metadata"
+                                             + (" (and a vector)" if vectors else "")))
                 continue
             raw = (doc.get("id"), doc.get("text"), doc.get("metadata"))
+            vector = doc.get("vector")
         elif hasattr(doc, "text") and (hasattr(doc, "external_id") or hasattr(doc, "id")):
             raw = (getattr(doc, "external_id", None) or getattr(doc, "id", None), doc.text, getattr(doc, "metadata", None))
+            vector = getattr(doc, "vector", None) if vectors else None
         else:
             raise TypeError(f"{source} must be a document (a dict with id, text and metadata), got a "
                             f"{json_type(doc)}: {doc!r:.60}")
         try:
             external_id, text, metadata = check_document(*raw, max_bytes=max_bytes)
+            checked_vector = None if vector is None else check_vector(vector)
         except DocumentError as exc:
             label = raw[0] if isinstance(raw[0], (str, int)) and not isinstance(raw[0], bool) else None
             items.append(Invalid(source if label is None else f"{source} (id {str(label)[:80]!r})", str(exc)))
             continue
-        items.append(Checked(external_id, text, metadata, source))
+        items.append(Checked(external_id, text, metadata, source, checked_vector))
     dedup = Deduplicator()
     for i, item in enumerate(items):
         dedup.observe(i, item)
@@ -295,5 +325,6 @@ def check_ids(external_ids: Any, what: str = "ids") -> list[str]:
 
 
 __all__ = ["DEFAULT_MAX_DOCUMENT_BYTES", "MAX_ID_CHARS", "Checked", "Deduplicator", "Document", "DocumentError",
-           "Invalid", "check_batch", "check_document", "check_ids", "check_metadata", "check_text", "json_type",
+           "Invalid", "check_batch", "check_document", "check_ids", "check_metadata", "check_text", "check_vector",
+           "json_type",
            "size_text"]

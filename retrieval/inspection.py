@@ -104,7 +104,7 @@ def status(settings: Settings, store: Store, index_store: IndexStore, replica: s
         "max_seq": stats["max_seq"],
         "model": settings.encoder.model,
         "model_key": model_key,
-        "language_model": encoder_plan.backend != "hash",
+        "language_model": encoder_plan.backend not in ("hash", "external"),
         "index_model_key": manifest.model_key if manifest else None,
         "model_matches_index": manifest is None or manifest.model_key == model_key,
         "index_type": manifest.index_type if manifest else settings.index.type,

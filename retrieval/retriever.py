@@ -152,7 +152,9 @@ class Retriever:
 
     def ingest(self, documents: Iterable[Any], *, sync: bool = True, embed_first: bool = False,
                executor: str | None = None, address: str | None = None, skip_invalid: bool = False) -> IngestReport:
-        """Upsert documents (dicts with ``id``, ``text`` and optional ``metadata``) and sync.
+        """Upsert documents (dicts with ``id``, ``text`` and optional ``metadata``, and a
+        ``vector`` for a store whose vectors come from the caller, model
+        ``external:NAME:DIM``: see :meth:`retrieval.writes.Writer.ingest`) and sync.
 
         Every document is checked first by the rules files and HTTP follow too
         (:mod:`retrieval.documents`); any invalid one raises
@@ -254,6 +256,13 @@ class Retriever:
         """The documents nearest to a stored document, from its stored vector (nothing is
         re-embedded when it has one), itself left out."""
         return self._engine.search(None, k, where=where, min_score=min_score, like=[external_id])
+
+    def document_vectors(self, external_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored vectors of documents, by id (ids not stored are left out): a
+        document's own vector, or the normalised mean of its passages' for one split into
+        passages. Stored vectors are read, not recomputed (a document of a store that
+        embeds texts itself whose vector is missing is embedded, and its vector stored)."""
+        return self._engine.document_vectors(external_ids)
 
     def search_vectors(self, vectors: np.ndarray, k: int | None = None, *, min_score: float | None = None,
                        where: Any = None) -> list[list[Hit]]:

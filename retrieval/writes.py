@@ -9,12 +9,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from retrieval.config import Settings
-from retrieval.documents import check_batch, check_ids
+from retrieval.documents import Checked, check_batch, check_ids
+from retrieval.embed.base import normalize
+from retrieval.embed.external import ExternalEncoder, is_external
 from retrieval.embed.spec import EncoderSpec
 from retrieval.errors import IndexWriteError, InvalidInputError, RetrievalError
 from retrieval.executors import EmbedPool, LocalPool, check_executor
-from retrieval.store.records import NewDocument
+from retrieval.store.records import NewDocument, content_hash
 from retrieval.store.repository import Store
 from retrieval.sync.keeper import EncoderSlot, IndexKeeper
 from retrieval.sync.passages import Splitter, passage_texts, recording_split
@@ -85,6 +89,14 @@ class Writer:
         is written, unless ``skip_invalid`` (then the valid ones are stored and the report
         lists the rest). A bare string or dict instead of a list is a :class:`TypeError`.
 
+        A store whose vectors come from the caller (model ``external:NAME:DIM``, see
+        :mod:`retrieval.embed.external`) takes a ``vector`` with each document (a
+        sequence of DIM finite numbers; L2-normalised here, so that inner product is
+        cosine), stored under the model's key before the documents are written: the
+        sync never embeds. A document without one is refused unless its text already
+        has a stored vector (a metadata update); one text has one vector per model, so
+        a text stored before keeps its vector. Any other store refuses vectors.
+
         A document whose text did not change is not re-embedded. With ``embed_first``,
         texts without a stored vector are embedded before the documents are written:
         between a write's commit and its sync, searches score the new documents exactly
@@ -98,12 +110,21 @@ class Writer:
         them from their stored vectors.
         """
         t0 = time.perf_counter()
-        checked, invalid = check_batch(documents, max_bytes=self.settings.ingest.max_document_bytes)
+        checked, invalid = check_batch(documents, max_bytes=self.settings.ingest.max_document_bytes, vectors=True)
         problems = [str(p) for p in invalid]
+        total = len(checked) + len(problems)
+        checked, given, refused = self._caller_vectors(checked)
+        problems += refused
         if problems and not skip_invalid:
-            raise InvalidInputError(problems, len(checked) + len(problems), noun="documents",
+            raise InvalidInputError(problems, total, noun="documents",
                                     hint="pass skip_invalid=True to store the valid ones")
         docs = [NewDocument(c.external_id, c.text, c.metadata) for c in checked]
+        if given:
+            # Stored before the documents' commit, as embed_first stores its vectors: the
+            # sync, and a search scoring the documents before it, find them.
+            self._before_write(sync, executor)
+            encoder = self.encoder.get()
+            self.store.add_embeddings(encoder.model_key, encoder.dim, list(given.items()))
         if embed_first and docs:
             self._before_write(sync, executor)
             encoder = self.encoder.get()
@@ -112,6 +133,53 @@ class Writer:
         report = self._write([docs], sync=sync, executor=executor, address=address, t0=t0)
         report.invalid, report.problems = len(problems), problems
         return report
+
+    def external(self) -> bool:
+        """Whether this store's vectors come from the caller (without building an encoder)."""
+        loaded = self.encoder.loaded
+        return isinstance(loaded, ExternalEncoder) if loaded is not None else is_external(self.settings.encoder.model)
+
+    def _caller_vectors(self, checked: list[Checked]) -> tuple[list[Checked], dict[str, np.ndarray], list[str]]:
+        """The documents whose vectors are fine, their caller's vectors (normalised) by
+        content hash, and a ``documents[i]: reason`` for each of the others."""
+        external = self.external()
+        if not external and all(c.vector is None for c in checked):
+            return checked, {}, []
+        encoder = self.encoder.get()
+        if external:
+            bare = list(dict.fromkeys(content_hash(c.text) for c in checked if c.vector is None))
+            with self.store.read() as snap:
+                stored = set(snap.embeddings(encoder.model_key, bare)) if bare else set()
+        kept: list[Checked] = []
+        given: dict[str, np.ndarray] = {}
+        problems: list[str] = []
+        for c in checked:
+            where = f"{c.source} (id {c.external_id[:80]!r})"
+            if not external:
+                if c.vector is not None:
+                    problems.append(f"{where}: a vector was given, but this store embeds texts with its own model "
+                                    f"({self.settings.encoder.model}); only a store of external:NAME:DIM vectors "
+                                    "takes them")
+                    continue
+            elif c.vector is None:
+                if content_hash(c.text) not in stored:
+                    assert isinstance(encoder, ExternalEncoder)
+                    problems.append(f"{where}: no vector; {encoder.refusal()}")
+                    continue
+            elif len(c.vector) != encoder.dim:
+                problems.append(f"{where}: the vector has {len(c.vector)} dimensions; this store's "
+                                f"({encoder.model_key}) have {encoder.dim}")
+                continue
+            if c.vector is not None:
+                with np.errstate(over="ignore"):  # a float64 beyond float32's range: refused below
+                    raw = np.asarray(c.vector, dtype=np.float32)
+                    norm = float(np.linalg.norm(raw))
+                if not np.isfinite(raw).all() or not np.isfinite(norm) or norm == 0.0:
+                    problems.append(f"{where}: the vector does not fit float32 (too large or too small a length)")
+                    continue
+                given.setdefault(content_hash(c.text), normalize(raw.reshape(1, -1))[0])
+            kept.append(c)
+        return kept, given, problems
 
     def ingest_files(
         self,
@@ -138,6 +206,9 @@ class Writer:
         ``COLUMN:TYPE``)."""
         from retrieval.readers import RecordScan
 
+        if self.external():
+            raise RetrievalError(f"{self.encoder.get().model_key} vectors come from the caller and files carry none: "
+                                 "ingest these documents with their vectors through the Python API")
         t0 = time.perf_counter()
         try:
             scan = RecordScan(sources, fmt=fmt, id_field=id_field, text_fields=text_fields,

@@ -42,7 +42,8 @@ def export_cmd(state: CliState, precisions: tuple[str, ...], force: bool, as_jso
 
     info = resolve_model(state.settings.encoder.model)
     if not info.is_language_model:
-        raise RetrievalError(f"{info.name} is the test encoder: it has no weights and nothing to export")
+        what = "the caller's vectors" if info.kind == "external" else "the test encoder"
+        raise RetrievalError(f"{info.name} is {what}: it has no weights and nothing to export")
     wanted = precisions or ("fp32",)
     folder = ensure_export(info, "fp32", force=force)
     for precision in wanted:

@@ -159,7 +159,7 @@ def _child(settings: Any, query: str, fd: int) -> int:
     # export would export (import torch) here instead of in the parent. The test encoder
     # (hash) needs no help: it encodes in microseconds.
     chosen = plan_for(settings, prefer_key=prefer)
-    if chosen.backend in ("torch", "hash") or not is_exported(resolve_model(settings.encoder.model),
+    if chosen.backend in ("torch", "hash", "external") or not is_exported(resolve_model(settings.encoder.model),
                                                                "int8" if chosen.precision == "int8" else "fp32"):
         return SKIPPED
     encoder = encoder_for(settings, prefer_key=prefer)

@@ -43,6 +43,9 @@ class Encoder(ABC):
     # the lengths; a single text longer than this still makes a batch of its own.
     max_batch_tokens: int = MAX_BATCH_TOKENS
     progress: bool = True
+    # Whether documents longer than :attr:`window` are split into passages (False: the
+    # caller embedded each whole text, one vector per document; see ``embed.external``).
+    splits_passages: bool = True
     # Set by the factory: why a requested setting fell back (None when it did not), and
     # how ``auto`` chose (an EncoderPlan).
     fallback: str | None = None

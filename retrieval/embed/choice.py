@@ -140,6 +140,9 @@ def plan(info: ModelInfo, backend: str, precision: str, *, device: str = "cpu", 
     the CPU's (see :mod:`retrieval.embed.cpu`).
     """
     requested = f"{backend} {precision}"
+    if info.kind == "external":
+        return EncoderPlan("external", "fp32", info.key, f"{info.name}: the caller's vectors; this store embeds nothing",
+                           requested)
     if not info.is_language_model:
         return EncoderPlan("hash", "fp32", info.key, f"{info.name} is {NOT_A_LANGUAGE_MODEL}", requested)
     agreement = (read_meta(export_dir(info)) or {}).get("agreement") if info.path else None

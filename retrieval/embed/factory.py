@@ -66,6 +66,12 @@ def create_encoder(
 
 def _build(info: ModelInfo, chosen: EncoderPlan, *, device: str, batch_size: int, progress: bool,
            threads: int | None, explicit: bool) -> Encoder:
+    if chosen.backend == "external":
+        from retrieval.embed.external import ExternalEncoder
+
+        external = ExternalEncoder(info.name.removeprefix("external:"), info.dim or 0)
+        external.choice = chosen
+        return external
     if chosen.backend == "hash":
         from retrieval.embed.hashing import HashEncoder
 

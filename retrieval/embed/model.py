@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from retrieval.embed.external import DIGEST, PREFIX, is_external, parse_external
 from retrieval.errors import RetrievalError
 
 PACKAGED_NAMES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
@@ -40,11 +41,13 @@ class ModelInfo:
     path: str | None  # local directory, or None for a name sentence-transformers resolves
     dim: int | None
     digest: str | None
-    kind: str = "sentence-transformers"  # or "hash": the test encoder, not a language model
+    # or "hash": the test encoder, not a language model; or "external": the caller's
+    # vectors (retrieval.embed.external), no model here at all
+    kind: str = "sentence-transformers"
 
     @property
     def is_language_model(self) -> bool:
-        return self.kind != "hash"
+        return self.kind == "sentence-transformers"
 
     @property
     def key(self) -> str:
@@ -137,6 +140,9 @@ def output_dim(root: Path) -> int | None:
 
 def resolve_model(model: str) -> ModelInfo:
     """Find a model's files and key. Raises RetrievalError for a path that is not a model."""
+    if is_external(model):
+        name, dim = parse_external(model)
+        return ModelInfo(f"{PREFIX}{name}", None, dim, DIGEST, kind="external")
     hashed = HASH_MODEL.match(model.strip().lower())
     if hashed:
         dim = int(hashed.group(1))

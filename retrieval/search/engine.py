@@ -153,6 +153,24 @@ class SearchEngine:
                 raise
             return run(self.keeper.rebuild_diverged(version, str(exc)))
 
+    def document_vectors(self, external_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """See :meth:`retrieval.Retriever.document_vectors`."""
+        return self._vectors(self.store.get_many(check_ids(external_ids)))
+
+    def _vectors(self, docs: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Each stored document's vector, by external id: the normalised mean of its
+        passages' vectors (its own vector when it is one passage)."""
+        if not docs:
+            return {}
+        rows = [(d.id, d.text, d.content_hash) for d in docs.values()]
+        got = passage_vectors(self.store, self.encoder.get(), self._splitter(), rows)
+        owners = docs_of(got.rows, PASSAGE_BITS)
+        by_id = {}
+        for doc_id in set(owners.tolist()):
+            mean = got.matrix[owners == doc_id].mean(axis=0)
+            by_id[doc_id] = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+        return {e: by_id[d.id] for e, d in docs.items()}
+
     def _arithmetic(self, positive: Sequence[str], negative: Sequence[str], like: Sequence[str],
                     unlike: Sequence[str]) -> tuple[np.ndarray, list[int]]:
         """The normalised query vector of a recommendation, and the examples' internal ids."""
@@ -166,19 +184,11 @@ class SearchEngine:
             missing = [e for e in (*like, *unlike) if e not in docs]
             if missing:
                 raise NotFoundError(f"no document with id {missing[0]!r}")
-            rows = [(d.id, d.text, d.content_hash) for d in docs.values()]
-            # A document's vector: the normalised mean of its passages' vectors (its own
-            # vector when it is one passage).
-            got = passage_vectors(self.store, encoder, self._splitter(), rows)
-            owners = docs_of(got.rows, PASSAGE_BITS)
-            by_id = {}
-            for doc_id in set(owners.tolist()):
-                mean = got.matrix[owners == doc_id].mean(axis=0)
-                by_id[doc_id] = mean / max(float(np.linalg.norm(mean)), 1e-12)
+            by_id = self._vectors(docs)
             for e in like:
-                total = total + by_id[docs[e].id]
+                total = total + by_id[e]
             for e in unlike:
-                total = total - by_id[docs[e].id]
+                total = total - by_id[e]
             examples = [docs[e].id for e in (*like, *unlike)]
         norm = float(np.linalg.norm(total))
         if not np.isfinite(norm) or norm < 1e-6:

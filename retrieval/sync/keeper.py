@@ -76,7 +76,7 @@ class EncoderSlot:
     def follow(self, model_key: str) -> None:
         """Another process reindexed with other vectors (say bf16): with ``auto``, follow
         the index instead of failing every search until a restart."""
-        if (self.loaded is not None and self.loaded.model_key != model_key
+        if (self.loaded is not None and self.loaded.model_key != model_key and self.loaded.backend != "external"
                 and "auto" in (self.settings.encoder.backend, self.settings.encoder.precision)):
             self.loaded = None
 
@@ -164,6 +164,11 @@ class IndexKeeper:
         other vectors than the configured encoder's; nothing when there is no index yet."""
         manifest = version.manifest if version is not None else self.index_store.read_manifest()
         key = self.encoder.get().model_key
+        if manifest is not None and manifest.model_key != key and "external:" in manifest.model_key + key:
+            raise ModelMismatchError(
+                f"this store holds {manifest.model_key} vectors, not {key}: a store keeps one model's vectors "
+                "(the caller's, for an external model), so use another store for these, or the same model as before"
+            )
         if manifest is not None and manifest.model_key != key:
             raise ModelMismatchError(
                 f"the index was built with {manifest.model_key} but the configured model is {key}; run "

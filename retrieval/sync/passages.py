@@ -46,7 +46,7 @@ class Splitter:
     def of(cls, index: ChunkSettings, encoder: Encoder) -> Splitter:
         """The split ``index.chunk_tokens`` and ``index.chunk_overlap`` ask for (the
         index settings, or a build's options) with ``encoder``'s window."""
-        if index.chunk_tokens == 0:
+        if index.chunk_tokens == 0 or not encoder.splits_passages:
             return cls(0, 0)
         window = encoder.window
         tokens = window if index.chunk_tokens is None else min(index.chunk_tokens, window)

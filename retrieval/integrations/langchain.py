@@ -1,0 +1,238 @@
+"""A LangChain ``VectorStore`` over a local store: :class:`RetrievalVectorStore`.
+
+LangChain's documents map to the store's one to one: ``page_content`` is the text,
+``metadata`` the metadata (a JSON object, filtered with the store's filter language:
+``filter={"color": "red", "price": {"$lt": 100}}``, see docs/search.md), and ``id`` the
+document's id (a uuid4 is made for a document without one). Adding a document whose id
+is stored replaces it, as an ingest does.
+
+With an ``embedding`` (a LangChain ``Embeddings``), the texts and queries are embedded
+by it, and the store keeps its vectors under the external model
+``external:CLASS:DIM`` (:mod:`retrieval.embed.external`): the store never embeds, and
+one store holds one model's vectors (an embeddings object of another class or dimension
+is refused with :class:`~retrieval.errors.ModelMismatchError`). Without one, the store's
+own encoder (the ``model`` setting) embeds texts and queries.
+
+Scores are cosine similarities (higher is closer), which are also LangChain's relevance
+scores. The async methods run the sync ones in LangChain's default executor.
+
+Needs ``langchain-core`` (``pip install retrieval[langchain]``); nothing else in the
+package imports this module.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+from langchain_core.vectorstores import VectorStore
+from langchain_core.vectorstores.utils import maximal_marginal_relevance
+
+from retrieval.embed.external import ExternalEncoder, external_model
+from retrieval.errors import ArgumentError, ModelMismatchError
+from retrieval.retriever import Retriever
+from retrieval.search.hits import Hit
+
+__all__ = ["RetrievalVectorStore"]
+
+
+class RetrievalVectorStore(VectorStore):
+    """A :class:`~retrieval.Retriever` as a LangChain vector store (see the module doc).
+
+    ``store`` is a Retriever, or a folder (a store in it: ``retrieval.db`` and
+    ``index/``, opened with ``settings`` as overrides); None opens the configured store
+    (``config.yaml``, ``RETRIEVE_*``). ``embedding_name`` names the vectors of
+    ``embedding`` (default: its class name).
+    """
+
+    def __init__(self, store: Retriever | str | os.PathLike[str] | None = None, embedding: Embeddings | None = None,
+                 *, embedding_name: str | None = None, **settings: Any) -> None:
+        if isinstance(store, Retriever):
+            if settings:
+                raise ArgumentError("settings apply to a store opened here, not to a Retriever passed in")
+            self.retriever = store
+        elif store is None:
+            self.retriever = Retriever.from_settings(**settings)
+        else:
+            self.retriever = Retriever.open(Path(store), **settings)
+        self._embedding = embedding
+        self._name = embedding_name or (type(embedding).__name__ if embedding is not None else None)
+        self._lock = threading.Lock()
+        self._external: ExternalEncoder | None = None  # installed once the embeddings' dimension is known
+
+    @property
+    def embeddings(self) -> Embeddings | None:
+        return self._embedding
+
+    def close(self) -> None:
+        self.retriever.close()
+
+    # -- the caller's vectors ---------------------------------------------------------
+
+    def _use(self, dim: int) -> ExternalEncoder:
+        """The external encoder of this store's embeddings with ``dim`` dimensions,
+        installed on the retriever (a store of other vectors is refused on write)."""
+        assert self._name is not None
+        with self._lock:
+            if self._external is not None:
+                if self._external.dim != dim:
+                    raise ModelMismatchError(f"{self._name} returned {dim}-dimensional vectors, but this store "
+                                             f"holds its {self._external.dim}-dimensional ones")
+                return self._external
+            self._external = ExternalEncoder.of(external_model(self._name, dim))
+            self.retriever.encoder = self._external
+            return self._external
+
+    def _known(self) -> ExternalEncoder:
+        """The external encoder before any text is embedded (a delete): the index's
+        dimension when it holds these embeddings' vectors, else one embedded probe's."""
+        if self._external is not None:
+            return self._external
+        assert self._name is not None and self._embedding is not None
+        manifest = self.retriever.index_store.read_manifest()
+        if manifest is not None and manifest.model_key.startswith(ExternalEncoder.of(external_model(self._name, 1))
+                                                                  .model_key.split("|")[0] + "|"):
+            return self._use(manifest.dim)
+        return self._use(len(self._embedding.embed_query("dimension")))
+
+    def _embed_documents(self, texts: list[str]) -> np.ndarray:
+        assert self._embedding is not None
+        vectors = np.asarray(self._embedding.embed_documents(texts), dtype=np.float64)
+        if vectors.ndim != 2 or len(vectors) != len(texts):
+            raise ArgumentError(f"{self._name}.embed_documents returned {vectors.shape} for {len(texts)} texts")
+        self._use(vectors.shape[1])
+        return vectors
+
+    def _embed_query(self, query: str) -> list[float]:
+        assert self._embedding is not None
+        return list(self._embedding.embed_query(query))
+
+    # -- writes -----------------------------------------------------------------------
+
+    def add_texts(self, texts: Iterable[str], metadatas: list[dict[Any, Any]] | None = None, *,
+                  ids: list[str] | None = None, **kwargs: Any) -> list[str]:
+        """Store texts (upserts by id; a missing id, None among ``ids`` included, gets a
+        uuid4) and publish them; returns their ids. A repeated id is stored once, its last
+        text winning. ``kwargs`` go to :meth:`retrieval.Retriever.ingest`."""
+        texts = list(texts)
+        if metadatas is not None and len(metadatas) != len(texts):
+            raise ArgumentError(f"{len(metadatas)} metadatas for {len(texts)} texts")
+        if ids is not None and len(ids) != len(texts):
+            raise ArgumentError(f"{len(ids)} ids for {len(texts)} texts")
+        given: list[Any] = list(ids) if ids is not None else [None] * len(texts)
+        keys = [str(i) if i is not None and i != "" else str(uuid.uuid4()) for i in given]
+        last = {key: n for n, key in enumerate(keys)}  # a repeated id: its last document, as upserts in turn
+        order = sorted(last.values())
+        docs: list[dict[str, Any]] = [
+            {"id": keys[n], "text": texts[n], "metadata": dict(metadatas[n]) if metadatas else {}} for n in order]
+        if docs and self._embedding is not None:
+            vectors = self._embed_documents([d["text"] for d in docs])
+            for doc, vector in zip(docs, vectors):
+                doc["vector"] = vector
+        if docs:
+            self.retriever.ingest(docs, **kwargs)
+        return keys
+
+    def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
+        """Delete documents by id (missing ones are no error); True. Without ids, False:
+        a whole store is deleted with its folder, not here."""
+        if ids is None:
+            return False
+        if self._embedding is not None and self.retriever.store.get_many(list(ids)):
+            self._known()  # the sync that publishes the delete needs the store's model
+        self.retriever.delete(list(ids), **kwargs)
+        return True
+
+    def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
+        """The stored documents with these ids, in the order given; missing ones are left out."""
+        found = self.retriever.store.get_many([str(i) for i in ids])
+        return [Document(page_content=d.text, metadata=dict(d.metadata), id=d.external_id)
+                for d in (found.get(str(i)) for i in ids) if d is not None]
+
+    # -- searches ---------------------------------------------------------------------
+
+    def similarity_search(self, query: str, k: int = 4, filter: dict[str, Any] | None = None,
+                          **kwargs: Any) -> list[Document]:
+        return [doc for doc, _ in self.similarity_search_with_score(query, k, filter=filter, **kwargs)]
+
+    def similarity_search_with_score(self, query: str, k: int = 4, filter: dict[str, Any] | None = None,
+                                     **kwargs: Any) -> list[tuple[Document, float]]:
+        """The ``k`` documents nearest ``query`` with their cosine similarity, best first."""
+        if self._embedding is not None:
+            return self.similarity_search_with_score_by_vector(self._embed_query(query), k, filter=filter, **kwargs)
+        return [(_document(h), h.score) for h in self.retriever.search(query, k, where=filter, **kwargs)]
+
+    def similarity_search_by_vector(self, embedding: list[float], k: int = 4, filter: dict[str, Any] | None = None,
+                                    **kwargs: Any) -> list[Document]:
+        return [doc for doc, _ in self.similarity_search_with_score_by_vector(embedding, k, filter=filter, **kwargs)]
+
+    def similarity_search_with_score_by_vector(self, embedding: list[float], k: int = 4,
+                                               filter: dict[str, Any] | None = None,
+                                               **kwargs: Any) -> list[tuple[Document, float]]:
+        """The ``k`` documents nearest a query vector (normalised here), with their
+        cosine similarity, best first."""
+        return [(_document(h), h.score) for h in self._by_vector(embedding, k, filter, **kwargs)]
+
+    def _by_vector(self, embedding: Sequence[float], k: int, where: Any, **kwargs: Any) -> list[Hit]:
+        query = np.asarray(embedding, dtype=np.float32).reshape(1, -1)
+        norm = float(np.linalg.norm(query))
+        if not np.isfinite(norm) or norm == 0.0:
+            raise ArgumentError("the query vector has no direction (all zeros, NaN or infinite)")
+        if self._embedding is not None:
+            self._use(query.shape[1])
+        return self.retriever.search_vectors(query / norm, k, where=where, **kwargs)[0]
+
+    def max_marginal_relevance_search(self, query: str, k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5,
+                                      filter: dict[str, Any] | None = None, **kwargs: Any) -> list[Document]:
+        """``k`` documents among the ``fetch_k`` nearest ``query``, chosen for relevance
+        and diversity (``lambda_mult`` 1: relevance only, 0: diversity only)."""
+        if self._embedding is not None:
+            vector = self._embed_query(query)
+        else:
+            vector = self.retriever.encoder.encode_queries([query])[0].tolist()
+        return self.max_marginal_relevance_search_by_vector(vector, k, fetch_k, lambda_mult, filter=filter, **kwargs)
+
+    def max_marginal_relevance_search_by_vector(self, embedding: list[float], k: int = 4, fetch_k: int = 20,
+                                                lambda_mult: float = 0.5, filter: dict[str, Any] | None = None,
+                                                **kwargs: Any) -> list[Document]:
+        """MMR over the stored vectors of the ``fetch_k`` nearest candidates."""
+        hits = self._by_vector(embedding, max(fetch_k, k), filter, **kwargs)
+        if not hits:
+            return []
+        stored = self.retriever.document_vectors([h.id for h in hits])
+        hits = [h for h in hits if h.id in stored]  # deleted meanwhile
+        query = np.asarray(embedding, dtype=np.float32)
+        chosen = maximal_marginal_relevance(query / max(float(np.linalg.norm(query)), 1e-12),
+                                            [stored[h.id].tolist() for h in hits], lambda_mult=lambda_mult, k=k)
+        return [_document(hits[i]) for i in chosen]
+
+    def _select_relevance_score_fn(self) -> Callable[[float], float]:
+        # Scores are cosine similarities already: LangChain's relevance for cosine.
+        return _identity
+
+    # -- construction -----------------------------------------------------------------
+
+    @classmethod
+    def from_texts(cls, texts: list[str], embedding: Embeddings, metadatas: list[dict[Any, Any]] | None = None, *,
+                   ids: list[str] | None = None, store: Retriever | str | os.PathLike[str] | None = None,
+                   embedding_name: str | None = None, **settings: Any) -> RetrievalVectorStore:
+        """A store (``store``: a Retriever, a folder, or None for the configured one)
+        holding ``texts``, embedded by ``embedding``."""
+        vs = cls(store, embedding, embedding_name=embedding_name, **settings)
+        vs.add_texts(texts, metadatas, ids=list(ids) if ids is not None else None)
+        return vs
+
+
+def _identity(score: float) -> float:
+    return score
+
+
+def _document(hit: Hit) -> Document:
+    return Document(page_content=hit.text, metadata=dict(hit.metadata), id=hit.id)
