@@ -5,6 +5,7 @@ retriever tests, and the adapter's other promises, against a real server subproc
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -128,3 +129,17 @@ def test_a_url_that_is_not_the_service(server: ServeProcess) -> None:
     with pytest.raises(ServiceError) as exc:
         RetrievalServerRetriever(url=server.url + "/nothing-here", api_key=KEY).invoke(QUERY)
     assert "retrieve serve" in one_line(exc)
+
+
+def test_the_docs_example_runs(server: ServeProcess, monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    page = (Path(__file__).parents[2] / "docs" / "langchain.md").read_text()
+    section = page.split("## Over HTTP: a retriever for a running service", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    monkeypatch.setenv("RETRIEVE_API_KEY", KEY)
+    exec(compile(code.group(1).replace("http://127.0.0.1:8000", server.url), "docs/langchain.md", "exec"), {})
+    expected = re.findall(r"# (.+)$", code.group(1), re.M)[1:]  # the first comment says what runs
+    assert capsys.readouterr().out.splitlines() == expected
