@@ -16,6 +16,9 @@ own encoder (the ``model`` setting) embeds texts and queries.
 Scores are cosine similarities (higher is closer), which are also LangChain's relevance
 scores. The async methods run the sync ones in LangChain's default executor.
 
+:class:`RetrievalServerRetriever` is a LangChain retriever over a running ``retrieve
+serve``, asked over HTTP (``POST /v1/search``): nothing of the store is loaded here.
+
 Needs ``langchain-core`` (``pip install retrieval[langchain]``); nothing else in the
 package imports this module.
 """
@@ -27,20 +30,24 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import httpx
 import numpy as np
+from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
+from langchain_core.retrievers import BaseRetriever
 from langchain_core.vectorstores import VectorStore
 from langchain_core.vectorstores.utils import maximal_marginal_relevance
 
+from retrieval.client import read_answer, search_payload, unreachable
 from retrieval.embed.external import ExternalEncoder, external_model
-from retrieval.errors import ArgumentError, ModelMismatchError
+from retrieval.errors import ArgumentError, ModelMismatchError, ServiceError
 from retrieval.retriever import Retriever
 from retrieval.search.hits import Hit
 
-__all__ = ["RetrievalVectorStore"]
+__all__ = ["RetrievalServerRetriever", "RetrievalVectorStore"]
 
 
 class RetrievalVectorStore(VectorStore):
@@ -236,3 +243,79 @@ def _identity(score: float) -> float:
 
 def _document(hit: Hit) -> Document:
     return Document(page_content=hit.text, metadata=dict(hit.metadata), id=hit.id)
+
+
+# The search arguments an invoke may override (``retriever.invoke(query, k=3)``).
+_OVERRIDES = ("k", "where", "mode", "min_score", "alpha")
+
+
+class RetrievalServerRetriever(BaseRetriever):
+    """The ``k`` documents a running ``retrieve serve`` at ``url`` finds for a query.
+
+    ``api_key`` is the service's key (its ``RETRIEVE_API_KEY``; None for a service without
+    one); ``where`` a metadata filter in the store's language (docs/search.md); ``mode``
+    dense, keyword or hybrid (``alpha`` weighs them); ``min_score`` drops weaker hits.
+    ``k``, ``where``, ``mode``, ``min_score`` and ``alpha`` may also be given to one call:
+    ``retriever.invoke("trail shoes", k=3, where={"kind": "shoes"})``.
+
+    A document's ``id`` is the stored id, its metadata the stored metadata plus ``score``
+    and ``id``. The service's errors are raised as the :class:`~retrieval.errors.RetrievalError`
+    a local search raises (a bad filter as ``FilterError``), in one line; a refused key
+    or an unreachable service as :class:`~retrieval.errors.ServiceError`.
+
+    >>> RetrievalServerRetriever(url="http://127.0.0.1:8000", k=3).invoke("refund policy")  # doctest: +SKIP
+    """
+
+    url: str
+    api_key: str | None = None
+    k: int = 4
+    mode: Literal["dense", "keyword", "hybrid"] = "dense"
+    where: dict[str, Any] | None = None
+    min_score: float | None = None
+    alpha: float | None = None
+    timeout: float = 30
+
+    def _request(self, query: str, overrides: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, str]]:
+        """The search URL, body and headers for ``query`` with an invoke's ``overrides``."""
+        overrides.pop("verbose", None)  # LangChain passes invoke's own keyword through too
+        unknown = sorted(set(overrides) - set(_OVERRIDES))
+        if unknown:
+            raise ArgumentError(f"unknown search argument {', '.join(unknown)}: a search takes {', '.join(_OVERRIDES)}")
+        options = {name: overrides.get(name, getattr(self, name)) for name in _OVERRIDES}
+        payload = search_payload(query, options.pop("k"), **options)
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return self.url.rstrip("/") + "/v1/search", payload, headers
+
+    def _documents(self, response: httpx.Response) -> list[Document]:
+        url = self.url.rstrip("/")
+        if response.status_code == 404:  # a search never answers 404: another service, or a wrong path
+            raise ServiceError(f"{url}/v1/search was not found: is {url} a `retrieve serve` service?")
+        hint = ("pass its key as api_key= (the service's RETRIEVE_API_KEY)" if self.api_key is None
+                else "api_key= is not its key (the service's RETRIEVE_API_KEY)")
+        body = read_answer(url, "/v1/search", response, key_hint=hint)
+        return [Document(page_content=r["text"], metadata={**(r.get("metadata") or {}), "score": r["score"],
+                                                           "id": r["id"]}, id=str(r["id"]))
+                for r in body["results"]]
+
+    def _unreachable(self, exc: httpx.HTTPError) -> Exception:
+        return unreachable(self.url.rstrip("/"), exc, "is `retrieve serve` running there (and is url= right)?")
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
+                                **kwargs: Any) -> list[Document]:
+        url, payload, headers = self._request(query, kwargs)
+        try:
+            with httpx.Client(headers=headers, timeout=self.timeout) as client:
+                response = client.post(url, json=payload)
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from exc
+        return self._documents(response)
+
+    async def _aget_relevant_documents(self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun,
+                                       **kwargs: Any) -> list[Document]:
+        url, payload, headers = self._request(query, kwargs)
+        try:
+            async with httpx.AsyncClient(headers=headers, timeout=self.timeout) as client:
+                response = await client.post(url, json=payload)
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from exc
+        return self._documents(response)
