@@ -203,3 +203,17 @@ def test_importing_retrieval_does_not_import_llama_index() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
+
+def test_the_docs_example_runs_and_prints_what_it_says(tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import REPO
+
+    page = (REPO / "docs" / "llamaindex.md").read_text()
+    code = next(b for b in re.findall(r"```python\n(.*?)```", page, re.S) if "RetrievalVectorStore" in b)
+    monkeypatch.chdir(tmp_path)
+    for name in ("RETRIEVE_DATABASE_URL", "RETRIEVE_INDEX_DIR", "RETRIEVE_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    exec(compile(code, "docs/llamaindex.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    expected = re.findall(r"print\(.*\)  # (.*)", code)
+    assert printed == expected
