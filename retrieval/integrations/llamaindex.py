@@ -221,13 +221,16 @@ class RetrievalVectorStore(BasePydanticVectorStore):
         """The stored documents matching ``where`` (every one: None), among ``ids`` when
         given (in their order), else in the order they were stored."""
         f = parse_filter(where)
+        if ids is not None:
+            found = self._retriever.store.get_many([str(i) for i in ids])
+            if f is not None:
+                with self._retriever.store.read() as snap:
+                    keep = set(snap.matching_ids(f).tolist())
+                found = {key: d for key, d in found.items() if d.id in keep}
+            return [found[i] for i in dict.fromkeys(str(i) for i in ids) if i in found]
         with self._retriever.store.read() as snap:
             internal = snap.all_ids() if f is None else snap.matching_ids(f)
-            docs = sorted(snap.documents(internal.tolist()).values(), key=lambda d: d.id)
-        if ids is None:
-            return docs
-        by_id = {d.external_id: d for d in docs}
-        return [by_id[i] for i in dict.fromkeys(str(i) for i in ids) if i in by_id]
+            return sorted(snap.documents(internal.tolist()).values(), key=lambda d: d.id)
 
     # -- queries ----------------------------------------------------------------------
 

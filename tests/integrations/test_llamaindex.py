@@ -194,6 +194,28 @@ def test_a_store_of_the_caller_s_vectors_refuses_text_queries(make_retriever: Ca
     assert result.nodes is not None and result.nodes[0].ref_doc_id == "d2"
 
 
+def test_the_async_methods_and_another_dimension(make_retriever: Callable[..., Any]) -> None:
+    import asyncio
+
+    from retrieval.errors import ModelMismatchError
+
+    store = RetrievalVectorStore(make_retriever(), embed_model=BagOfWords())
+    index = _index(store)
+
+    async def use() -> list[str]:
+        hits = await index.as_retriever(similarity_top_k=1).aretrieve("linen shirt")
+        await store.adelete("d2")
+        return [h.node.ref_doc_id or "" for h in hits] + [n.ref_doc_id or "" for n in await store.aget_nodes()]
+
+    assert asyncio.run(use()) == ["d2", "d1", "d3"]
+    with pytest.raises(ModelMismatchError, match="8-dimensional vectors"):
+        store.add([TextNode(id_="x", text="short", embedding=[1.0] * 8)])
+    other = RetrievalVectorStore(make_retriever(), embedding_name="Other")  # the same folder, reopened
+    with pytest.raises(ModelMismatchError):
+        other.add([TextNode(id_="y", text="other", embedding=[1.0] * DIM)])
+    assert [n.node_id for n in other.get_nodes(node_ids=["y"])] == []
+
+
 def test_importing_retrieval_does_not_import_llama_index() -> None:
     import subprocess
     import sys
