@@ -146,8 +146,8 @@ class RetrievalVectorStore(BasePydanticVectorStore):
                     self._external = ExternalEncoder.of(external_model(self.embedding_name, dim))
                 elif self.embedding_name is None and is_external(configured):
                     self._external = ExternalEncoder.of(configured)
-                elif indexed is not None and (self.embedding_name is None or indexed.model_key.startswith(
-                        ExternalEncoder.of(external_model(self.embedding_name, 1)).model_key.split("|")[0] + "|")):
+                elif indexed is not None and (self.embedding_name is None or indexed.name
+                                              == ExternalEncoder.of(external_model(self.embedding_name, 1)).name):
                     self._external = indexed
                 else:
                     return None

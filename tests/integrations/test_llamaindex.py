@@ -59,13 +59,14 @@ CATALOG = [
 ]
 
 
-def _index(store: RetrievalVectorStore) -> Any:
+def _index(store: RetrievalVectorStore, embed_model: BaseEmbedding | None = None) -> Any:
     from llama_index.core import Document, StorageContext, VectorStoreIndex
     from llama_index.core.node_parser import SentenceSplitter
 
     docs = [Document(id_=i, text=text, metadata=meta) for i, text, meta in CATALOG]
     return VectorStoreIndex.from_documents(
-        docs, storage_context=StorageContext.from_defaults(vector_store=store), embed_model=BagOfWords(),
+        docs, storage_context=StorageContext.from_defaults(vector_store=store),
+        embed_model=embed_model or BagOfWords(),
         transformations=[SentenceSplitter(chunk_size=256, chunk_overlap=0, tokenizer=str.split)])
 
 
@@ -177,6 +178,18 @@ def test_without_embeddings_the_store_embeds(make_retriever: Callable[..., Any])
     assert filtered.ids == ["c"]
     with pytest.raises(ArgumentError, match="query mode 'mmr' is not supported"):
         store.query(VectorStoreQuery(query_str="shoes", mode=VectorStoreQueryMode.MMR))
+
+
+def test_a_vector_store_index_on_a_store_that_embeds(make_retriever: Callable[..., Any]) -> None:
+    from llama_index.core import MockEmbedding
+
+    store = RetrievalVectorStore(make_retriever())  # hash-384 embeds; MockEmbedding's vectors are not used
+    index = _index(store, MockEmbedding(embed_dim=1))
+    assert store.retriever.store.count_documents() == 3 and store.retriever.encoder.model_key.startswith("hash")
+    hits = index.as_retriever(similarity_top_k=1).retrieve("linen shirt for summer")
+    assert [h.node.ref_doc_id for h in hits] == ["d2"] and hits[0].node.metadata["brand"] == "zenith"
+    hybrid = index.as_retriever(similarity_top_k=1, vector_store_query_mode="hybrid").retrieve("trail paths")
+    assert [h.node.ref_doc_id for h in hybrid] == ["d3"]
 
 
 def test_a_store_of_the_caller_s_vectors_refuses_text_queries(make_retriever: Callable[..., Any]) -> None:
