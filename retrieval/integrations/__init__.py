@@ -1,1 +1,1 @@
-"""Optional adapters to other frameworks (MCP, LangChain): each module imports its framework, nothing else in the package does."""
+"""Optional adapters to other frameworks (MCP, LangChain, LlamaIndex): each module imports its framework, nothing else in the package does."""
