@@ -1,1 +1,3 @@
-"""Optional adapters to other frameworks (MCP, LangChain, LlamaIndex): each module imports its framework, nothing else in the package does."""
+"""Optional adapters to other frameworks (MCP, LangChain, LlamaIndex).
+
+Each module imports its framework; nothing else in the package does."""
