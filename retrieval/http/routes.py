@@ -50,7 +50,7 @@ def add_routes(app: FastAPI, service: Service, schemas: Schemas, require_key: An
               responses=ERRORS, tags=["search"])
     @body_model(schemas.SearchRequest)
     async def search(body: SearchRequest) -> Any:
-        """The ``k`` documents closest in meaning to ``query``, best first."""
+        """The ``k`` documents closest in meaning to ``query`` (or to the query ``vector``), best first."""
         return await service.search(body)
 
     @app.post("/v1/documents", response_model=UpsertResponse, dependencies=protected, responses=ERRORS,
@@ -59,7 +59,8 @@ def add_routes(app: FastAPI, service: Service, schemas: Schemas, require_key: An
     async def upsert(body: UpsertRequest) -> Any:
         """Add or replace documents. When the response arrives they are committed to the
         database and in the published index."""
-        docs = [{"id": d.id, "text": d.text, "metadata": d.metadata} for d in body.documents]
+        docs = [{"id": d.id, "text": d.text, "metadata": d.metadata,
+                 **({"vector": d.vector} if d.vector is not None else {})} for d in body.documents]
         return await service.upsert(docs)
 
     @app.post("/v1/embeddings", response_model=EmbeddingsResponse, dependencies=protected, responses=OPENAI_ERRORS,

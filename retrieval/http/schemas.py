@@ -7,10 +7,12 @@ made per application by :func:`make_schemas`, and the OpenAPI schema states ever
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, create_model, field_validator
 
 from retrieval.config import Settings
 from retrieval.documents import MAX_ID_CHARS
+
+MAX_VECTOR_ITEMS = 65_536  # numbers in a document's or a query's vector (external:NAME:DIM allows fewer)
 
 
 class PassageOut(BaseModel):
@@ -78,6 +80,10 @@ class DocumentIn(BaseModel):
         "The text that is embedded and searched (at most max_document_bytes of UTF-8)."))
     metadata: dict[str, Any] = Field(default_factory=dict, description=(
         "Any JSON object (no NaN or infinities), returned with results."))
+    vector: list[FiniteFloat] | None = Field(None, min_length=1, max_length=MAX_VECTOR_ITEMS, description=(
+        "Your embedding of the text (finite numbers, not all zero), only for a store of model "
+        "external:NAME:DIM, where it is required (DIM numbers) unless the same text is stored with one; "
+        "a store that embeds texts itself refuses it."))
 
 
 Mode = Literal["dense", "keyword", "hybrid"]
@@ -89,6 +95,9 @@ class SearchRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     query: str | None = None
+    vector: list[FiniteFloat] | None = Field(None, min_length=1, max_length=MAX_VECTOR_ITEMS, description=(
+        "Search with this query vector instead of a query text (dense mode, without plus, minus, like or "
+        "unlike): the store's dimension, finite numbers, not all zero; for a store of model external:NAME:DIM."))
     k: int
     min_score: float | None = None
     where: dict[str, Any] | None = Field(

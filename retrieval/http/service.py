@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.concurrency import run_in_threadpool
 
 from retrieval.config import Settings
+from retrieval.embed.external import is_external
 from retrieval.errors import ArgumentError, InvalidInputError, NotFoundError, RetrievalError
 from retrieval.http.batcher import QueryBatcher
 from retrieval.http.edge import Metrics
@@ -51,7 +52,8 @@ class Service:
         self.model_loaded = True
         r.current_index()
         self.index_loaded = True
-        r.encoder.encode_queries(["warm up"])  # first call allocates; keep it off the first request
+        if not is_external(self.settings.encoder.model):  # a caller's vectors: no encoder to warm
+            r.encoder.encode_queries(["warm up"])  # first call allocates; keep it off the first request
 
     # -- endpoints ----------------------------------------------------------------------
 
@@ -59,6 +61,8 @@ class Service:
         t0 = time.perf_counter()
         query = body.query
         arithmetic = bool(body.plus or body.minus or body.like or body.unlike)
+        if body.vector is not None:
+            return {"results": [h.as_dict() for h in await self._by_vector(body, arithmetic)], "took_ms": _ms(t0)}
         if self.batcher is not None and body.mode == "dense" and body.where is None and query is not None and not arithmetic:
             # Checked as every search is, before it joins a batch of other requests' queries.
             args = self.retriever.check_search([query], body.k, body.min_score)
@@ -69,6 +73,27 @@ class Service:
                 plus=body.plus, minus=body.minus, like=body.like, unlike=body.unlike,
                 include_examples=body.include_examples))
         return {"results": [h.as_dict() for h in hits], "took_ms": _ms(t0)}
+
+    async def _by_vector(self, body: SearchRequest, arithmetic: bool) -> list[Any]:
+        """The hits of a search by the caller's query vector (never batched: the batcher
+        takes texts)."""
+        import numpy as np
+
+        if body.query is not None:
+            raise ArgumentError("give a query or a vector, not both")
+        if body.mode != "dense" or body.alpha is not None:
+            raise ArgumentError(f"a search by vector is dense only (mode {body.mode!r} and alpha need a query text)")
+        if arithmetic:
+            raise ArgumentError("plus, minus, like and unlike take no vector: search by a query text or a vector alone")
+        given = np.asarray([body.vector], np.float64)
+        norm = float(np.linalg.norm(given))
+        if norm == 0.0 or not np.isfinite(norm):
+            raise ArgumentError("vector is all zeros: it has no direction" if norm == 0.0
+                                else "vector is too large to normalise (its length overflows)")
+        vectors = (given / norm).astype(np.float32)  # unit length: scores are cosine similarities
+        hits = await run_in_threadpool(lambda: self.retriever.search_vectors(
+            vectors, body.k, min_score=body.min_score, where=body.where))
+        return list(hits[0])
 
     async def similar(self, doc_id: str, k: int | None, min_score: float | None, where: str | None) -> dict[str, Any]:
         t0 = time.perf_counter()

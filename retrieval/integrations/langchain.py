@@ -17,7 +17,9 @@ Scores are cosine similarities (higher is closer), which are also LangChain's re
 scores. The async methods run the sync ones in LangChain's default executor.
 
 :class:`RetrievalServerRetriever` is a LangChain retriever over a running ``retrieve
-serve``, asked over HTTP (``POST /v1/search``): nothing of the store is loaded here.
+serve``, asked over HTTP (``POST /v1/search``): nothing of the store is loaded here;
+:class:`RetrievalServerVectorStore` is a vector store over one (its documents endpoints
+too, with the caller's vectors on a store of model ``external:NAME:DIM``).
 
 Needs ``langchain-core`` (``pip install retrieval[langchain]``); nothing else in the
 package imports this module.
@@ -47,7 +49,7 @@ from retrieval.errors import ArgumentError, ModelMismatchError, ServiceError
 from retrieval.retriever import Retriever
 from retrieval.search.hits import Hit
 
-__all__ = ["RetrievalServerRetriever", "RetrievalVectorStore"]
+__all__ = ["RetrievalServerRetriever", "RetrievalServerVectorStore", "RetrievalVectorStore"]
 
 
 class RetrievalVectorStore(VectorStore):
@@ -319,3 +321,159 @@ class RetrievalServerRetriever(BaseRetriever):
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from exc
         return self._documents(response)
+
+
+class RetrievalServerVectorStore(VectorStore):
+    """A LangChain vector store over a running ``retrieve serve`` at ``url``, asked over
+    HTTP: nothing of the store is loaded here.
+
+    With an ``embedding``, texts and queries are embedded here and sent as vectors, so
+    the service's store must be one of the caller's vectors, model ``external:NAME:DIM``
+    with DIM the embeddings' dimension (docs/http.md); without one, the service embeds
+    texts and queries with its own model. ``api_key`` is the service's key (None for a
+    service without one). Scores are cosine similarities, as the service's.
+
+    The service's errors are raised as the :class:`~retrieval.errors.RetrievalError` a
+    local call raises, in one line; a refused key or an unreachable service as
+    :class:`~retrieval.errors.ServiceError`. The async methods run the sync ones in
+    LangChain's default executor.
+    """
+
+    def __init__(self, url: str, embedding: Embeddings | None = None, *, api_key: str | None = None,
+                 timeout: float = 60, batch_size: int = 256) -> None:
+        self.url = url.rstrip("/")
+        self._embedding = embedding
+        self.api_key = api_key
+        self.timeout = timeout
+        self.batch_size = batch_size
+
+    @property
+    def embeddings(self) -> Embeddings | None:
+        return self._embedding
+
+    # -- HTTP -------------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None,
+              missing_ok: bool = False) -> dict[str, Any] | None:
+        """The service's JSON answer to ``method path`` (None for a 404 when ``missing_ok``)."""
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        try:
+            with httpx.Client(headers=headers, timeout=self.timeout) as client:
+                response = client.request(method, self.url + path, json=body)
+        except httpx.HTTPError as exc:
+            raise unreachable(self.url, exc, "is `retrieve serve` running there (and is url= right)?") from exc
+        if missing_ok and response.status_code == 404 and _error_code(response) == "not_found":
+            return None
+        hint = ("pass its key as api_key= (the service's RETRIEVE_API_KEY)" if self.api_key is None
+                else "api_key= is not its key (the service's RETRIEVE_API_KEY)")
+        return read_answer(self.url, path.split("?")[0], response, key_hint=hint)
+
+    # -- writes -----------------------------------------------------------------------
+
+    def add_texts(self, texts: Iterable[str], metadatas: list[dict[Any, Any]] | None = None, *,
+                  ids: list[str] | None = None, **kwargs: Any) -> list[str]:
+        """Store texts through ``POST /v1/documents`` (upserts by id; a missing id gets a
+        uuid4), in batches of ``batch_size``; returns their ids. A repeated id is stored
+        once, its last text winning."""
+        texts = list(texts)
+        if metadatas is not None and len(metadatas) != len(texts):
+            raise ArgumentError(f"{len(metadatas)} metadatas for {len(texts)} texts")
+        if ids is not None and len(ids) != len(texts):
+            raise ArgumentError(f"{len(ids)} ids for {len(texts)} texts")
+        given: list[Any] = list(ids) if ids is not None else [None] * len(texts)
+        keys = [str(i) if i is not None and i != "" else str(uuid.uuid4()) for i in given]
+        last = {key: n for n, key in enumerate(keys)}  # a repeated id: its last document
+        order = sorted(last.values())
+        docs: list[dict[str, Any]] = [
+            {"id": keys[n], "text": texts[n], "metadata": dict(metadatas[n]) if metadatas else {}} for n in order]
+        if docs and self._embedding is not None:
+            vectors = np.asarray(self._embedding.embed_documents([d["text"] for d in docs]), dtype=np.float64)
+            if vectors.ndim != 2 or len(vectors) != len(docs):
+                raise ArgumentError(f"{type(self._embedding).__name__}.embed_documents returned {vectors.shape} "
+                                    f"for {len(docs)} texts")
+            for doc, vector in zip(docs, vectors):
+                doc["vector"] = vector.tolist()
+        for start in range(0, len(docs), self.batch_size):
+            self._call("POST", "/v1/documents", {"documents": docs[start:start + self.batch_size]})
+        return keys
+
+    def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
+        """Delete documents by id (missing ones are no error); True. Without ids, False:
+        the service deletes documents by id only."""
+        if ids is None:
+            return False
+        for doc_id in ids:
+            self._call("DELETE", "/v1/documents/" + _quoted(doc_id), missing_ok=True)
+        return True
+
+    def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
+        """The stored documents with these ids, in the order given; missing ones are left out."""
+        found = [self._call("GET", "/v1/documents/" + _quoted(doc_id), missing_ok=True) for doc_id in ids]
+        return [Document(page_content=d["text"], metadata=dict(d.get("metadata") or {}), id=str(d["id"]))
+                for d in found if d is not None]
+
+    # -- searches ---------------------------------------------------------------------
+
+    def similarity_search(self, query: str, k: int = 4, filter: dict[str, Any] | None = None,
+                          **kwargs: Any) -> list[Document]:
+        return [doc for doc, _ in self.similarity_search_with_score(query, k, filter=filter, **kwargs)]
+
+    def similarity_search_with_score(self, query: str, k: int = 4, filter: dict[str, Any] | None = None,
+                                     **kwargs: Any) -> list[tuple[Document, float]]:
+        """The ``k`` documents nearest ``query`` with their cosine similarity, best first
+        (by its vector when this store has embeddings, else by the text)."""
+        if self._embedding is not None:
+            return self.similarity_search_with_score_by_vector(list(self._embedding.embed_query(query)), k,
+                                                               filter=filter, **kwargs)
+        return self._search(search_payload(query, k, where=filter, **kwargs))
+
+    def similarity_search_by_vector(self, embedding: list[float], k: int = 4, filter: dict[str, Any] | None = None,
+                                    **kwargs: Any) -> list[Document]:
+        return [doc for doc, _ in self.similarity_search_with_score_by_vector(embedding, k, filter=filter, **kwargs)]
+
+    def similarity_search_with_score_by_vector(self, embedding: list[float], k: int = 4,
+                                               filter: dict[str, Any] | None = None,
+                                               **kwargs: Any) -> list[tuple[Document, float]]:
+        """The ``k`` documents nearest a query vector, with their cosine similarity, best first."""
+        payload = search_payload(None, k, where=filter, **kwargs)
+        payload["vector"] = [float(x) for x in embedding]
+        return self._search(payload)
+
+    def _search(self, payload: dict[str, Any]) -> list[tuple[Document, float]]:
+        body = self._call("POST", "/v1/search", payload)
+        assert body is not None
+        return [(Document(page_content=r["text"], metadata=dict(r.get("metadata") or {}), id=str(r["id"])),
+                 float(r["score"])) for r in body["results"]]
+
+    def _select_relevance_score_fn(self) -> Callable[[float], float]:
+        # Scores are cosine similarities already: LangChain's relevance for cosine.
+        return _identity
+
+    # -- construction -----------------------------------------------------------------
+
+    @classmethod
+    def from_texts(cls, texts: list[str], embedding: Embeddings | None = None,
+                   metadatas: list[dict[Any, Any]] | None = None, *, ids: list[str] | None = None,
+                   url: str | None = None, api_key: str | None = None,
+                   **kwargs: Any) -> RetrievalServerVectorStore:
+        """A store over the service at ``url`` (its key ``api_key``) that holds ``texts``
+        now, embedded by ``embedding`` (None: by the service)."""
+        if url is None:
+            raise ArgumentError("from_texts needs url=, the address of a running `retrieve serve`")
+        vs = cls(url, embedding, api_key=api_key, **kwargs)
+        vs.add_texts(texts, metadatas, ids=list(ids) if ids is not None else None)
+        return vs
+
+
+def _quoted(doc_id: str) -> str:
+    from urllib.parse import quote
+
+    return quote(str(doc_id), safe="")
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return str(body.get("error")) if isinstance(body, dict) else None
