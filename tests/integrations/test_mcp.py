@@ -337,3 +337,30 @@ def test_without_the_sdk_the_command_says_which_extra_to_install(store: dict[str
     proc = _retrieve(store, tmp_path, "mcp", code=code)
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.strip() == "Error: retrieve mcp needs the mcp extra: pip install 'retrieval[mcp]'"
+
+
+def test_the_pages_client_example_runs_and_prints_what_it_says(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/mcp.md's client example, run as a reader would: in a folder where `retrieve
+    init` and `retrieve ingest --sample` ran (its config.yaml names the test encoder, which
+    the server reads from the folder, as the SDK passes it only a minimal environment)."""
+    import re
+
+    from tests.conftest import REPO
+
+    code = re.findall(r"```python\n(.*?)```", (REPO / "docs" / "mcp.md").read_text(), re.S)[0]
+    assert 'StdioServerParameters(command="retrieve", args=["mcp"])' in code
+    (tmp_path / "config.yaml").write_text(f"encoder:\n  model: {HASH}\n")
+    bin_dir = str(Path(sys.executable).parent)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETRIEVE_")}
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    for args in (["init"], ["ingest", "--sample"]):
+        subprocess.run([sys.executable, "-m", "retrieval.cli", *args], cwd=tmp_path, env=env, check=True,
+                       capture_output=True, timeout=DEADLINE_S)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", env["PATH"])  # the example starts `retrieve` from the PATH, as a reader's shell has it
+    for name in [k for k in os.environ if k.startswith("RETRIEVE_")]:
+        monkeypatch.delenv(name)
+    exec(compile(code, "docs/mcp.md", "exec"), {"__name__": "docs_example"})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == re.findall(r"print\(.*\)  # (.*)", code)
