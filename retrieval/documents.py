@@ -55,6 +55,19 @@ class DocumentError(ValueError):
     """Why one document is refused (the message names the field; the caller adds where)."""
 
 
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or infinity (metadata a store took before they were
+    refused; `retrieve verify` names such documents) replaced by None, inside dicts,
+    lists and tuples too: what standard JSON can carry, where a reader meets ``NaN``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
 def json_type(value: object) -> str:
     """The JSON name of a value's type, as messages use it."""
     if value is None:
@@ -326,5 +339,5 @@ def check_ids(external_ids: Any, what: str = "ids") -> list[str]:
 
 __all__ = ["DEFAULT_MAX_DOCUMENT_BYTES", "MAX_ID_CHARS", "Checked", "Deduplicator", "Document", "DocumentError",
            "Invalid", "check_batch", "check_document", "check_ids", "check_metadata", "check_text", "check_vector",
-           "json_type",
+           "finite", "json_type",
            "size_text"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any, TypeVar, cast
 import click
 
 from retrieval.config import Settings, load_settings
+from retrieval.documents import finite
 from retrieval.errors import InvalidInputError, RetrievalError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -77,18 +77,8 @@ def echo_json(data: Any) -> None:
     try:
         text = json.dumps(data, ensure_ascii=False, default=str, allow_nan=False)
     except ValueError:
-        text = json.dumps(_finite(data), ensure_ascii=False, default=str)
+        text = json.dumps(finite(data), ensure_ascii=False, default=str)
     click.echo(text)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def emit(as_json: bool, data: Any, lines: Callable[[], Iterable[str]]) -> None:

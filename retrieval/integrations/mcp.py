@@ -23,7 +23,6 @@ named ``MCPServer``).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NotRequired, TypeVar
@@ -34,6 +33,7 @@ from mcp.types import ToolAnnotations
 from pydantic import Field
 from typing_extensions import TypedDict  # pydantic's schemas need it before Python 3.12
 
+from retrieval.documents import finite
 from retrieval.errors import InvalidInputError, RetrievalError
 
 if TYPE_CHECKING:
@@ -186,15 +186,6 @@ def _jsonable(data: Any) -> Any:
     """``data`` as standard JSON values: a NaN or infinity (metadata a store took before they
     were refused) becomes null, and anything else JSON lacks (a path, a date) its string,
     as `retrieve ... --json` writes them."""
-    return json.loads(json.dumps(_finite(data), default=str, allow_nan=False))
+    return json.loads(json.dumps(finite(data), default=str, allow_nan=False))
 
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
