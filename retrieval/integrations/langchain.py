@@ -112,10 +112,8 @@ class RetrievalVectorStore(VectorStore):
         return self._use(len(self._embedding.embed_query("dimension")))
 
     def _embed_documents(self, texts: list[str]) -> np.ndarray:
-        assert self._embedding is not None
-        vectors = np.asarray(self._embedding.embed_documents(texts), dtype=np.float64)
-        if vectors.ndim != 2 or len(vectors) != len(texts):
-            raise ArgumentError(f"{self._name}.embed_documents returned {vectors.shape} for {len(texts)} texts")
+        assert self._embedding is not None and self._name is not None
+        vectors = _embedded(self._embedding, texts, self._name)
         self._use(vectors.shape[1])
         return vectors
 
@@ -130,17 +128,7 @@ class RetrievalVectorStore(VectorStore):
         """Store texts (upserts by id; a missing id, None among ``ids`` included, gets a
         uuid4) and publish them; returns their ids. A repeated id is stored once, its last
         text winning. ``kwargs`` go to :meth:`retrieval.Retriever.ingest`."""
-        texts = list(texts)
-        if metadatas is not None and len(metadatas) != len(texts):
-            raise ArgumentError(f"{len(metadatas)} metadatas for {len(texts)} texts")
-        if ids is not None and len(ids) != len(texts):
-            raise ArgumentError(f"{len(ids)} ids for {len(texts)} texts")
-        given: list[Any] = list(ids) if ids is not None else [None] * len(texts)
-        keys = [str(i) if i is not None and i != "" else str(uuid.uuid4()) for i in given]
-        last = {key: n for n, key in enumerate(keys)}  # a repeated id: its last document, as upserts in turn
-        order = sorted(last.values())
-        docs: list[dict[str, Any]] = [
-            {"id": keys[n], "text": texts[n], "metadata": dict(metadatas[n]) if metadatas else {}} for n in order]
+        keys, docs = _upserts(texts, metadatas, ids)
         if docs and self._embedding is not None:
             vectors = self._embed_documents([d["text"] for d in docs])
             for doc, vector in zip(docs, vectors):
@@ -375,22 +363,9 @@ class RetrievalServerVectorStore(VectorStore):
         """Store texts through ``POST /v1/documents`` (upserts by id; a missing id gets a
         uuid4), in batches of ``batch_size``; returns their ids. A repeated id is stored
         once, its last text winning."""
-        texts = list(texts)
-        if metadatas is not None and len(metadatas) != len(texts):
-            raise ArgumentError(f"{len(metadatas)} metadatas for {len(texts)} texts")
-        if ids is not None and len(ids) != len(texts):
-            raise ArgumentError(f"{len(ids)} ids for {len(texts)} texts")
-        given: list[Any] = list(ids) if ids is not None else [None] * len(texts)
-        keys = [str(i) if i is not None and i != "" else str(uuid.uuid4()) for i in given]
-        last = {key: n for n, key in enumerate(keys)}  # a repeated id: its last document
-        order = sorted(last.values())
-        docs: list[dict[str, Any]] = [
-            {"id": keys[n], "text": texts[n], "metadata": dict(metadatas[n]) if metadatas else {}} for n in order]
+        keys, docs = _upserts(texts, metadatas, ids)
         if docs and self._embedding is not None:
-            vectors = np.asarray(self._embedding.embed_documents([d["text"] for d in docs]), dtype=np.float64)
-            if vectors.ndim != 2 or len(vectors) != len(docs):
-                raise ArgumentError(f"{type(self._embedding).__name__}.embed_documents returned {vectors.shape} "
-                                    f"for {len(docs)} texts")
+            vectors = _embedded(self._embedding, [d["text"] for d in docs], type(self._embedding).__name__)
             for doc, vector in zip(docs, vectors):
                 doc["vector"] = vector.tolist()
         for start in range(0, len(docs), self.batch_size):
@@ -477,3 +452,29 @@ def _error_code(response: httpx.Response) -> str | None:
     except ValueError:
         return None
     return str(body.get("error")) if isinstance(body, dict) else None
+
+
+def _upserts(texts: Iterable[str], metadatas: list[dict[Any, Any]] | None,
+             ids: list[str] | None) -> tuple[list[str], list[dict[str, Any]]]:
+    """``add_texts``' arguments as (the id of each text, the documents to upsert): a
+    missing id (None or empty) gets a uuid4, and a repeated id is one document, its last
+    text and metadata winning, as upserts in turn would leave it."""
+    texts = list(texts)
+    if metadatas is not None and len(metadatas) != len(texts):
+        raise ArgumentError(f"{len(metadatas)} metadatas for {len(texts)} texts")
+    if ids is not None and len(ids) != len(texts):
+        raise ArgumentError(f"{len(ids)} ids for {len(texts)} texts")
+    given: list[Any] = list(ids) if ids is not None else [None] * len(texts)
+    keys = [str(i) if i is not None and i != "" else str(uuid.uuid4()) for i in given]
+    last = {key: n for n, key in enumerate(keys)}
+    docs = [{"id": keys[n], "text": texts[n], "metadata": dict(metadatas[n]) if metadatas else {}}
+            for n in sorted(last.values())]
+    return keys, docs
+
+
+def _embedded(embedding: Embeddings, texts: list[str], name: str) -> np.ndarray:
+    """``embedding``'s vectors of ``texts``, one row each, or a one-line error naming it."""
+    vectors = np.asarray(embedding.embed_documents(texts), dtype=np.float64)
+    if vectors.ndim != 2 or len(vectors) != len(texts):
+        raise ArgumentError(f"{name}.embed_documents returned {vectors.shape} for {len(texts)} texts")
+    return vectors
