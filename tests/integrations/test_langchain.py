@@ -10,6 +10,7 @@ from langchain_core.vectorstores import VectorStore
 from langchain_tests.integration_tests import VectorStoreIntegrationTests
 
 from retrieval.integrations.langchain import RetrievalVectorStore
+from tests.integrations.examples import docs_example, imported_by_plain_use, promised
 
 # The standard async tests are coroutines without a marker (LangChain runs them with
 # asyncio_mode auto); pytest-asyncio, a dependency of langchain-tests, runs them here
@@ -74,27 +75,16 @@ def test_without_embeddings_the_store_embeds(make_retriever: Callable[..., Any])
 
 
 def test_importing_retrieval_does_not_import_langchain() -> None:
-    import subprocess
-    import sys
-
-    code = ("import sys, retrieval, retrieval.retriever, retrieval.cli.search, retrieval.integrations; "
-            "print(sorted(m for m in sys.modules if m.startswith('langchain')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert imported_by_plain_use("langchain") == []
 
 
 def test_the_docs_example_runs_and_prints_what_it_says(tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    import re
-
-    from tests.conftest import REPO
-
-    page = (REPO / "docs" / "langchain.md").read_text()
-    code = next(b for b in re.findall(r"```python\n(.*?)```", page, re.S) if "RetrievalVectorStore" in b)
+    code = docs_example("langchain.md", "RetrievalVectorStore")
     monkeypatch.chdir(tmp_path)
     for name in ("RETRIEVE_DATABASE_URL", "RETRIEVE_INDEX_DIR", "RETRIEVE_MODEL"):
         monkeypatch.delenv(name, raising=False)
     exec(compile(code, "docs/langchain.md", "exec"), {})
     printed = capsys.readouterr().out.splitlines()
-    expected = re.findall(r"print\(.*\)  # (.*)", code)
+    expected = promised(code)
     assert printed == expected

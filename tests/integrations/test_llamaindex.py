@@ -21,6 +21,7 @@ from llama_index.core.vector_stores.types import (
 
 from retrieval.errors import ArgumentError
 from retrieval.integrations.llamaindex import RetrievalVectorStore
+from tests.integrations.examples import docs_example, imported_by_plain_use, promised
 
 DIM = 32
 
@@ -230,25 +231,16 @@ def test_the_async_methods_and_another_dimension(make_retriever: Callable[..., A
 
 
 def test_importing_retrieval_does_not_import_llama_index() -> None:
-    import subprocess
-    import sys
-
-    code = ("import sys, retrieval, retrieval.retriever, retrieval.cli.search, retrieval.integrations; "
-            "print(sorted(m for m in sys.modules if m.startswith('llama_index')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert imported_by_plain_use("llama_index") == []
 
 
 def test_the_docs_example_runs_and_prints_what_it_says(tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.conftest import REPO
-
-    page = (REPO / "docs" / "llamaindex.md").read_text()
-    code = next(b for b in re.findall(r"```python\n(.*?)```", page, re.S) if "RetrievalVectorStore" in b)
+    code = docs_example("llamaindex.md", "RetrievalVectorStore")
     monkeypatch.chdir(tmp_path)
     for name in ("RETRIEVE_DATABASE_URL", "RETRIEVE_INDEX_DIR", "RETRIEVE_MODEL"):
         monkeypatch.delenv(name, raising=False)
     exec(compile(code, "docs/llamaindex.md", "exec"), {})
     printed = capsys.readouterr().out.splitlines()
-    expected = re.findall(r"print\(.*\)  # (.*)", code)
+    expected = promised(code)
     assert printed == expected

@@ -23,6 +23,7 @@ import pytest
 
 from tests.conftest import HASH, SEED
 from tests.fixtures.server import free_port
+from tests.integrations.examples import docs_example, promised
 
 mcp = pytest.importorskip("mcp", reason="the mcp extra is not installed (pip install -e '.[mcp]')")
 
@@ -344,11 +345,7 @@ def test_the_pages_client_example_runs_and_prints_what_it_says(tmp_path: Path, m
     """docs/mcp.md's client example, run as a reader would: in a folder where `retrieve
     init` and `retrieve ingest --sample` ran (its config.yaml names the test encoder, which
     the server reads from the folder, as the SDK passes it only a minimal environment)."""
-    import re
-
-    from tests.conftest import REPO
-
-    code = re.findall(r"```python\n(.*?)```", (REPO / "docs" / "mcp.md").read_text(), re.S)[0]
+    code = docs_example("mcp.md", "stdio_client")
     assert 'StdioServerParameters(command="retrieve", args=["mcp"])' in code
     (tmp_path / "config.yaml").write_text(f"encoder:\n  model: {HASH}\n")
     bin_dir = str(Path(sys.executable).parent)
@@ -363,4 +360,4 @@ def test_the_pages_client_example_runs_and_prints_what_it_says(tmp_path: Path, m
         monkeypatch.delenv(name)
     exec(compile(code, "docs/mcp.md", "exec"), {"__name__": "docs_example"})
     printed = capsys.readouterr().out.splitlines()
-    assert printed == re.findall(r"print\(.*\)  # (.*)", code)
+    assert printed == promised(code)
