@@ -34,7 +34,7 @@ from retrieval.errors import ConfigError
 log = logging.getLogger("retrieval")
 
 ENV_PREFIX = "RETRIEVE_"
-INDEX_TYPES = ("auto", "flat", "hnsw")
+INDEX_TYPES = ("auto", "flat", "hnsw", "hnsw_sq", "ivf")
 SEARCH_MODES = ("dense", "keyword", "hybrid")  # the first is the default
 BACKENDS = ("auto", "torch", "onnx", "openvino")
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
@@ -70,9 +70,10 @@ class IndexSettings:
 
     type: str = "auto"
     hnsw_min_docs: int = 20_000
+    compressed_min_docs: int = 200_000
     hnsw_m: int = 32
     hnsw_ef_construction: int = 100
-    hnsw_ef_search: int = 128
+    hnsw_ef_search: int = 16
     min_recall: float = 0.98
     merge_segments_per_tier: int = 10
     merge_max_at_once: int = 10
@@ -80,6 +81,7 @@ class IndexSettings:
     merge_max_tombstones: float = 0.2
     merge_threads: int = 1
     merge_inline_max_docs: int = 1000
+    merge_memory_mb: int = 1024  # what one merge may hold in memory (bounds the largest segment)
     # Passages: a document longer than the model's window is split into passages of at
     # most chunk_tokens tokens (None: the model's window; 0: off, one vector per document,
     # truncated as sentence-transformers truncates), overlapping by chunk_overlap tokens.
@@ -149,7 +151,8 @@ FLAT: dict[str, str] = {
     "keep_index_versions": "store.keep_index_versions",
     "model": "encoder.model", "batch_size": "encoder.batch_size", "device": "encoder.device",
     "backend": "encoder.backend", "precision": "encoder.precision", "threads": "encoder.threads",
-    "index_type": "index.type", "hnsw_min_docs": "index.hnsw_min_docs", "hnsw_m": "index.hnsw_m",
+    "index_type": "index.type", "hnsw_min_docs": "index.hnsw_min_docs", "compressed_min_docs": "index.compressed_min_docs",
+    "hnsw_m": "index.hnsw_m", "merge_memory_mb": "index.merge_memory_mb",
     "hnsw_ef_construction": "index.hnsw_ef_construction", "hnsw_ef_search": "index.hnsw_ef_search",
     "min_recall": "index.min_recall", "merge_segments_per_tier": "index.merge_segments_per_tier",
     "merge_max_at_once": "index.merge_max_at_once", "merge_floor_docs": "index.merge_floor_docs",
@@ -223,6 +226,7 @@ class Settings:
             raise ConfigError(f"encoder.device: must be one of {', '.join(DEVICES)} or cuda:N, got {e.device!r}")
         for name in ("encoder.batch_size", "search.threads", "search.k", "search.max_k", "search.max_query_chars",
                      "index.hnsw_m", "index.hnsw_ef_search", "index.hnsw_ef_construction", "index.hnsw_min_docs",
+                     "index.compressed_min_docs",
                      "index.merge_max_at_once", "index.merge_floor_docs", "index.merge_threads",
                      "search.filter_exact_rows", "worker.max_batch", "store.keep_index_versions",
                      "ingest.max_document_bytes", "ray.threads"):
@@ -234,6 +238,8 @@ class Settings:
         for name in ("store.busy_timeout_ms", "search.timeout_ms", "index.merge_inline_max_docs"):
             if self.get(name) < 0:
                 raise ConfigError(f"{name}: must not be negative, got {self.get(name)}")
+        if i.merge_memory_mb < 128:
+            raise ConfigError(f"index.merge_memory_mb: must be at least 128, got {i.merge_memory_mb}")
         if i.chunk_tokens is not None and i.chunk_tokens != 0 and i.chunk_tokens < 8:
             raise ConfigError(f"index.chunk_tokens: must be 0 (off) or at least 8, got {i.chunk_tokens}")
         if i.chunk_overlap < 0 or (i.chunk_tokens and i.chunk_overlap >= i.chunk_tokens // 2):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,3 +86,30 @@ def write_once(root: Path, folder: Path, filename: str, data: bytes) -> FileRef:
             "the previous index generation keeps serving (free some space and run `retrieve sync`)"
         ) from exc
     return FileRef(str(final.relative_to(root)), len(data), digest)
+
+
+def write_once_with(root: Path, folder: Path, filename: str, write: Callable[[Path], None]) -> FileRef:
+    """:func:`write_once` for a file too large to hold in memory: ``write`` writes it at
+    the temporary path it is given (in blocks, or FAISS's own writer); it is then fsynced,
+    hashed by reading it back, renamed into place and named by its size and sha256."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".tmp-{uuid.uuid4().hex[:8]}-{filename}"
+    final = folder / filename
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        digest = sha256_file(tmp)
+        size = tmp.stat().st_size
+        os.rename(tmp, final)
+        fsync_dir(folder)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise IndexWriteError(
+            f"cannot write {final.relative_to(root)} in {root}: {exc.strerror or exc}; "
+            "the previous index generation keeps serving (free some space and run `retrieve sync`)"
+        ) from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return FileRef(str(final.relative_to(root)), size, digest)

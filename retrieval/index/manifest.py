@@ -21,7 +21,7 @@ class SegmentMeta:
     """One segment as a manifest lists it."""
 
     name: str
-    kind: str  # flat | hnsw
+    kind: str  # flat | hnsw | ivf
     rows: int
     dead: int
     faiss: FileRef
@@ -34,6 +34,16 @@ class SegmentMeta:
     # A segment kept exact because the approximate one missed the recall target.
     exact_by_guard: bool = False
     created_at: float = 0.0
+    # IVF segments (compressed codes in ``faiss``): the float vectors of every row, in row
+    # order (raw float32, memory-mapped), that re-score each candidate exactly; the lists,
+    # and the probes and re-scoring depth the recall guard chose.
+    vectors: FileRef | None = None
+    nlist: int | None = None
+    nprobe: int | None = None
+    rescore: int | None = None
+    # Which queries set the search parameters: "queries:N" (recent real queries of the
+    # store), "held-out:N" (vectors of documents outside the segment) or "midpoints:N".
+    calibration: str | None = None
 
     @property
     def live(self) -> int:
@@ -46,7 +56,7 @@ class SegmentMeta:
     def as_json(self) -> dict[str, Any]:
         # By hand: dataclasses.asdict deep-copies, and a manifest is written per sync.
         out = {f: getattr(self, f) for f in self.__dataclass_fields__}
-        for name in ("faiss", "ids", "tombstones"):
+        for name in ("faiss", "ids", "tombstones", "vectors"):
             ref = out[name]
             out[name] = {"path": ref.path, "bytes": ref.bytes, "sha256": ref.sha256} if ref is not None else None
         return out
@@ -56,6 +66,7 @@ class SegmentMeta:
         d = dict(data)
         d["faiss"], d["ids"] = FileRef(**d["faiss"]), FileRef(**d["ids"])
         d["tombstones"] = FileRef(**d["tombstones"]) if d.get("tombstones") else None
+        d["vectors"] = FileRef(**d["vectors"]) if d.get("vectors") else None
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -108,7 +119,7 @@ class Manifest:
         return sum(s.live for s in self.segments)
 
     def files(self) -> list[FileRef]:
-        return [f for s in self.segments for f in (s.faiss, s.ids, s.tombstones) if f is not None]
+        return [f for s in self.segments for f in (s.faiss, s.ids, s.vectors, s.tombstones) if f is not None]
 
     def to_bytes(self) -> bytes:
         body = {f: getattr(self, f) for f in self.__dataclass_fields__}

@@ -12,7 +12,14 @@ write amplification). Besides the tiers:
 * a segment with no live rows is dropped (no write at all);
 * under ``index_type: auto``, an exact segment large enough to be approximate is rebuilt
   as HNSW (a store converted from the single-file format), unless its recall guard
-  already kept it exact.
+  already kept it exact, and a segment large enough to be compressed is rebuilt so; under
+  another type, a segment of another kind is rebuilt as that type.
+
+No merge makes a segment larger than a build can hold within ``index.merge_memory_mb``
+(:meth:`BuildOptions.max_rows`, after Lucene's maximum merged segment size): a segment
+over half of that takes part in no tier merge, and a tier merges the smallest segments
+that fit. So a large store settles into segments of about that size, and every merge
+holds a bounded amount of memory, whatever the store's size.
 
 The policy only chooses; :mod:`retrieval.sync` runs the merges. No FAISS and no SQL here.
 """
@@ -54,22 +61,31 @@ class MergePolicy:
     def tier(self, live: int) -> int:
         return int(math.log(max(live, self.floor_docs) / self.floor_docs, self.segments_per_tier) + 1e-9)
 
-    def plan(self, segments: Sequence[SegmentMeta], opts: BuildOptions) -> list[Merge]:
-        """Merges to run now, cheapest first; each segment is in at most one."""
+    def plan(self, segments: Sequence[SegmentMeta], opts: BuildOptions, dim: int = 384) -> list[Merge]:
+        """Merges to run now, cheapest first; each segment is in at most one. ``dim``: the
+        vectors' dimension (what a row costs a build)."""
         merges: list[Merge] = []
         taken: set[str] = set()
         for s in segments:
             if s.live == 0:
                 merges.append(Merge("empty", (s.name,), 0))
                 taken.add(s.name)
+        cap = self.max_rows(opts, dim)
         tiers: dict[int, list[SegmentMeta]] = {}
         for s in segments:
-            if s.name not in taken:
+            if s.name not in taken and s.live <= cap // 2:
                 tiers.setdefault(self.tier(s.live), []).append(s)
         for level in sorted(tiers):
             members = sorted(tiers[level], key=lambda s: (s.live, s.name))
             while len(members) >= self.segments_per_tier:
-                group, members = members[: self.max_merge_at_once], members[self.max_merge_at_once:]
+                group: list[SegmentMeta] = []
+                for s in members[: self.max_merge_at_once]:
+                    if sum(g.live for g in group) + s.live > cap:
+                        break
+                    group.append(s)
+                if len(group) < 2:
+                    break
+                members = members[len(group):]
                 merges.append(Merge("tier", tuple(s.name for s in group), sum(s.live for s in group)))
                 taken.update(s.name for s in group)
         for s in segments:
@@ -82,9 +98,28 @@ class MergePolicy:
         return sorted(merges, key=lambda m: m.live)
 
     @staticmethod
+    def max_rows(opts: BuildOptions, dim: int) -> int:
+        """The largest segment a merge may make: what a build of the kind such a segment
+        would be holds a row, within ``merge_memory_mb``."""
+        kind = "hnsw_sq" if opts.index_type == "auto" else opts.index_type
+        cap = opts.max_rows(kind, dim)
+        if opts.index_type == "auto":
+            # Below compressed_min_docs a merged segment is HNSW (or exact): that build must fit too.
+            below = min(cap, opts.compressed_min_docs - 1)
+            if opts.max_rows("hnsw", dim) < below:
+                cap = min(cap, opts.max_rows("hnsw", dim))
+        return cap
+
+    @staticmethod
     def wrong_type(s: SegmentMeta, opts: BuildOptions) -> bool:
-        """An exact segment that should be approximate (unless its guard kept it exact), or
-        an approximate one under ``index_type: flat``."""
-        if s.kind != "flat":
-            return opts.index_type == "flat"
-        return not s.exact_by_guard and opts.kind_for(s.live) == "hnsw"
+        """A segment of another kind than ``index_type`` asks for: under ``auto``, an exact
+        one large enough to be HNSW (unless its guard kept it exact) or any one large enough
+        to be IVF; under another type, any of another kind (but one its guard kept exact)."""
+        if opts.index_type != "auto":
+            return s.kind != opts.index_type and not (s.kind == "flat" and s.exact_by_guard)
+        want = opts.kind_for(s.live)
+        if want == "hnsw_sq":
+            return s.kind not in ("hnsw_sq", "ivf")
+        if s.kind == "flat":
+            return not s.exact_by_guard and want == "hnsw"
+        return False

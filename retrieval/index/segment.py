@@ -11,18 +11,21 @@ from typing import Any
 import numpy as np
 
 from retrieval.index import faisslib
+from retrieval.index.compressed import VectorFile, candidates, depth_for, rescored
 from retrieval.index.manifest import Manifest, SegmentMeta
 from retrieval.index.rows import docs_of, rows_of_documents
 
 
 class OpenSegment:
-    """A segment's FAISS index (memory-mapped) and row ids; immutable, shared by generations."""
+    """A segment's FAISS index (memory-mapped), row ids and, for IVF, its float vectors
+    (memory-mapped); immutable, shared by generations."""
 
-    def __init__(self, meta: SegmentMeta, index: Any, ids: np.ndarray) -> None:
+    def __init__(self, meta: SegmentMeta, index: Any, ids: np.ndarray, vector_file: VectorFile | None = None) -> None:
         self.name = meta.name
         self.meta = meta
         self.index = index
         self.ids = ids
+        self.vector_file = vector_file
 
     @property
     def rows(self) -> int:
@@ -42,10 +45,28 @@ class OpenSegment:
         return rows_of_documents(self.ids, doc_ids, bits)
 
     def vectors(self) -> np.ndarray:
-        """The float vectors of every row."""
+        """The float vectors of every row (of an IVF segment: its memory-mapped file)."""
         if not self.rows:
             return np.empty((0, self.index.d), np.float32)
+        if self.vector_file is not None:
+            return self.vector_file.mapped
         return self.index.reconstruct_n(0, self.rows)
+
+    def vectors_of(self, rows: np.ndarray) -> np.ndarray:
+        """The float vectors of ``rows``."""
+        if self.vector_file is not None:
+            return self.vector_file.take(rows)
+        return self.index.reconstruct_batch(np.asarray(rows, dtype=np.int64))
+
+    def read_rows(self, start: int, count: int) -> np.ndarray:
+        """The float vectors of rows ``start`` to ``start + count``, read for a merge (an IVF
+        segment's with plain reads: the page cache holds them, not this process)."""
+        if self.vector_file is not None:
+            return self.vector_file.read(start, count)
+        count = max(0, min(count, self.rows - start))
+        if not count:
+            return np.empty((0, self.index.d), np.float32)
+        return self.index.reconstruct_n(start, count)
 
 
 def bits(dead: np.ndarray) -> np.ndarray:
@@ -156,6 +177,11 @@ class IndexVersion:
                     continue
                 if view.meta.kind != "flat" and len(rows) <= exact_max:
                     scores, ids = _exact_rows(seg, rows, q, k)
+                elif seg.vector_file is not None:
+                    mask = np.zeros(seg.rows, bool)
+                    mask[rows] = True
+                    scores, ids = _compressed_search(faiss, view, q, min(k, len(rows)),
+                                                     np.packbits(mask, bitorder="little"), rows, ef)
                 else:
                     mask = np.zeros(seg.rows, bool)
                     mask[rows] = True
@@ -177,7 +203,13 @@ class IndexVersion:
             n = min(k, live)
             if n <= 0:
                 continue
-            params, _sel = _selector_params(faiss, view.meta.kind, bitmap, seg.rows, ef)
+            if seg.vector_file is not None:
+                scores, ids = _compressed_search(faiss, view, q, n, bitmap, None, ef)
+                all_scores.append(scores)
+                all_ids.append(ids)
+                continue
+            # A graph search keeps efSearch candidates: at least the n results asked for.
+            params, _sel = _selector_params(faiss, view.meta.kind, bitmap, seg.rows, max(int(ef or 16), n))
             scores, rows_found = seg.index.search(q, n, params=params)
             all_scores.append(scores)
             all_ids.append(_ids_of(seg, rows_found))
@@ -243,7 +275,7 @@ def _ids_of(seg: OpenSegment, rows_found: np.ndarray) -> np.ndarray:
 
 def _exact_rows(seg: OpenSegment, rows: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The top-k of ``rows`` for each query, scored from the segment's stored vectors."""
-    vecs = seg.index.reconstruct_batch(rows)
+    vecs = seg.vectors_of(rows)
     scores = np.asarray(q @ vecs.T, dtype=np.float32)
     ids = np.broadcast_to(seg.ids[rows], scores.shape)
     if scores.shape[1] > k:
@@ -269,6 +301,34 @@ def _search_widening(faiss: Any, view: SegmentView, q: np.ndarray, n: int, bitma
         ef *= 4
     return _exact_rows(seg, rows, q, n)
 
+
+def _compressed_search(faiss: Any, view: SegmentView, q: np.ndarray, n: int, bitmap: np.ndarray | None,
+                       allowed: np.ndarray | None, ef: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """A compressed segment's top ``n`` (scores, row ids): searched inside FAISS as wide as
+    its guard chose (lists probed, or efSearch: at least ``ef``) with a bitmap selector of
+    the rows that may be returned, the best candidates by code re-scored exactly from the
+    float vectors. A filtered search (``allowed``: the rows it may return) that finds too
+    few of them searches 4x wider at a time, and scores the allowed rows exactly at last."""
+    seg, meta = view.segment, view.meta
+    assert seg.vector_file is not None
+    depth = depth_for(int(meta.rescore or 40), n)
+    sel = faiss.IDSelectorBitmap(seg.rows, faiss.swig_ptr(bitmap)) if bitmap is not None else None
+    if meta.kind == "ivf":
+        widest = int(meta.nlist or seg.index.nlist)
+        breadth = int(meta.nprobe or widest)
+    else:
+        breadth = max(int(meta.ef_search or 16), int(ef or 0))
+        widest = breadth * 4 ** WIDEN_STEPS
+    wanted = depth if allowed is None else min(depth, len(allowed))
+    while True:
+        rows = candidates(seg.index, meta.kind, q, depth, breadth, sel)
+        if allowed is None or bool((rows >= 0).sum(axis=1).min() >= wanted):
+            break
+        if breadth >= widest:
+            return _exact_rows(seg, allowed, q, n)
+        breadth = min(widest, breadth * 4)
+    scores, best = rescored(seg.vector_file, q, rows, n)
+    return scores, _ids_of(seg, best)
 
 
 def set_search_threads(n: int) -> None:

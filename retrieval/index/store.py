@@ -4,8 +4,9 @@ garbage collection. Layout::
 
     CURRENT                         name of the manifest searches use (replaced atomically)
     manifests/g<generation>.json    the live segments, their tombstones, last_seq, model key
-    segments/<segment>.faiss        a FAISS index over the segment's rows (flat or HNSW)
-    segments/<segment>.ids          the document id of each row (int64, ascending)
+    segments/<segment>.faiss        a FAISS index over the segment's rows (flat, HNSW or IVF)
+    segments/<segment>.ids          the row id of each row (int64, ascending)
+    segments/<segment>.vec          IVF only: each row's float vector (float32, row order)
     tombstones/<segment>.g<gen>.del a bitmap of the segment's dead rows as of that generation
 
 Only after a manifest is durable does ``CURRENT`` switch to it: a reader sees the old
@@ -33,23 +34,27 @@ from typing import Any
 import numpy as np
 
 from retrieval.errors import IndexCorruptError, IndexWriteError
-from retrieval.index import faisslib
-from retrieval.index.build import BuildOptions, build_faiss
-from retrieval.index.files import FileRef, copy_checked, fsync_dir, sha256_file, write_durable, write_once
+from retrieval.index import compressed, faisslib
+from retrieval.index.build import RECALL_K, BuildOptions, Calibration, build_faiss, guard_queries
+from retrieval.index.compressed import ArraySource, RowSource, VectorFile
+from retrieval.index.files import FileRef, copy_checked, fsync_dir, sha256_file, write_durable, write_once, write_once_with
 from retrieval.index.legacy import LegacyIndexFound, legacy_manifest
 from retrieval.index.manifest import Manifest, SegmentMeta
 from retrieval.index.segment import IndexVersion, OpenSegment, SegmentView, bits, unbits
 
 log = logging.getLogger("retrieval.index")
 
+# Segment kinds holding codes, with their float vectors in a file of their own.
+COMPRESSED = ("hnsw_sq", "ivf")
+
 # FAISS's file headers of the index types written here.
-HEADERS = {"flat": b"IxFI", "hnsw": b"IHNf"}
+HEADERS = {"flat": b"IxFI", "hnsw": b"IHNf", "hnsw_sq": b"IHNs", "ivf": b"IwSq"}
 
 
 class IndexStore:
     """Reads and publishes manifest generations in one folder; caches open segments."""
 
-    def __init__(self, root: str | os.PathLike[str], *, keep: int = 2, hnsw_ef_search: int = 128) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, keep: int = 2, hnsw_ef_search: int = 16) -> None:
         self.root = Path(root)
         self.keep = keep
         self.hnsw_ef_search = hnsw_ef_search
@@ -210,18 +215,28 @@ class IndexStore:
         if index.ntotal != meta.rows or len(ids) != meta.rows:
             raise IndexCorruptError(f"index segment {meta.name}: holds {index.ntotal} vectors and {len(ids)} ids, "
                                     f"the manifest says {meta.rows}")
-        if meta.kind == "hnsw":
+        if meta.kind in ("hnsw", "hnsw_sq"):
             index.hnsw.efSearch = int(meta.ef_search or self.hnsw_ef_search)
-        seg = OpenSegment(meta, index, ids)
+        vectors = None
+        if meta.kind in COMPRESSED:
+            if meta.vectors is None:
+                raise IndexCorruptError(f"index segment {meta.name} is {meta.kind} but names no vector file")
+            vec_path = self.root / meta.vectors.path
+            vec_size = vec_path.stat().st_size
+            if vec_size != meta.vectors.bytes or vec_size != meta.rows * index.d * 4:
+                raise IndexCorruptError(f"index vectors {meta.vectors.path} have {vec_size} bytes, the manifest says "
+                                        f"{meta.vectors.bytes} for {meta.rows} rows (truncated or overwritten)")
+            vectors = VectorFile(vec_path, meta.rows, index.d)
+        seg = OpenSegment(meta, index, ids, vectors)
         with self._lock:
             self._open[meta.name] = seg
         return seg
 
     def check_segment_file(self, meta: SegmentMeta) -> None:
-        """The full sha256 of a segment file (before a merge reads it, and in verify)."""
-        digest = sha256_file(self.root / meta.faiss.path)
-        if digest != meta.faiss.sha256:
-            raise IndexCorruptError(f"index segment {meta.faiss.path} does not match its checksum (corrupt)")
+        """The full sha256 of a segment's files (before a merge reads them, and in verify)."""
+        for ref in (meta.faiss, meta.vectors):
+            if ref is not None and sha256_file(self.root / ref.path) != ref.sha256:
+                raise IndexCorruptError(f"index segment {ref.path} does not match its checksum (corrupt)")
 
     # -- writing ----------------------------------------------------------------------
 
@@ -231,23 +246,39 @@ class IndexStore:
         return ref
 
     def write_segment(self, ids: np.ndarray, vectors: np.ndarray, *, opts: BuildOptions, origin: str,
-                      generation: int, kind: str | None = None, exact_by_guard: bool = False) -> SegmentMeta:
-        """Build and write a segment over ``vectors`` under ``ids`` (sorted by id here).
-
-        ``exact_by_guard`` builds it exact and marks it as kept exact by the recall guard
-        (a merge of segments the guard already kept exact: HNSW recall only falls as a
-        segment grows, so trying again would build a graph to throw it away)."""
-        faiss = faisslib.load()
+                      generation: int, kind: str | None = None, exact_by_guard: bool = False,
+                      calibration: Calibration | None = None) -> SegmentMeta:
+        """Build and write a segment over ``vectors`` under ``ids`` (sorted by id here); see
+        :meth:`write_rows`."""
         ids = np.asarray(ids, dtype=np.int64)
         order = np.argsort(ids, kind="stable")
-        ids = ids[order]
         x = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32)[order])
-        if exact_by_guard:
-            built = build_faiss(x, opts, "flat")
-            built.exact_by_guard = True
-        else:
-            built = build_faiss(x, opts, kind or opts.kind_for(len(ids)))
+        return self.write_rows(ids[order], ArraySource(x), opts=opts, origin=origin, generation=generation, kind=kind,
+                               exact_by_guard=exact_by_guard, calibration=calibration)
+
+    def write_rows(self, ids: np.ndarray, source: RowSource, *, opts: BuildOptions, origin: str, generation: int,
+                   kind: str | None = None, exact_by_guard: bool = False,
+                   calibration: Calibration | None = None) -> SegmentMeta:
+        """Build and write a segment of the rows of ``source`` under ``ids`` (ascending).
+
+        Its kind is ``kind``, or by its size (:meth:`BuildOptions.kind_for`). An IVF segment
+        is built from ``source`` a block at a time (:mod:`retrieval.index.ivf`); flat and HNSW
+        segments in memory. ``exact_by_guard`` builds it exact and marks it as kept exact by
+        the recall guard (a merge of segments the guard already kept exact: HNSW recall only
+        falls as a segment grows, so trying again would build a graph to throw it away).
+        ``calibration``: the recall guard's queries (see :mod:`retrieval.index.build`)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        kind = "flat" if exact_by_guard else (kind or opts.kind_for(len(ids)))
         name = f"s{generation:010d}-{uuid.uuid4().hex[:8]}"
+        if kind in COMPRESSED:
+            return self._write_compressed(kind, name, ids, source, opts=opts, origin=origin, calibration=calibration)
+        faiss = faisslib.load()
+        parts = list(source.blocks(compressed.BLOCK_ROWS))
+        x = np.concatenate(parts) if parts else np.empty((0, source.dim), np.float32)
+        del parts
+        built = build_faiss(x, opts, kind, calibration)
+        if exact_by_guard:
+            built.exact_by_guard = True
         data = faiss.serialize_index(built.index).tobytes()
         faiss_ref = self._write_file(self.segments_dir, f"{name}.faiss", data)
         ids_ref = self._write_file(self.segments_dir, f"{name}.ids", ids.astype("<i8").tobytes())
@@ -255,10 +286,55 @@ class IndexStore:
             name=name, kind=built.kind, rows=len(ids), dead=0, faiss=faiss_ref, ids=ids_ref, tombstones=None,
             origin=origin, hnsw_m=opts.hnsw_m if built.kind == "hnsw" else None, ef_search=built.ef_search,
             recall=built.recall, exact_by_guard=built.exact_by_guard, created_at=time.time(),
+            calibration=built.calibration,
         )
         if built.recall_curve:
-            log.info("segment %s (%d rows, %s): recall@10 by efSearch %s", name, len(ids), built.kind, built.recall_curve)
+            log.info("segment %s (%d rows, %s): recall@10 by efSearch %s (%s)", name, len(ids), built.kind,
+                     built.recall_curve, built.calibration)
         return meta
+
+    def _write_compressed(self, kind: str, name: str, ids: np.ndarray, source: RowSource, *, opts: BuildOptions,
+                          origin: str, calibration: Calibration | None) -> SegmentMeta:
+        """A compressed segment (:mod:`retrieval.index.compressed`), streamed: the vector
+        file first (written once from ``source``), then the index trained and filled from
+        it, the recall guard, and the index file."""
+        faiss = faisslib.load()
+        vec_ref = write_once_with(self.root, self.segments_dir, f"{name}.vec",
+                                  lambda path: compressed.write_vectors(source, path))
+        self.bytes_written += vec_ref.bytes
+        vectors = VectorFile(self.root / vec_ref.path, len(ids), source.dim)
+        try:
+            index = compressed.build(kind, vectors, budget_bytes=opts.memory_bytes, hnsw_m=opts.hnsw_m,
+                                     ef_construction=opts.ef_construction, threads=opts.threads)
+            sample = compressed.sample_rows(vectors, min(len(ids), 2 * opts.recall_queries), seed=len(ids))
+            queries, label, target = guard_queries(sample, opts, calibration)
+            kth = compressed.exact_kth(vectors, queries, RECALL_K)
+            # A mapping of its own, dropped after the guard: the candidates it paged in go too.
+            guarded = compressed.guard(index, kind, VectorFile(vectors.path, vectors.rows, vectors.dim), queries, kth,
+                                       target=target, max_ef=opts.max_ef_search, recall_k=RECALL_K)
+            breadth, rescore = guarded.breadth, guarded.rescore
+            if breadth is None or rescore is None:
+                # The widest search and the deepest re-scoring: as near exact as the codes go.
+                breadth = compressed.breadths(index, kind, opts.max_ef_search)[-1]
+                rescore = compressed.RESCORE_STEPS[-1]
+                log.warning("a %s segment of %d vectors reached recall@10 %.3f at most (target %.3f, %s); "
+                            "searching it at its widest", kind, len(ids), guarded.recall or 0.0, target, label)
+            faiss_ref = write_once_with(self.root, self.segments_dir, f"{name}.faiss",
+                                        lambda path: faiss.write_index(index, str(path)))
+        except BaseException:
+            (self.root / vec_ref.path).unlink(missing_ok=True)
+            raise
+        self.bytes_written += faiss_ref.bytes
+        ids_ref = self._write_file(self.segments_dir, f"{name}.ids", ids.astype("<i8").tobytes())
+        log.info("segment %s (%d rows, %s): recall@10 by breadth/rescore %s (%s)", name, len(ids), kind,
+                 guarded.curve, label)
+        graph = kind == "hnsw_sq"
+        return SegmentMeta(
+            name=name, kind=kind, rows=len(ids), dead=0, faiss=faiss_ref, ids=ids_ref, tombstones=None, origin=origin,
+            hnsw_m=opts.hnsw_m if graph else None, ef_search=breadth if graph else None, recall=guarded.recall,
+            created_at=time.time(), vectors=vec_ref, nlist=None if graph else int(index.nlist),
+            nprobe=None if graph else breadth, rescore=rescore, calibration=label,
+        )
 
     def with_dead(self, meta: SegmentMeta, dead: np.ndarray, generation: int) -> SegmentMeta:
         """``meta`` with a new tombstone file marking ``dead`` rows (written once)."""

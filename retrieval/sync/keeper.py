@@ -38,7 +38,7 @@ def plan_merges_for(manifest: Any, settings: Settings) -> list[Merge]:
     """The merges the policy asks for in ``manifest`` (none without one)."""
     if manifest is None:
         return []
-    return MergePolicy.of(settings.index).plan(manifest.segments, BuildOptions.of(settings.index))
+    return MergePolicy.of(settings.index).plan(manifest.segments, BuildOptions.of(settings.index), manifest.dim)
 
 
 def folder_lock(folder: Path, name: str) -> Any:

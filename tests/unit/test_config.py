@@ -55,7 +55,7 @@ def test_a_config_file_in_the_flat_form_still_loads_with_a_notice(tmp_path: Path
 
 VALID = {"index_type": "flat", "backend": "auto", "precision": "auto", "device": "cpu", "executor": "local",
          "min_recall": "0.5", "merge_max_tombstones": "0.5", "merge_segments_per_tier": "3", "threads": "2",
-         "ray_actors": "2", "min_score": "0.5", "chunk_tokens": "128"}
+         "ray_actors": "2", "min_score": "0.5", "chunk_tokens": "128", "merge_memory_mb": "512"}
 
 
 def test_every_environment_variable_keeps_its_name() -> None:
@@ -76,7 +76,8 @@ def test_every_environment_variable_keeps_its_name() -> None:
         ("bach_size: 3\n", {}, "unknown setting 'bach_size'"),
         ("encoder:\n  batch_size: many\n", {}, "encoder.batch_size in ./config.yaml: expected an integer, got string 'many'"),
         ("ingest:\n  progress: 3\n", {}, "ingest.progress in ./config.yaml: expected true or false, got integer 3"),
-        ("index:\n  type: ivf\n", {}, "index.type: must be one of auto, flat, hnsw"),
+        ("index:\n  type: pq\n", {}, "index.type: must be one of auto, flat, hnsw, hnsw_sq, ivf"),
+        ("index:\n  merge_memory_mb: 64\n", {}, "index.merge_memory_mb: must be at least 128, got 64"),
         ("index: 3\n", {}, "index in ./config.yaml: expected a mapping of index settings, got integer"),
         ("- a list\n", {}, "expected a mapping of settings"),
         ("a: [unclosed\n", {}, "not valid YAML"),
