@@ -91,9 +91,8 @@ class QueryRecorder:
                 self._last = self._clock()
             if not batch or not self.enabled:
                 return 0
-            groups = _groups(batch)
             try:
-                return self.store.record_query_groups(groups, self.keep)
+                return self.store.record_query_groups(_groups(batch), self.keep)
             except Exception as exc:  # a sample is never worth a failed search
                 log.debug("query sample: dropped %d queries (%s)", len(batch), exc,
                           exc_info=not isinstance(exc, RetrievalError))

@@ -231,6 +231,7 @@ class IndexKeeper:
         """Run the merges the policy asks for, one after another (see :meth:`retrieval.Retriever.merge`)."""
         from filelock import Timeout
 
+        self._flush_queries()
         lock = self.merge_lock()
         try:
             lock.acquire(timeout=-1 if wait else 0)
@@ -238,7 +239,6 @@ class IndexKeeper:
             return []
         done: list[MergeReport] = []
         opts = BuildOptions.of(self.settings.index, threads=threads)
-        self._flush_queries()
         try:
             while stop is None or not stop.is_set():
                 version = self._load()
