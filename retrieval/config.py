@@ -100,6 +100,11 @@ class SearchSettings:
     threads: int = 1
     timeout_ms: int = 30_000  # how long one search may run in the database (0: no limit)
     filter_exact_rows: int = 8192
+    # The query sample the recall guard calibrates with: how many recent query vectors are
+    # kept per store and model (0: none, nothing is written), and whether each query's
+    # text is kept beside its vector (never, unless this is true).
+    query_sample: int = 1000
+    log_queries: bool = False
 
 
 @dataclass(frozen=True)
@@ -162,6 +167,7 @@ FLAT: dict[str, str] = {
     "search_k": "search.k", "max_k": "search.max_k", "min_score": "search.min_score",
     "max_query_chars": "search.max_query_chars", "search_threads": "search.threads",
     "search_timeout_ms": "search.timeout_ms", "filter_exact_rows": "search.filter_exact_rows",
+    "query_sample": "search.query_sample", "log_queries": "search.log_queries",
     "max_document_bytes": "ingest.max_document_bytes", "executor": "ingest.executor", "progress": "ingest.progress",
     "worker_poll_interval": "worker.poll_interval", "worker_max_batch": "worker.max_batch",
     "replica_name": "worker.replica_name",
@@ -235,7 +241,7 @@ class Settings:
         for name in ("encoder.threads", "ray.actors"):
             if self.get(name) is not None and self.get(name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {self.get(name)}")
-        for name in ("store.busy_timeout_ms", "search.timeout_ms", "index.merge_inline_max_docs"):
+        for name in ("store.busy_timeout_ms", "search.timeout_ms", "index.merge_inline_max_docs", "search.query_sample"):
             if self.get(name) < 0:
                 raise ConfigError(f"{name}: must not be negative, got {self.get(name)}")
         if i.merge_memory_mb < 128:

@@ -30,6 +30,7 @@ from retrieval.inspection import VerifyReport
 from retrieval.search.engine import Arguments, SearchEngine
 from retrieval.search.hits import Hit
 from retrieval.store.repository import Store
+from retrieval.sync.calibration import QueryRecorder
 from retrieval.sync.keeper import EncoderSlot, IndexKeeper
 from retrieval.sync.merge import MergeReport
 from retrieval.sync.passages import Splitter, passage_keys
@@ -54,9 +55,13 @@ class Retriever:
         self.store = store
         self.index_store = index_store
         self._encoder = EncoderSlot(settings, index_store.model_key, encoder)
+        # The query sample's buffer: searches by text fill it; it is written before a
+        # sync or merge (which may calibrate with it) and when the retriever closes.
+        self.queries = QueryRecorder(store, settings.search)
         self.keeper = IndexKeeper(settings, store, index_store, self._encoder)
+        self.keeper.queries = self.queries
         self._writer = Writer(settings, store, self.keeper, self._encoder)
-        self._engine = SearchEngine(settings, store, self.keeper, self._encoder)
+        self._engine = SearchEngine(settings, store, self.keeper, self._encoder, self.queries)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **overrides: Any) -> Retriever:
@@ -89,6 +94,9 @@ class Retriever:
         self._encoder.loaded = encoder
 
     def close(self) -> None:
+        """Write the queries the query sample holds (never waiting for a lock), then
+        release the database's connections."""
+        self.queries.flush()
         self.store.close()
 
     def __enter__(self) -> Retriever:

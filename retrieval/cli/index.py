@@ -125,7 +125,8 @@ def _merge_lines(merges: list[dict[str, Any]]) -> list[str]:
 def compact(retriever: Retriever, as_json: bool) -> None:
     """Merge index segments as the merge policy asks, then give space back: unused
     embeddings (deleted documents, old texts, other models), applied change-log rows,
-    index files no generation uses, and the database file's free pages.
+    index files no generation uses, and the database file's free pages. The query
+    sample keeps what search.query_sample and search.log_queries allow now.
 
     \b
         retrieve compact

@@ -103,6 +103,7 @@ class QueryPrefetch:
             version = retriever.current_index()
             if version.manifest.model_key == key and vector.shape == (1, version.manifest.dim):
                 found = retriever.search_vectors(vector, k, min_score=min_score, where=where)[0]
+                retriever.queries.add(key, vector, [query])  # a search by text, encoded in the child
         logging.getLogger("retrieval").info("query encoded %s", "in a forked child" if found is not None else
                                             "in-process (the child skipped or failed)")
         return found

@@ -25,6 +25,7 @@ from retrieval.search import pipeline
 from retrieval.search.hits import Hit
 from retrieval.store import db
 from retrieval.store.repository import Store
+from retrieval.sync.calibration import QueryRecorder
 from retrieval.sync.keeper import EncoderSlot, IndexKeeper
 from retrieval.sync.passages import Splitter, passage_vectors
 
@@ -44,11 +45,15 @@ class Arguments:
 class SearchEngine:
     """Searches one store (see the module doc)."""
 
-    def __init__(self, settings: Settings, store: Store, keeper: IndexKeeper, encoder: EncoderSlot) -> None:
+    def __init__(self, settings: Settings, store: Store, keeper: IndexKeeper, encoder: EncoderSlot,
+                 queries: QueryRecorder | None = None) -> None:
         self.settings = settings
         self.store = store
         self.keeper = keeper
         self.encoder = encoder
+        # Searches by text add their query vectors to the query sample (searches by
+        # vector and by example do not: they are no sample of what users ask).
+        self.queries = queries
 
     # -- arguments ------------------------------------------------------------------
 
@@ -131,9 +136,12 @@ class SearchEngine:
             self.keeper.check_model(version)
             vectors = (self.encoder.get().encode_queries(args.texts) if args.texts
                        else np.empty((0, version.manifest.dim), np.float32))
-        return self._run(version, pipeline.Request(args.k, vectors=vectors, texts=args.texts, mode=args.mode,
-                                                   where=args.where, min_score=args.min_score, alpha=args.alpha,
-                                                   snippets=snippets))
+        found = self._run(version, pipeline.Request(args.k, vectors=vectors, texts=args.texts, mode=args.mode,
+                                                    where=args.where, min_score=args.min_score, alpha=args.alpha,
+                                                    snippets=snippets))
+        if self.queries is not None and vectors is not None:
+            self.queries.add(self.encoder.get().model_key, vectors, args.texts)
+        return found
 
     def _splitter(self) -> Splitter:
         return Splitter.of(self.settings.index, self.encoder.get())

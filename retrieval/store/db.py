@@ -20,7 +20,7 @@ from retrieval.errors import StoreError
 # database's alembic_version and only loads Alembic when they differ, which keeps
 # commands such as `retrieve status` and `retrieve search` fast to start.
 # tests/store/test_migrations.py checks that it matches the migration scripts.
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 
 # PostgreSQL advisory lock keys (per database). Revision 0003's trigger takes
 # CHANGE_LOG_LOCK for the rest of each transaction that changes documents, so that

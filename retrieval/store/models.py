@@ -136,3 +136,21 @@ class WorkerState(Base):
     state: Mapped[dict[str, Any]] = mapped_column(Json, nullable=False)
     started_at: Mapped[datetime] = mapped_column(Stamp, nullable=False, server_default=func.current_timestamp())
     heartbeat_at: Mapped[datetime] = mapped_column(Stamp, nullable=False, server_default=func.current_timestamp())
+
+
+class QuerySample(Base):
+    """A recent query vector of a model (revision 0006): the recall guard calibrates
+    approximate segments with them. ``search.query_sample`` of the newest per model are
+    kept (the highest ids); ``text`` only with ``search.log_queries``."""
+
+    __tablename__ = "query_samples"
+    __table_args__ = (
+        Index("ix_query_samples_model_id", "model_key", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    model_key: Mapped[str] = mapped_column(String(256), nullable=False)
+    vector: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)  # float32, little-endian
+    text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(Stamp, nullable=False, server_default=func.current_timestamp())

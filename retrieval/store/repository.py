@@ -27,7 +27,7 @@ from sqlalchemy.exc import DataError, OperationalError
 from retrieval.errors import StoreError
 from retrieval.filters import field_path
 from retrieval.filters import parse as parse_filter
-from retrieval.store import db
+from retrieval.store import db, queries
 from retrieval.store.filters import index_expression, index_name, pg_field_expression
 from retrieval.store.matches import MatchCache
 from retrieval.store.models import Base, Change, Document, Embedding, Passage
@@ -307,6 +307,37 @@ class Store:
                 conn.execute(delete(Passage).where(Passage.splitter == splitter, Passage.doc_id.in_(part)))
             for part in chunks(rows, 2_000):
                 conn.execute(upsert, part)
+
+    # -- query sample -----------------------------------------------------------------
+
+    def record_queries(self, model_key: str, vectors: np.ndarray, texts: Sequence[str | None] | None,
+                       keep: int) -> int:
+        """Add query vectors of ``model_key`` (float32, one row per query, the last the
+        newest; ``texts`` beside them or None) to the query sample and trim the model's to
+        its newest ``keep``, in one transaction. Never waits for another writer: a locked
+        database is a :class:`~retrieval.errors.StoreError` at once. A read-only store, or
+        ``keep`` 0, writes nothing. Returns rows inserted."""
+        return queries.record(self, [(model_key, vectors, texts)], keep)
+
+    def record_query_groups(self, groups: Sequence[queries.Group], keep: int) -> int:
+        """:meth:`record_queries` of several models' (model key, vectors, texts), in one
+        transaction."""
+        return queries.record(self, groups, keep)
+
+    def recent_queries(self, model_key: str, limit: int, dim: int | None = None) -> np.ndarray:
+        """The newest ``limit`` query vectors of ``model_key``, newest first: float32 of
+        shape (n, dim), rows of another length skipped (``dim`` None: the newest row's).
+        None recorded: shape (0, dim), or (0, 0) without ``dim``."""
+        return queries.recent(self, model_key, limit, dim)
+
+    def count_queries(self, model_key: str | None = None) -> int:
+        """Query samples recorded (of ``model_key``, or of every model)."""
+        return queries.count(self, model_key)
+
+    def prune_queries(self, keep_model: str | None, keep: int | None = None, *, keep_texts: bool = True) -> int:
+        """Delete the query samples of every model but ``keep_model``, trim its own to the
+        newest ``keep`` and clear their texts unless ``keep_texts``. Returns rows deleted."""
+        return queries.prune(self, keep_model, keep, keep_texts=keep_texts)
 
     # -- status -----------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from retrieval.index.segment import IndexVersion
 from retrieval.index.store import MERGE_LOCK, SYNC_LOCK, IndexStore
 from retrieval.store.keyword import rebuild_keyword_index
 from retrieval.store.repository import Store
+from retrieval.sync.calibration import QueryRecorder
 from retrieval.sync.merge import MergeReport, merge
 from retrieval.sync.replay import SyncReport, convert_legacy, follows, full_build, incremental
 
@@ -92,6 +93,9 @@ class IndexKeeper:
         self._loaded: IndexVersion | None = None
         self._loaded_name: str | None = None
         self._lock = threading.RLock()
+        # The query sample's buffer (the Retriever's): written before a build, which may
+        # calibrate the recall guard with the sample.
+        self.queries: QueryRecorder | None = None
 
     # -- locks ----------------------------------------------------------------------
 
@@ -190,6 +194,7 @@ class IndexKeeper:
         """Apply pending changes to the index as a new segment and publish a new generation
         (see :meth:`retrieval.Retriever.sync`)."""
         opts = BuildOptions.of(self.settings.index)
+        self._flush_queries()
         with self.sync_lock():
             try:
                 base = self._load()
@@ -226,6 +231,7 @@ class IndexKeeper:
         """Run the merges the policy asks for, one after another (see :meth:`retrieval.Retriever.merge`)."""
         from filelock import Timeout
 
+        self._flush_queries()
         lock = self.merge_lock()
         try:
             lock.acquire(timeout=-1 if wait else 0)
@@ -260,10 +266,15 @@ class IndexKeeper:
             encoder = encoder_for(self.settings, model=model)
         with self.store.write() as conn:  # derived data too: rebuilt from the documents
             rebuild_keyword_index(conn)
+        self._flush_queries()
         with self.sync_lock():
             report = full_build(self.store, self.index_store, encoder, BuildOptions.of(self.settings.index))
         self.adopt(report)
         return report
+
+    def _flush_queries(self) -> None:
+        if self.queries is not None:
+            self.queries.flush()
 
     def rebuild_diverged(self, stale: IndexVersion, reason: str) -> IndexVersion:
         """Replace an index that follows another history than the database's (a search

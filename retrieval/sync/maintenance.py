@@ -56,7 +56,8 @@ def compact(retriever: Retriever) -> dict[str, Any]:
     merges = retriever.merge()
     with retriever.sync_lock():
         freed_index = retriever.index_store.collect_garbage(keep=1)
-    removed = collect_garbage(retriever.store, retriever.index_store, retriever.replica_name, other_models=True)
+    removed = collect_garbage(retriever.store, retriever.index_store, retriever.replica_name, other_models=True,
+                              search=retriever.settings.search)
     retriever.store.vacuum()
     return {"embeddings_removed": removed["embeddings"], "changes_removed": removed["changes"], "index_bytes_freed": freed_index,
-            "merges": [m.as_dict() for m in merges]}
+            "query_samples_removed": removed["query_samples"], "merges": [m.as_dict() for m in merges]}

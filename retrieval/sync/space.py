@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from retrieval.config import SearchSettings
 from retrieval.index.store import IndexStore
 from retrieval.store.repository import Store
 from retrieval.store.workers import load_states
@@ -34,12 +35,20 @@ def reclaimable(store: Store, index_store: IndexStore, replica: str) -> dict[str
 
 
 def collect_garbage(store: Store, index_store: IndexStore, replica: str, *,
-                    other_models: bool = False) -> dict[str, Any]:
+                    other_models: bool = False, search: SearchSettings | None = None) -> dict[str, Any]:
     """Delete unused vectors (of the index's model; of every other model too with
-    ``other_models``) and applied change-log rows. Cheap enough for every worker cycle."""
+    ``other_models``) and applied change-log rows. Cheap enough for every worker cycle.
+
+    With ``other_models``, other models' query samples go too; with ``search`` as well,
+    the index's model's sample is cut to ``search.query_sample`` and its texts are
+    cleared unless ``search.log_queries``: what was recorded under earlier settings."""
     manifest = index_store.read_manifest()
     if manifest is None:
-        return {"embeddings": 0, "changes": 0}
+        return {"embeddings": 0, "changes": 0, "query_samples": 0}
     removed, pruned = store.collect_garbage(manifest.model_key, change_log_floor(store, index_store, replica),
                                             other_models=other_models)
-    return {"embeddings": removed, "changes": pruned}
+    samples = 0
+    if other_models:
+        samples = store.prune_queries(manifest.model_key, search.query_sample if search else None,
+                                      keep_texts=search.log_queries if search else True)
+    return {"embeddings": removed, "changes": pruned, "query_samples": samples}
