@@ -40,7 +40,7 @@ import numpy as np
 
 from retrieval.index import faisslib
 
-BLOCK_ROWS = 32_768  # rows a build reads, encodes or scores at once
+BLOCK_ROWS = 8192  # rows a build reads, encodes or scores at once
 RESCORE_STEPS = (10, 20, 40, 80, 160, 320)  # candidates re-scored per 10 results
 MAX_LISTS = 16_384
 MIN_LISTS = 16

@@ -11,6 +11,7 @@ holds.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import threading
@@ -21,14 +22,14 @@ from typing import Any
 from retrieval.config import Settings
 from retrieval.embed.base import Encoder
 from retrieval.errors import IndexCorruptError, IndexDivergedError, IndexWriteError, ModelMismatchError, RetrievalError
-from retrieval.index.build import BuildOptions
+from retrieval.index.build import BuildOptions, Calibration
 from retrieval.index.legacy import LegacyIndexFound
 from retrieval.index.policy import Merge, MergePolicy
 from retrieval.index.segment import IndexVersion
 from retrieval.index.store import MERGE_LOCK, SYNC_LOCK, IndexStore
 from retrieval.store.keyword import rebuild_keyword_index
 from retrieval.store.repository import Store
-from retrieval.sync.calibration import QueryRecorder
+from retrieval.sync.calibration import QueryRecorder, calibration_queries
 from retrieval.sync.merge import MergeReport, merge
 from retrieval.sync.replay import SyncReport, convert_legacy, follows, full_build, incremental
 
@@ -161,7 +162,7 @@ class IndexKeeper:
                     return SyncReport()
             except IndexCorruptError:
                 pass
-            return full_build(self.store, self.index_store, self.encoder.get(), BuildOptions.of(self.settings.index))
+            return self._full_build(self.encoder.get())
 
     def check_model(self, version: IndexVersion | None = None) -> None:
         """Refuse an index (``version``, or the current one: one manifest read) built with
@@ -210,7 +211,7 @@ class IndexKeeper:
                     self.forget(base)
                     base = None
             if base is None:
-                report = full_build(self.store, self.index_store, self.encoder.get(), opts)
+                report = self._full_build(self.encoder.get())
             else:
                 self.check_model(base)
                 report = incremental(self.store, self.index_store, self.encoder.get(), base, opts,
@@ -246,7 +247,9 @@ class IndexKeeper:
                 plans = [p for p in plan_merges_for(manifest, self.settings) if max_docs is None or p.live <= max_docs]
                 if not plans:
                     break
-                report = merge(self.index_store, plans[0], opts, self.sync_lock, progress=progress)
+                assert manifest is not None
+                report = merge(self.index_store, plans[0], opts, self.sync_lock, progress=progress,
+                               calibration=functools.partial(self.calibration, manifest.model_key, manifest.dim))
                 current = self.index_store.read_manifest()
                 report.segments_after = len(current.segments) if current else 0
                 done.append(report)
@@ -268,9 +271,18 @@ class IndexKeeper:
             rebuild_keyword_index(conn)
         self._flush_queries()
         with self.sync_lock():
-            report = full_build(self.store, self.index_store, encoder, BuildOptions.of(self.settings.index))
+            report = self._full_build(encoder)
         self.adopt(report)
         return report
+
+    def _full_build(self, encoder: Encoder) -> SyncReport:
+        return full_build(self.store, self.index_store, encoder, BuildOptions.of(self.settings.index),
+                          calibration=self.calibration(encoder.model_key, encoder.dim))
+
+    def calibration(self, model_key: str, dim: int) -> Calibration | None:
+        """The store's recent real queries for the recall guard, when it has enough."""
+        vectors, _label = calibration_queries(self.store, model_key, dim, BuildOptions.of(self.settings.index).recall_queries)
+        return Calibration(vectors, "queries") if len(vectors) else None
 
     def _flush_queries(self) -> None:
         if self.queries is not None:
@@ -293,7 +305,7 @@ class IndexKeeper:
                         return current
             log.warning("%s; rebuilding the index from the stored embeddings (nothing is re-embedded)", reason)
             self.forget(stale)
-            report = full_build(self.store, self.index_store, self.encoder.get(), BuildOptions.of(self.settings.index))
+            report = self._full_build(self.encoder.get())
             self.adopt(report)
         assert report.published is not None
         return report.published

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from retrieval.embed.base import Encoder
-from retrieval.index.build import BuildOptions
+from retrieval.index.build import BuildOptions, Calibration
 from retrieval.index.legacy import read_legacy
 from retrieval.index.manifest import Manifest, SegmentMeta
 from retrieval.index.rows import PASSAGE_BITS, docs_of
@@ -133,35 +133,60 @@ def _joined(parts: list[tuple[np.ndarray, np.ndarray]], dim: int) -> tuple[np.nd
     return np.concatenate([i for i, _ in parts]), np.concatenate([v for _, v in parts])
 
 
-def full_build(store: Store, index_store: IndexStore, encoder: Encoder, opts: BuildOptions) -> SyncReport:
+def full_build(store: Store, index_store: IndexStore, encoder: Encoder, opts: BuildOptions,
+               calibration: Calibration | None = None) -> SyncReport:
     """Build a new index from every document (embedding only what was never embedded):
-    one segment, typed by its size."""
+    segments typed by their size, each of at most what a build holds within
+    ``merge_memory_mb`` (one segment, below that). ``calibration``: the recall guard's
+    queries (the store's recent real queries)."""
     t0 = time.perf_counter()
     written = index_store.bytes_written
     report = SyncReport(full=True)
     splitter = Splitter.of(opts, encoder)
+    # Memory holds one segment's float vectors at a time.
+    chunk = opts.max_rows("flat", encoder.dim)
+    generation = index_store.next_generation()
+    segments: list[SegmentMeta] = []
     parts: list[tuple[np.ndarray, np.ndarray]] = []
+    held = 0
+    passages = 0
+    documents: set[int] = set()
+    index_seconds = 0.0
+
+    def flush() -> None:
+        nonlocal held, passages, index_seconds
+        ids, matrix = _joined(parts, encoder.dim)
+        parts.clear()
+        held = 0
+        if len(ids):
+            t1 = time.perf_counter()
+            segments.append(index_store.write_segment(ids, matrix, opts=opts, origin="build", generation=generation,
+                                                      calibration=calibration))
+            index_seconds += time.perf_counter() - t1
+            passages += len(ids)
+            documents.update(np.unique(docs_of(ids, PASSAGE_BITS)).tolist())
+
     with store.read() as snap:
         position = _position(snap, snap.max_seq())
         # A page of texts at a time: memory holds the vectors, not the store's texts.
         for batch in snap.iter_docs(batch=TEXT_PAGE, max_bytes=TEXT_PAGE_BYTES):
-            parts.append(report.vectors_for(store, encoder, splitter, batch))
-    ids, matrix = _joined(parts, encoder.dim)
-    report.stages["read"] = time.perf_counter() - t0 - report.stages.get("embed", 0.0)
+            part = report.vectors_for(store, encoder, splitter, batch)
+            parts.append(part)
+            held += len(part[0])
+            if held >= chunk:
+                flush()
+    flush()
+    report.stages["read"] = time.perf_counter() - t0 - report.stages.get("embed", 0.0) - index_seconds
     t1 = time.perf_counter()
-    generation = index_store.next_generation()
-    segments: tuple[SegmentMeta, ...] = ()
-    if len(ids):
-        segments = (index_store.write_segment(ids, matrix, opts=opts, origin="build", generation=generation),)
     manifest = Manifest(generation=generation, model_key=encoder.model_key, dim=encoder.dim, index_type=opts.index_type,
-                        segments=segments, created_at=time.time(), lineage=uuid.uuid4().hex,
+                        segments=tuple(segments), created_at=time.time(), lineage=uuid.uuid4().hex,
                         passage_bits=PASSAGE_BITS, splitter=splitter.key(encoder), **position)
     version = index_store.commit(manifest)
-    report.stages["index"] = time.perf_counter() - t1
-    report.changes = report.added = len(np.unique(docs_of(ids, PASSAGE_BITS)))
+    report.stages["index"] = time.perf_counter() - t1 + index_seconds
+    report.changes = report.added = len(documents)
     report.finish(index_store, version, written, t0)
-    log.info("full build: %d documents, %d passages, %d embedded, generation %s", report.added, len(ids),
-             report.embedded, report.version)
+    log.info("full build: %d documents, %d passages in %d segments, %d embedded, generation %s", report.added,
+             passages, len(segments), report.embedded, report.version)
     return report
 
 
