@@ -43,7 +43,6 @@ from retrieval.index import faisslib
 BLOCK_ROWS = 8192  # rows a build reads, encodes or scores at once
 RESCORE_STEPS = (10, 20, 40, 80, 160, 320)  # candidates re-scored per 10 results
 MAX_LISTS = 16_384
-MIN_LISTS = 16
 # What a search costs, relative to scanning one code: re-scoring a candidate reads its
 # float vector (4 bytes a dimension, a random page) and takes an exact inner product.
 RESCORE_COST = 8.0
@@ -137,12 +136,13 @@ def write_vectors(source: RowSource, path: Path) -> None:
 
 def lists_for(rows: int) -> int:
     """IVF lists for a segment of ``rows``: about 2 x sqrt(rows), a power of two (so about
-    sqrt(rows) / 2 rows a list), at least 39 training rows a list."""
+    sqrt(rows) / 2 rows a list), at least 39 training rows a list (one list for a tiny
+    segment: its codes are scanned in full)."""
     target = 2 * math.sqrt(max(rows, 1))
     n = 1 << max(0, round(math.log2(target)))
-    while n > MIN_LISTS and rows < 39 * n:
+    while n > 1 and rows < 39 * n:
         n //= 2
-    return int(min(MAX_LISTS, max(MIN_LISTS, n)))
+    return int(min(MAX_LISTS, n))
 
 
 def train_rows(rows: int, nlist: int, dim: int, budget_bytes: int) -> int:

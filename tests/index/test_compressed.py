@@ -1,0 +1,166 @@
+"""Compressed segments through the product: a store large enough (here: thresholds set
+low) builds them by merges, searches them with exact scores, records which queries set
+their parameters, keeps every merge within its memory budget's row cap, and a damaged
+vector file is caught."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrieval.errors import IndexCorruptError
+from retrieval.index.build import BuildOptions
+from retrieval.index.compressed import ArraySource, VectorFile, max_rows, sample_rows
+from retrieval.index.manifest import SegmentMeta
+from retrieval.index.policy import MergePolicy
+from retrieval.index.store import IndexStore
+from retrieval.sync.merge import MergedRows
+from tests.index.test_segments import _docs
+
+SMALL = {"hnsw_min_docs": 100, "compressed_min_docs": 400, "merge_segments_per_tier": 3, "merge_floor_docs": 100,
+         "merge_inline_max_docs": 0}
+
+
+def _manifest(r) -> dict:
+    index = Path(r.settings.store.index_dir)
+    return json.loads((index / "manifests" / (index / "CURRENT").read_text().strip()).read_bytes())
+
+
+@pytest.mark.parametrize("kind", ["hnsw_sq", "ivf"])
+def test_a_merge_builds_a_compressed_segment_that_searches_with_exact_scores(make_retriever, kind: str) -> None:
+    r = make_retriever(**SMALL, **({"index_type": "ivf"} if kind == "ivf" else {}))
+    for start in range(0, 600, 200):
+        r.ingest(_docs(200, start))
+    done = r.merge()
+    assert done and done[-1].kind == kind
+    (seg,) = r.status()["segments"]
+    assert seg["type"] == kind and seg["passages"] == 600
+    meta = _manifest(r)["segments"][0]
+    assert meta["vectors"]["bytes"] == 600 * 384 * 4 and meta["rescore"]
+    assert (meta["ef_search"] if kind == "hnsw_sq" else meta["nprobe"])
+    # Every score is the exact inner product of the stored vectors.
+    hits = r.search("item 7 red", k=10)
+    q = r.encoder.encode_queries(["item 7 red"])[0]
+    stored = r.document_vectors([h.id for h in hits])
+    for h in hits:
+        assert h.score == pytest.approx(float(stored[h.id] @ q), abs=1e-5)
+    # Updated and deleted documents are hidden, by tombstones on the compressed segment.
+    r.ingest([{"id": "d5", "text": "completely different zebra words"}])
+    r.delete(["d9"])
+    found = {h.id for h in r.search("item 9 red", k=50)}
+    assert "d9" not in found
+    top = r.search("completely different zebra words", k=1)
+    assert top[0].id == "d5" and top[0].text == "completely different zebra words"
+    assert r.verify().ok
+
+
+def test_the_guard_records_which_queries_set_the_parameters(make_retriever) -> None:
+    """No real queries: a merge calibrates on documents of the other segments (held out);
+    once the store has recorded searches, on those; the manifest says which."""
+    r = make_retriever(**SMALL)
+    r.ingest(_docs(60, 5000, tag="other "))  # a segment the merge below leaves alone
+    for start in range(0, 900, 300):
+        r.ingest(_docs(300, start))
+    (done,) = r.merge()
+    assert done.kind == "hnsw_sq" and done.calibration == "held-out:60"
+    for i in range(60):
+        r.search(f"item {i} blue lamp", k=3)
+    for start in range(900, 1800, 300):
+        r.ingest(_docs(300, start))
+    (done,) = r.merge()
+    assert done.kind == "hnsw_sq" and done.calibration == "queries:60"
+    labels = sorted(s["calibration"] or "" for s in _manifest(r)["segments"])
+    assert labels == ["", "held-out:60", "queries:60"]
+
+
+def test_a_full_build_writes_segments_within_the_memory_budget(make_retriever) -> None:
+    r = make_retriever(index_type="flat", merge_memory_mb=128)
+    r.ingest(_docs(300))
+    cap = BuildOptions(merge_memory_mb=128).max_rows("flat", 384)
+    report = r.reindex()
+    assert report.added == 300
+    assert all(s["passages"] <= max(cap, 300) for s in r.status()["segments"])
+    assert len(r.search("item 3", k=300)) == 300
+
+
+def test_merged_rows_come_in_id_order_with_their_vectors(tmp_path: Path) -> None:
+    store = IndexStore(tmp_path)
+    rng = np.random.default_rng(3)
+    opts = BuildOptions(index_type="flat")
+    metas, expect = [], {}
+    for g, ids in enumerate([np.arange(0, 300, 3), np.arange(1, 300, 3), np.arange(2, 900, 3)]):
+        x = rng.standard_normal((len(ids), 8)).astype(np.float32)
+        metas.append(store.write_segment(ids, x, opts=opts, origin="sync", generation=g + 1))
+        expect.update(zip(ids.tolist(), x))
+    views = [store.open_generation(_one(m)).views[0] for m in metas]
+    dead = views[0].dead.copy()
+    dead[[0, 5]] = True  # rows 0 and 5 of the first segment are dead
+    views[0].dead = dead
+    rows = MergedRows(views, 8)
+    got = np.concatenate(list(rows.blocks(37)))
+    gone = set(views[0].segment.ids[[0, 5]].tolist())
+    want_ids = sorted(i for i in expect if i not in gone)
+    assert rows.ids.tolist() == want_ids
+    np.testing.assert_array_equal(got, np.stack([expect[i] for i in want_ids]))
+
+
+def _one(meta: SegmentMeta):
+    from retrieval.index.manifest import Manifest
+
+    return Manifest(generation=1, model_key="t", dim=8, index_type="flat", last_seq=0, segments=(meta,), created_at=0)
+
+
+def test_no_merge_is_planned_above_the_memory_cap() -> None:
+    opts = BuildOptions(merge_memory_mb=256)
+    policy = MergePolicy(segments_per_tier=3, max_merge_at_once=10, floor_docs=1000)
+    cap = policy.max_rows(opts, 384)
+    assert cap == min(opts.max_rows("hnsw_sq", 384), cap)
+
+    def seg(name: str, live: int) -> SegmentMeta:
+        from retrieval.index.files import FileRef
+
+        ref = FileRef("x", 0, "")
+        return SegmentMeta(name=name, kind="hnsw_sq", rows=live, dead=0, faiss=ref, ids=ref, tombstones=None,
+                           origin="merge")
+
+    # Three segments just over half the cap: each fits, two together do not; none merges.
+    big = [seg(f"b{i}", cap // 2 + 1) for i in range(3)]
+    assert [m for m in policy.plan(big, opts) if m.reason == "tier"] == []
+    # A tier of small ones merges, and no merge exceeds the cap.
+    small = [seg(f"s{i}", cap // 5) for i in range(12)]
+    plans = policy.plan(small, opts)
+    assert plans and all(m.live <= cap for m in plans)
+
+
+def test_the_cap_follows_the_budget_and_the_row_cost() -> None:
+    mb = 1 << 20
+    assert max_rows("hnsw_sq", 384, 1024 * mb) > max_rows("hnsw", 384, 1024 * mb) > max_rows("flat", 384, 512 * mb)
+    assert max_rows("ivf", 384, 2048 * mb) > 2 * max_rows("ivf", 384, 1024 * mb) * 0.9
+
+
+def test_a_damaged_vector_file_is_caught(tmp_path: Path) -> None:
+    store = IndexStore(tmp_path)
+    x = np.random.default_rng(0).standard_normal((500, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    meta = store.write_segment(np.arange(500), x, opts=BuildOptions(index_type="hnsw_sq"), origin="build",
+                               generation=1)
+    np.testing.assert_array_equal(VectorFile(tmp_path / meta.vectors.path, 500, 16).read(0, 500), x)
+    path = tmp_path / meta.vectors.path
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(IndexCorruptError, match="checksum"):
+        store.check_segment_file(meta)
+    path.write_bytes(bytes(data[:-64]))
+    with pytest.raises(IndexCorruptError, match="truncated"):
+        IndexStore(tmp_path).open_segment(meta)
+
+
+def test_sampling_reads_rows_spread_through_the_source() -> None:
+    x = np.arange(10_000 * 2, dtype=np.float32).reshape(10_000, 2)
+    got = sample_rows(ArraySource(x), 100, seed=1)
+    assert len(got) == 100 and len({tuple(r) for r in got}) == 100
+    assert got[:, 0].min() < 2000 and got[:, 0].max() > 18_000
