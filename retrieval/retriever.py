@@ -140,14 +140,17 @@ class Retriever:
         return self.keeper.pending_merges()
 
     def merge(self, *, max_docs: int | None = None, wait: bool = True, threads: int | None = None,
-              stop: Any = None, progress: Any = None) -> list[MergeReport]:
+              stop: Any = None, progress: Any = None, fewest: bool = False) -> list[MergeReport]:
         """Run the merges the policy asks for, one after another, until none is left.
 
         ``max_docs`` skips merges of more live rows (inline merges stay cheap); ``wait``
         waits for a merge another process runs instead of returning; ``threads`` bounds the
         FAISS threads a build uses; ``stop`` (an Event) ends the loop between merges.
+        ``fewest`` merges down to the fewest segments ``index.merge_memory_mb`` allows
+        (a search costs about one segment's search per segment; a store after a bulk load).
         Searches go on throughout; syncs wait only for each manifest switch."""
-        return self.keeper.merge(max_docs=max_docs, wait=wait, threads=threads, stop=stop, progress=progress)
+        return self.keeper.merge(max_docs=max_docs, wait=wait, threads=threads, stop=stop, progress=progress,
+                                 fewest=fewest)
 
     def reindex(self, model: str | None = None) -> SyncReport:
         """Rebuild the index from stored vectors (re-embedding nothing that is stored).

@@ -120,9 +120,11 @@ def _merge_lines(merges: list[dict[str, Any]]) -> list[str]:
 
 
 @click.command()
+@click.option("--fewest", is_flag=True, help="Merge down to the fewest segments index.merge_memory_mb allows "
+              "(after a bulk load: each segment costs a search its own lookup).")
 @json_option
 @pass_retriever
-def compact(retriever: Retriever, as_json: bool) -> None:
+def compact(retriever: Retriever, fewest: bool, as_json: bool) -> None:
     """Merge index segments as the merge policy asks, then give space back: unused
     embeddings (deleted documents, old texts, other models), applied change-log rows,
     index files no generation uses, and the database file's free pages. The query
@@ -130,11 +132,12 @@ def compact(retriever: Retriever, as_json: bool) -> None:
 
     \b
         retrieve compact
+        retrieve compact --fewest
     """
     from retrieval.sync.maintenance import compact as run_compact
 
     before = retriever.status()
-    result = run_compact(retriever)
+    result = run_compact(retriever, fewest=fewest)
     after = retriever.status()
     result["database_bytes_before"] = before["database_bytes"]
     result["database_bytes_after"] = after["database_bytes"]

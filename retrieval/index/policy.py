@@ -97,6 +97,27 @@ class MergePolicy:
                 merges.append(Merge("type", (s.name,), s.live))
         return sorted(merges, key=lambda m: m.live)
 
+    def plan_fewest(self, segments: Sequence[SegmentMeta], opts: BuildOptions, dim: int = 384) -> list[Merge]:
+        """Merges towards the fewest segments the memory cap allows (Lucene's forceMerge):
+        segments, smallest first, packed into groups of at most the cap's live rows; a
+        group of one is rewritten only to drop its dead rows. Run again until empty."""
+        cap = self.max_rows(opts, dim)
+        merges: list[Merge] = []
+        group: list[SegmentMeta] = []
+
+        def close() -> None:
+            if len(group) > 1 or (group and group[0].dead):
+                merges.append(Merge("fewest" if len(group) > 1 else "tombstones", tuple(s.name for s in group),
+                                    sum(s.live for s in group)))
+
+        for s in sorted(segments, key=lambda s: (s.live, s.name)):
+            if group and sum(g.live for g in group) + s.live > cap:
+                close()
+                group = []
+            group.append(s)
+        close()
+        return sorted(merges, key=lambda m: m.live)
+
     @staticmethod
     def max_rows(opts: BuildOptions, dim: int) -> int:
         """The largest segment a merge may make: what a build of the kind such a segment

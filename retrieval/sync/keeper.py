@@ -36,11 +36,15 @@ from retrieval.sync.replay import SyncReport, convert_legacy, follows, full_buil
 log = logging.getLogger("retrieval")
 
 
-def plan_merges_for(manifest: Any, settings: Settings) -> list[Merge]:
-    """The merges the policy asks for in ``manifest`` (none without one)."""
+def plan_merges_for(manifest: Any, settings: Settings, *, fewest: bool = False) -> list[Merge]:
+    """The merges the policy asks for in ``manifest`` (none without one); with ``fewest``,
+    those towards the fewest segments the memory cap allows."""
     if manifest is None:
         return []
-    return MergePolicy.of(settings.index).plan(manifest.segments, BuildOptions.of(settings.index), manifest.dim)
+    policy, opts = MergePolicy.of(settings.index), BuildOptions.of(settings.index)
+    if fewest:
+        return policy.plan_fewest(manifest.segments, opts, manifest.dim)
+    return policy.plan(manifest.segments, opts, manifest.dim)
 
 
 def folder_lock(folder: Path, name: str) -> Any:
@@ -228,7 +232,7 @@ class IndexKeeper:
         return plan_merges_for(self.index_store.read_manifest(), self.settings)
 
     def merge(self, *, max_docs: int | None = None, wait: bool = True, threads: int | None = None,
-              stop: Any = None, progress: Any = None) -> list[MergeReport]:
+              stop: Any = None, progress: Any = None, fewest: bool = False) -> list[MergeReport]:
         """Run the merges the policy asks for, one after another (see :meth:`retrieval.Retriever.merge`)."""
         from filelock import Timeout
 
@@ -244,7 +248,8 @@ class IndexKeeper:
             while stop is None or not stop.is_set():
                 version = self._load()
                 manifest = version.manifest if version is not None else None
-                plans = [p for p in plan_merges_for(manifest, self.settings) if max_docs is None or p.live <= max_docs]
+                plans = [p for p in plan_merges_for(manifest, self.settings, fewest=fewest)
+                         if max_docs is None or p.live <= max_docs]
                 if not plans:
                     break
                 assert manifest is not None

@@ -50,10 +50,11 @@ def reindex_needed(retriever: Retriever) -> ReindexDecision:
                                   f"{m.model_key}, {m.index_type})")
 
 
-def compact(retriever: Retriever) -> dict[str, Any]:
-    """Run every merge the policy asks for, then reclaim everything reclaimable, including
-    the SQLite file's free pages."""
-    merges = retriever.merge()
+def compact(retriever: Retriever, *, fewest: bool = False) -> dict[str, Any]:
+    """Run every merge the policy asks for (with ``fewest``: down to the fewest segments
+    the memory budget allows), then reclaim everything reclaimable, including the SQLite
+    file's free pages."""
+    merges = retriever.merge() + (retriever.merge(fewest=True) if fewest else [])
     with retriever.sync_lock():
         freed_index = retriever.index_store.collect_garbage(keep=1)
     removed = collect_garbage(retriever.store, retriever.index_store, retriever.replica_name, other_models=True,

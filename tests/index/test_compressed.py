@@ -133,6 +133,12 @@ def test_no_merge_is_planned_above_the_memory_cap() -> None:
     small = [seg(f"s{i}", cap // 5) for i in range(12)]
     plans = policy.plan(small, opts)
     assert plans and all(m.live <= cap for m in plans)
+    # Towards the fewest segments: the cap still holds, and segments that cannot pair stay.
+    assert policy.plan_fewest(big, opts) == []
+    fewest = policy.plan_fewest(small + big[:1], opts)
+    assert all(m.live <= cap for m in fewest) and len({n for m in fewest for n in m.names}) == sum(
+        len(m.names) for m in fewest)
+    assert sum(m.live for m in fewest) == 12 * (cap // 5) + (cap // 2 + 1)
 
 
 def test_the_cap_follows_the_budget_and_the_row_cost() -> None:
@@ -164,3 +170,32 @@ def test_sampling_reads_rows_spread_through_the_source() -> None:
     got = sample_rows(ArraySource(x), 100, seed=1)
     assert len(got) == 100 and len({tuple(r) for r in got}) == 100
     assert got[:, 0].min() < 2000 and got[:, 0].max() > 18_000
+
+
+def test_compact_fewest_merges_a_bulk_load_into_one_segment(store_env, tmp_path: Path, monkeypatch) -> None:
+    """`retrieve compact --fewest` merges what the tiers leave (here: nine segments the
+    policy would keep) into the fewest segments the memory cap allows: one."""
+    import json as _json
+
+    from click.testing import CliRunner
+
+    from retrieval.cli import cli
+    from tests.fixtures.stores import write_jsonl
+
+    for name, value in {"MERGE_SEGMENTS_PER_TIER": "50", "MERGE_INLINE_MAX_DOCS": "0", "HNSW_MIN_DOCS": "100",
+                        "COMPRESSED_MIN_DOCS": "400"}.items():
+        monkeypatch.setenv(f"RETRIEVE_{name}", value)
+    runner = CliRunner()
+    for start in range(0, 900, 100):
+        path = write_jsonl(tmp_path / f"b{start}.jsonl", _docs(100, start))
+        assert runner.invoke(cli, ["ingest", str(path)]).exit_code == 0
+    before = _json.loads(runner.invoke(cli, ["status", "--json"]).output)["segments"]
+    assert len(before) == 9
+    result = runner.invoke(cli, ["compact", "--fewest", "--json"])
+    assert result.exit_code == 0, result.output
+    merges = _json.loads(result.output)["merges"]
+    assert merges and merges[-1]["kind"] == "hnsw_sq"
+    (after,) = _json.loads(runner.invoke(cli, ["status", "--json"]).output)["segments"]
+    assert after["type"] == "hnsw_sq" and after["passages"] == 900
+    hits = _json.loads(runner.invoke(cli, ["search", "item 42 red", "-k", "3", "--json"]).output)["results"]
+    assert len(hits) == 3
