@@ -87,8 +87,8 @@ class VectorFile:
     with plain reads (the page cache holds them, not this process) or memory-mapped for
     searches (only the rows a search re-scores are paged in)."""
 
-    def __init__(self, path: Path, rows: int, dim: int) -> None:
-        self.path, self._rows, self._dim = Path(path), rows, dim
+    def __init__(self, path: Path, rows: int, dim: int, offset: int = 0) -> None:
+        self.path, self._rows, self._dim, self._offset = Path(path), rows, dim, offset
         self._map: np.ndarray | None = None
 
     @property
@@ -103,7 +103,7 @@ class VectorFile:
         """Rows ``start`` to ``start + count`` (a read, not a mapping)."""
         count = max(0, min(count, self._rows - start))
         with open(self.path, "rb") as fh:
-            fh.seek(start * self._dim * 4)
+            fh.seek(self._offset + start * self._dim * 4)
             data = np.fromfile(fh, dtype="<f4", count=count * self._dim)
         if len(data) != count * self._dim:
             raise OSError(f"{self.path.name} ends early ({len(data) // max(self._dim, 1)} of {count} rows read)")
@@ -119,7 +119,8 @@ class VectorFile:
             if self._rows == 0:
                 self._map = np.empty((0, self._dim), np.float32)
             else:
-                self._map = np.memmap(self.path, dtype="<f4", mode="r", shape=(self._rows, self._dim))
+                self._map = np.memmap(self.path, dtype="<f4", mode="r", offset=self._offset,
+                                      shape=(self._rows, self._dim))
         return self._map
 
     def take(self, rows: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,12 +21,14 @@ class OpenSegment:
     """A segment's FAISS index (memory-mapped), row ids and, for IVF, its float vectors
     (memory-mapped); immutable, shared by generations."""
 
-    def __init__(self, meta: SegmentMeta, index: Any, ids: np.ndarray, vector_file: VectorFile | None = None) -> None:
+    def __init__(self, meta: SegmentMeta, index: Any, ids: np.ndarray, vector_file: VectorFile | None = None,
+                 path: Path | None = None) -> None:
         self.name = meta.name
         self.meta = meta
         self.index = index
         self.ids = ids
         self.vector_file = vector_file
+        self.path = path  # the FAISS file (flat and HNSW: its float vectors are its last bytes)
 
     @property
     def rows(self) -> int:
@@ -66,6 +69,11 @@ class OpenSegment:
         count = max(0, min(count, self.rows - start))
         if not count:
             return np.empty((0, self.index.d), np.float32)
+        if self.path is not None:
+            # A flat or HNSW file ends with its float vectors (the flat storage is written
+            # last): read them there rather than page the mapping into this process.
+            d = int(self.index.d)
+            return VectorFile(self.path, self.rows, d, offset=self.meta.faiss.bytes - self.rows * d * 4).read(start, count)
         return self.index.reconstruct_n(start, count)
 
 

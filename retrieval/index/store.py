@@ -227,7 +227,7 @@ class IndexStore:
                 raise IndexCorruptError(f"index vectors {meta.vectors.path} have {vec_size} bytes, the manifest says "
                                         f"{meta.vectors.bytes} for {meta.rows} rows (truncated or overwritten)")
             vectors = VectorFile(vec_path, meta.rows, index.d)
-        seg = OpenSegment(meta, index, ids, vectors)
+        seg = OpenSegment(meta, index, ids, vectors, path if meta.kind in ("flat", "hnsw") else None)
         with self._lock:
             self._open[meta.name] = seg
         return seg

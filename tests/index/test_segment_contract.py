@@ -10,7 +10,7 @@ in a manifest and opened, and then:
   recorded), with scores that are inner products of the stored vectors;
 * tombstones (``with_dead``), an ``allow`` list and ``exclude`` take rows out, and the
   search is still the brute force over what is left;
-* ``vectors()`` gives back the vectors it was built from;
+* ``vectors()``, and ``read_rows`` (a merge's reads), give back the vectors it was built from;
 * the file checksum passes, and a flipped byte or a cut file is caught;
 * a fresh ``IndexStore`` reopening the folder answers the same.
 
@@ -190,6 +190,8 @@ def test_ids_are_ascending_and_vectors_round_trip(built: Built) -> None:
     assert np.array_equal(seg.ids, IDS[order]) and seg.ids.dtype == np.int64
     assert np.all(np.diff(seg.ids) > 0)
     assert np.array_equal(seg.vectors(), VECTORS[order])  # float32 as given, bit for bit
+    # A merge reads them in blocks from the file, not the mapping: the same rows.
+    assert np.array_equal(np.concatenate([seg.read_rows(s, 77) for s in range(0, ROWS, 77)]), VECTORS[order])
     assert np.array_equal(built.version.ids, IDS[order])
     assert np.array_equal(built.version.vectors(), VECTORS[order])
 
