@@ -202,4 +202,7 @@ def verify(store: Store, index_store: IndexStore, version: IndexVersion,
 def _segment_status(meta: SegmentMeta) -> dict[str, Any]:
     return {"name": meta.name, "type": meta.kind, "passages": meta.live, "rows": meta.rows,
             "tombstones": round(meta.tombstone_fraction, 4), "recall": meta.recall, "ef_search": meta.ef_search,
-            "exact_by_guard": meta.exact_by_guard, "origin": meta.origin, "bytes": meta.faiss.bytes}
+            "exact_by_guard": meta.exact_by_guard, "origin": meta.origin,
+            "bytes": meta.faiss.bytes + (meta.vectors.bytes if meta.vectors else 0),
+            "memory_bytes": meta.faiss.bytes + meta.ids.bytes, "nprobe": meta.nprobe, "rescore": meta.rescore,
+            "calibration": meta.calibration}

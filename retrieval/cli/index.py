@@ -112,8 +112,9 @@ def _merge_lines(merges: list[dict[str, Any]]) -> list[str]:
         if m["abandoned"]:
             out.append(f"Merge ({m['reason']}) abandoned: {m['abandoned']}.")
             continue
-        recall = (f", recall@10 {m['recall']:.3f} at efSearch {m['ef_search']}"
-                  if m["recall"] is not None and m["kind"] == "hnsw" else "")
+        breadth = f"efSearch {m['ef_search']}" if m.get("ef_search") else f"{m.get('nprobe')} lists"
+        recall = (f", recall@10 {m['recall']:.3f} at {breadth}"
+                  if m["recall"] is not None and m["kind"] not in ("flat", None, "") else "")
         out.append(f"Merged {m['inputs']} segments ({m['reason']}, {m['live']} documents) into one "
                    f"{m['kind'] or 'dropped'} segment{recall} in {m['seconds']:.1f}s; {m['segments_after']} segments now.")
     return out

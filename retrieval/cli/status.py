@@ -45,8 +45,10 @@ def status_rows(st: dict[str, Any]) -> list[tuple[str, Any]]:
     rows.append(("lag", f"{_count(st['pending_changes'], 'change')}, {st['lag_seconds']:.0f} s"))
     for seg in st["segments"]:
         guard = ""
-        if seg["type"] == "hnsw":
-            guard = f", recall@10 {seg['recall']:.3f} at efSearch {seg['ef_search']}"
+        if seg["recall"] is not None and seg["type"] != "flat":
+            breadth = f"efSearch {seg['ef_search']}" if seg["ef_search"] else f"{seg['nprobe']} lists"
+            rescore = f", {seg['rescore']} re-scored per 10" if seg.get("rescore") else ""
+            guard = f", recall@10 {seg['recall']:.3f} at {breadth}{rescore} ({seg.get('calibration') or 'midpoints'})"
         elif seg["exact_by_guard"]:
             guard = ", kept exact by the recall guard"
         rows.append(("  segment", f"{seg['type']:<5} {seg['passages']:>10,} passages, {seg['tombstones']:.1%} dead"

@@ -30,6 +30,7 @@ on the calibration queries reaches the target.
 from __future__ import annotations
 
 import math
+import mmap
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ import numpy as np
 from retrieval.index import faisslib
 
 BLOCK_ROWS = 8192  # rows a build reads, encodes or scores at once
+RELEASE_ROWS = 1 << 16  # rows taken through a mapping before its pages are let go (96 MiB at 384 dims)
+GUARD_CHUNK = 64  # queries the guard re-scores at once
 RESCORE_STEPS = (10, 20, 40, 80, 160, 320)  # candidates re-scored per 10 results
 MAX_LISTS = 16_384
 # What a search costs, relative to scanning one code: re-scoring a candidate reads its
@@ -90,6 +93,7 @@ class VectorFile:
     def __init__(self, path: Path, rows: int, dim: int, offset: int = 0) -> None:
         self.path, self._rows, self._dim, self._offset = Path(path), rows, dim, offset
         self._map: np.ndarray | None = None
+        self._taken = 0
 
     @property
     def rows(self) -> int:
@@ -124,8 +128,23 @@ class VectorFile:
         return self._map
 
     def take(self, rows: np.ndarray) -> np.ndarray:
-        """The vectors of ``rows`` (any order), from the mapping."""
-        return np.asarray(self.mapped[np.asarray(rows, dtype=np.int64)], dtype=np.float32)
+        """The vectors of ``rows`` (any order), from the mapping. The pages a process has
+        read through a mapping count in its RSS until it lets go of them: every
+        RELEASE_ROWS rows taken, the mapping's pages are let go (the page cache keeps
+        them, so the next read of one is a minor fault), so a server's RSS does not grow
+        towards the whole file as searches touch more candidates."""
+        out = np.asarray(self.mapped[np.asarray(rows, dtype=np.int64)], dtype=np.float32)
+        self._taken += len(out)
+        if self._taken >= RELEASE_ROWS:
+            self.release()
+        return out
+
+    def release(self) -> None:
+        """Let go of the pages read through the mapping (they stay in the page cache)."""
+        self._taken = 0
+        raw = getattr(self._map, "_mmap", None)
+        if raw is not None and hasattr(raw, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            raw.madvise(mmap.MADV_DONTNEED)
 
 
 def write_vectors(source: RowSource, path: Path) -> None:
@@ -302,11 +321,16 @@ def guard(index: Any, kind: str, vectors: VectorFile, queries: np.ndarray, kth: 
             if best is not None and cost(breadth, rescore) >= best[0]:
                 break
             rows = candidates(index, kind, queries, rescore, breadth)
-            found = rows >= 0
-            scores = np.einsum("qcd,qd->qc", vectors.take(np.where(found, rows, 0).ravel()).reshape(nq, rescore, -1),
-                               queries, dtype=np.float32, casting="same_kind")
-            good = found & (scores >= kth[:, None] - 1e-5)
-            recall = float(np.minimum(good.sum(axis=1), recall_k).sum()) / (nq * recall_k)
+            hits = 0
+            for start in range(0, nq, GUARD_CHUNK):  # a chunk's candidates' vectors at a time
+                part = rows[start:start + GUARD_CHUNK]
+                found = part >= 0
+                q = queries[start:start + GUARD_CHUNK]
+                scores = np.einsum("qcd,qd->qc", vectors.take(np.where(found, part, 0).ravel()).reshape(
+                    len(part), rescore, -1), q, dtype=np.float32, casting="same_kind")
+                good = found & (scores >= kth[start:start + GUARD_CHUNK, None] - 1e-5)
+                hits += int(np.minimum(good.sum(axis=1), recall_k).sum())
+            recall = hits / (nq * recall_k)
             curve[f"{breadth}/{rescore}"] = round(recall, 4)
             if recall >= target:
                 best = (cost(breadth, rescore), breadth, rescore, recall)

@@ -199,3 +199,19 @@ def test_compact_fewest_merges_a_bulk_load_into_one_segment(store_env, tmp_path:
     assert after["type"] == "hnsw_sq" and after["passages"] == 900
     hits = _json.loads(runner.invoke(cli, ["search", "item 42 red", "-k", "3", "--json"]).output)["results"]
     assert len(hits) == 3
+
+
+def test_vectors_read_after_the_mapping_lets_go_of_its_pages(tmp_path: Path, monkeypatch) -> None:
+    """A server lets go of the pages its searches read every RELEASE_ROWS rows; reads
+    after that fault them back in from the page cache, unchanged."""
+    from retrieval.index import compressed
+
+    x = np.random.default_rng(5).standard_normal((3000, 16)).astype(np.float32)
+    path = tmp_path / "v.vec"
+    compressed.write_vectors(ArraySource(x), path)
+    monkeypatch.setattr(compressed, "RELEASE_ROWS", 100)
+    vf = VectorFile(path, 3000, 16)
+    rows = np.random.default_rng(6).integers(0, 3000, 250)
+    for _ in range(5):
+        np.testing.assert_array_equal(vf.take(rows), x[rows])
+    assert vf._taken < 100
