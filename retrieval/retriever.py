@@ -75,7 +75,9 @@ class Retriever:
     @classmethod
     def open(cls, path: str | Path, model: str | None = None, **overrides: Any) -> Retriever:
         """A store in folder ``path`` (``retrieval.db`` and ``index/`` inside it)."""
-        folder = Path(path)
+        # Absolute: a background publish (or one at exit) may run after the caller changed
+        # its working directory.
+        folder = Path(path).absolute()
         values: dict[str, Any] = {"database_url": f"sqlite:///{folder / 'retrieval.db'}", "index_dir": str(folder / "index")}
         if model:
             values["model"] = model
