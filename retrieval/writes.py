@@ -154,20 +154,25 @@ class Writer:
                                     hint="pass skip_invalid=True to store the valid ones")
         docs = [NewDocument(c.external_id, c.text, c.metadata) for c in checked]
         background = self.background(sync, wait, len(docs), executor)
+        checked_before = False
         if given:
             # Stored before the documents' commit, as embed_first stores its vectors: the
             # sync, and a search scoring the documents before it, find them.
             self._before_write(sync, executor)
+            checked_before = True
             encoder = self.encoder.get()
             self.store.add_embeddings(encoder.model_key, encoder.dim, list(given.items()))
         if docs and (embed_first or (background and not given and not self.external())):
             # In the background a search scores these before they are published: embedded
             # now, the search path never embeds them.
-            self._before_write(sync, executor)
+            if not checked_before:
+                self._before_write(sync, executor)
+                checked_before = True
             encoder = self.encoder.get()
             splitter = Splitter.of(self.settings.index, encoder)
             embed_missing(self.store, encoder, passage_texts(encoder, splitter, [d.text for d in docs]))
-        report = self._write([docs], sync=sync, executor=executor, address=address, t0=t0, background=background)
+        report = self._write([docs], sync=sync, executor=executor, address=address, t0=t0, background=background,
+                             checked=checked_before)
         report.invalid, report.problems = len(problems), problems
         return report
 
@@ -281,8 +286,9 @@ class Writer:
         return check_executor(executor or self.settings.ingest.executor) != "local"
 
     def _write(self, batches: Iterable[list[NewDocument]], *, sync: bool, executor: str | None, address: str | None,
-               t0: float, background: bool = False) -> IngestReport:
-        remote = self._before_write(sync, executor)
+               t0: float, background: bool = False, checked: bool = False) -> IngestReport:
+        remote = (check_executor(executor or self.settings.ingest.executor) != "local" if checked
+                  else self._before_write(sync, executor))
         counts = self.store.upsert_batches(batches)
         report = IngestReport(added=counts.added, updated=counts.updated, unchanged=counts.unchanged)
         if remote:
