@@ -131,7 +131,7 @@ def batched_ingest(folder: Path, base: list[str], n: int, batch: int) -> tuple[A
     merges = 0
     t0 = time.perf_counter()
     for start in range(0, n, batch):
-        r.ingest(docs_for(base, start, min(batch, n - start)))
+        r.ingest(docs_for(base, start, min(batch, n - start)), wait=True)
         counts.append(len(r.index_store.read_manifest().segments))
         merges += len(r.merge())  # what the worker does in the background
         done = start + batch
@@ -206,7 +206,7 @@ def reader_follow(folder: Path, r: Any) -> dict[str, Any]:
     reader.current_index()
     times, opened = [], []
     for i in range(10):
-        r.ingest([{"id": f"bench-follow-{i}", "text": f"a package the reader must see {i}"}])
+        r.ingest([{"id": f"bench-follow-{i}", "text": f"a package the reader must see {i}"}], wait=True)  # a generation
         cached = set(reader.index_store._open)
         t0 = time.perf_counter()
         version = reader.current_index()
@@ -349,7 +349,7 @@ def storage(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         # The first change after a merge unlinks the merged-away segment files and unmaps
         # them (the previous generation kept them); the worker's next cycle pays that.
         t0 = time.perf_counter()
-        r.ingest([{"id": "bench-after-merge", "text": "the first change after the last merge"}])
+        r.ingest([{"id": "bench-after-merge", "text": "the first change after the last merge"}], wait=True)
         figures["first_change_after_merge_s"] = round(time.perf_counter() - t0, 4)
         log("  one-document add, update, delete")
         figures["one_document"] = one_document(folder, r, args.repeats, serial)
@@ -457,7 +457,7 @@ def search_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         r.encoder = encoder
         r.store.add_embeddings(encoder.model_key, encoder.dim, [(content_hash(t), v) for t, v in zip(docs[:n], dv[:n])])
         for s in range(0, n, args.batch):
-            r.ingest([{"id": f"p{i}", "text": docs[i]} for i in range(s, min(n, s + args.batch))])
+            r.ingest([{"id": f"p{i}", "text": docs[i]} for i in range(s, min(n, s + args.batch))], wait=True)
             r.merge()
         return r
 
