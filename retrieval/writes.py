@@ -63,7 +63,7 @@ class IngestReport:
             "docs_per_second": round(self.docs_per_second, 1),
             "setup_seconds": round(self.setup_seconds, 3),
             "embedded": (self.sync.embedded if self.sync else 0) + (self.embed.embedded if self.embed else 0),
-            "published": "background" if self.background else ("yes" if self.sync is not None else "no"),
+            "background": self.background,  # published after returning (searches find it already)
             **({"embed": self.embed.as_dict()} if self.embed else {}),
         }
 

@@ -80,7 +80,7 @@ class BackgroundPublisher:
         with self._cond:
             self._requested += 1
             self._wake.set()
-            if self._thread is None:
+            if not self._running():  # none yet, ended when idle, or left behind by a fork
                 self._thread = threading.Thread(target=self._run, name="index-publisher", daemon=True)
                 self._thread.start()
                 _LIVE.add(self)
@@ -94,7 +94,7 @@ class BackgroundPublisher:
     def state(self) -> dict[str, Any]:
         """For status: running, pending, publishes, failures and the last error."""
         with self._cond:
-            return {"running": self._thread is not None, "pending": self._attempted < self._requested,
+            return {"running": self._running(), "pending": self._attempted < self._requested,
                     "delegated": self.delegate is not None, "publishes": self.publishes, "failures": self.failures,
                     "last_published_at": self.last_published_at, "last_error": self.last_error,
                     "last_error_at": self.last_error_at}
@@ -113,9 +113,9 @@ class BackgroundPublisher:
         :class:`~retrieval.errors.IndexWriteError` when that publish failed."""
         with self._cond:
             target = self._requested
-            if self._attempted < target and self._thread is not None:
+            if self._attempted < target and self._running():
                 self._hurry.set()
-                self._cond.wait_for(lambda: self._attempted >= target or self._thread is None)
+                self._cond.wait_for(lambda: self._attempted >= target or not self._running())
             here = self._attempted < target  # no thread (closed, or interpreter shutdown): publish here
         if here:
             self._attempt(target)
@@ -144,6 +144,9 @@ class BackgroundPublisher:
                 thread.join()
 
     # -- the thread ---------------------------------------------------------------------
+
+    def _running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
         me = threading.current_thread()
