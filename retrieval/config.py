@@ -40,6 +40,7 @@ BACKENDS = ("auto", "torch", "onnx", "openvino")
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 DEVICES = ("cpu", "cuda", "mps", "auto")
 EXECUTORS = ("local", "ray")
+PUBLISH_MODES = ("background", "wait")
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,11 @@ class IngestSettings:
     max_document_bytes: int = 1 << 20
     executor: str = "local"
     progress: bool = True
+    # A write of at most background_max_docs documents (ingest or delete, from Python or
+    # HTTP) returns once its transaction is durable; the index generation that holds it
+    # is published in the background. "wait": every write publishes before it returns.
+    publish: str = "background"
+    background_max_docs: int = 1000
 
 
 @dataclass(frozen=True)
@@ -169,6 +175,7 @@ FLAT: dict[str, str] = {
     "search_timeout_ms": "search.timeout_ms", "filter_exact_rows": "search.filter_exact_rows",
     "query_sample": "search.query_sample", "log_queries": "search.log_queries",
     "max_document_bytes": "ingest.max_document_bytes", "executor": "ingest.executor", "progress": "ingest.progress",
+    "publish": "ingest.publish", "background_max_docs": "ingest.background_max_docs",
     "worker_poll_interval": "worker.poll_interval", "worker_max_batch": "worker.max_batch",
     "replica_name": "worker.replica_name",
     "host": "serve.host", "port": "serve.port", "api_key": "serve.api_key", "max_body_bytes": "serve.max_body_bytes",
@@ -228,6 +235,7 @@ class Settings:
         _choice("encoder.backend", e.backend, BACKENDS, self.sources)
         _choice("encoder.precision", e.precision, PRECISIONS, self.sources)
         _choice("ingest.executor", self.ingest.executor, EXECUTORS, self.sources)
+        _choice("ingest.publish", self.ingest.publish, PUBLISH_MODES, self.sources)
         if e.device not in DEVICES and not e.device.startswith("cuda:"):
             raise ConfigError(f"encoder.device: must be one of {', '.join(DEVICES)} or cuda:N, got {e.device!r}")
         for name in ("encoder.batch_size", "search.threads", "search.k", "search.max_k", "search.max_query_chars",
@@ -235,7 +243,7 @@ class Settings:
                      "index.compressed_min_docs",
                      "index.merge_max_at_once", "index.merge_floor_docs", "index.merge_threads",
                      "search.filter_exact_rows", "worker.max_batch", "store.keep_index_versions",
-                     "ingest.max_document_bytes", "ray.threads"):
+                     "ingest.max_document_bytes", "ingest.background_max_docs", "ray.threads"):
             if self.get(name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {self.get(name)}")
         for name in ("encoder.threads", "ray.actors"):

@@ -34,6 +34,7 @@ from retrieval.sync.calibration import QueryRecorder
 from retrieval.sync.keeper import EncoderSlot, IndexKeeper
 from retrieval.sync.merge import MergeReport
 from retrieval.sync.passages import Splitter, passage_keys
+from retrieval.sync.publisher import BackgroundPublisher
 from retrieval.sync.replay import SyncReport
 from retrieval.sync.vectors import EMBED_CHUNK, BulkEmbedReport, vectors_of
 from retrieval.writes import IngestReport, Writer
@@ -60,7 +61,9 @@ class Retriever:
         self.queries = QueryRecorder(store, settings.search)
         self.keeper = IndexKeeper(settings, store, index_store, self._encoder)
         self.keeper.queries = self.queries
-        self._writer = Writer(settings, store, self.keeper, self._encoder)
+        # Publishes small writes after they return (ingest.publish: background).
+        self.publisher = BackgroundPublisher(lambda: self.keeper.sync())
+        self._writer = Writer(settings, store, self.keeper, self._encoder, self.publisher)
         self._engine = SearchEngine(settings, store, self.keeper, self._encoder, self.queries)
 
     @classmethod
@@ -77,7 +80,9 @@ class Retriever:
     @classmethod
     def open(cls, path: str | Path, model: str | None = None, **overrides: Any) -> Retriever:
         """A store in folder ``path`` (``retrieval.db`` and ``index/`` inside it)."""
-        folder = Path(path)
+        # Absolute: a background publish (or one at exit) may run after the caller changed
+        # its working directory.
+        folder = Path(path).absolute()
         values: dict[str, Any] = {"database_url": f"sqlite:///{folder / 'retrieval.db'}", "index_dir": str(folder / "index")}
         if model:
             values["model"] = model
@@ -94,10 +99,21 @@ class Retriever:
         self._encoder.loaded = encoder
 
     def close(self) -> None:
-        """Write the queries the query sample holds (never waiting for a lock), then
-        release the database's connections."""
-        self.queries.flush()
-        self.store.close()
+        """Publish what the background publisher has pending (raising
+        :class:`~retrieval.errors.IndexWriteError` if that fails: the documents stay
+        stored and the next sync publishes them), write the queries the query sample holds
+        (never waiting for a lock), then close the database."""
+        try:
+            self.publisher.close()
+        finally:
+            self.queries.flush()
+            self.store.close()
+
+    def flush(self) -> None:
+        """Publish now the writes that returned before their index generation was
+        published (see :meth:`ingest`); raises
+        :class:`~retrieval.errors.IndexWriteError` if that publish failed."""
+        self.publisher.flush()
 
     def __enter__(self) -> Retriever:
         return self
@@ -133,7 +149,10 @@ class Retriever:
         applied in this generation. Merges of at most ``merge_inline_max_docs`` live rows
         then run inline (unless ``inline_merges`` is off: the worker runs them in the
         background instead)."""
-        return self.keeper.sync(max_changes=max_changes, inline_merges=inline_merges)
+        report = self.keeper.sync(max_changes=max_changes, inline_merges=inline_merges)
+        if max_changes is None:
+            self.publisher.succeeded()
+        return report
 
     def pending_merges(self) -> list[Merge]:
         """The merges the policy asks for now (reads one manifest)."""
@@ -161,11 +180,22 @@ class Retriever:
 
     # -- writes -----------------------------------------------------------------------
 
-    def ingest(self, documents: Iterable[Any], *, sync: bool = True, embed_first: bool = False,
-               executor: str | None = None, address: str | None = None, skip_invalid: bool = False) -> IngestReport:
+    def ingest(self, documents: Iterable[Any], *, sync: bool = True, wait: bool | None = None,
+               embed_first: bool = False, executor: str | None = None, address: str | None = None,
+               skip_invalid: bool = False) -> IngestReport:
         """Upsert documents (dicts with ``id``, ``text`` and optional ``metadata``, and a
         ``vector`` for a store whose vectors come from the caller, model
-        ``external:NAME:DIM``: see :meth:`retrieval.writes.Writer.ingest`) and sync.
+        ``external:NAME:DIM``: see :meth:`retrieval.writes.Writer.ingest`) and publish them.
+
+        When this returns the documents are durable in the database and every search, in
+        this process or another, finds them (an updated one with its new text and score).
+        A write of at most ``ingest.background_max_docs`` documents (1000) returns then,
+        and a background thread publishes the index generation that holds it shortly
+        after (``report.background``; until then searches score it exactly from its
+        stored vector); :meth:`close`, :meth:`flush` and interpreter exit publish what
+        is left. ``wait=True``, or the setting ``ingest.publish: wait``, publishes before
+        returning (``report.sync``), as larger writes do; ``wait=False`` publishes in the
+        background whatever the size.
 
         Every document is checked first by the rules files and HTTP follow too
         (:mod:`retrieval.documents`); any invalid one raises
@@ -174,8 +204,8 @@ class Retriever:
         A text stored before is not re-embedded. ``embed_first`` embeds before writing (the
         HTTP service does); ``executor`` ``ray`` embeds on a Ray cluster (see :meth:`embed`).
         """
-        return self._writer.ingest(documents, sync=sync, embed_first=embed_first, executor=executor, address=address,
-                                   skip_invalid=skip_invalid)
+        return self._writer.ingest(documents, sync=sync, wait=wait, embed_first=embed_first, executor=executor,
+                                   address=address, skip_invalid=skip_invalid)
 
     def ingest_files(self, sources: Sequence[str], *, fmt: str | None = None, id_field: str = "id",
                      text_fields: Sequence[str] = ("text",), metadata_fields: Sequence[str] | None = None,
@@ -219,10 +249,14 @@ class Retriever:
                                 f"reads{more}: split it into passages of at most {window} tokens")
         return vectors_of(self.store, encoder, texts), tokens
 
-    def delete(self, external_ids: Sequence[str], *, sync: bool = True) -> tuple[int, list[str]]:
+    def delete(self, external_ids: Sequence[str], *, sync: bool = True,
+               wait: bool | None = None) -> tuple[int, list[str]]:
         """Delete documents by id; returns (deleted, ids that did not exist). A bare string is
-        a :class:`TypeError` (``delete("12")`` would otherwise delete "1" and "2")."""
-        return self._writer.delete(external_ids, sync=sync)
+        a :class:`TypeError` (``delete("12")`` would otherwise delete "1" and "2"). When
+        this returns the deletes are durable and no search returns those documents; the
+        index generation without them is published before (``wait=True``, or more than
+        ``ingest.background_max_docs`` ids) or shortly after, as for :meth:`ingest`."""
+        return self._writer.delete(external_ids, sync=sync, wait=wait)
 
     def get(self, external_id: str) -> Document:
         """The stored document with this id."""
@@ -295,6 +329,13 @@ class Retriever:
         """How far the index is behind the database (reads one manifest and the log)."""
         return inspection.lag(self.store, self.index_store)
 
+    def version_holding(self, report: IngestReport) -> str | None:
+        """The index version that holds the write ``report`` describes (the current one,
+        or a newer one), or None while that write waits for its background publish."""
+        if report.background and self.lag()["pending_changes"]:
+            return None
+        return self.index_version()
+
     def index_version(self) -> str | None:
         """The index version searches use now, as status names it (``g0000000042``)."""
         name = self.index_store.current_name()
@@ -305,8 +346,12 @@ class Retriever:
         return inspection.vitals(self.store, self.index_store, self.replica_name)
 
     def status(self) -> dict[str, Any]:
-        """Counts, model, index version and sizes; loads neither the model nor torch."""
-        return inspection.status(self.settings, self.store, self.index_store, self.replica_name)
+        """Counts, model, index version and sizes, and this process's background
+        publisher (``background_publish``: pending, last error); loads neither the model
+        nor torch."""
+        st = inspection.status(self.settings, self.store, self.index_store, self.replica_name)
+        st["background_publish"] = self.publisher.state()
+        return st
 
     def verify(self) -> VerifyReport:
         """Check that the index agrees exactly with the database, and every segment file with

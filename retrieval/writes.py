@@ -1,6 +1,7 @@
 """Writes: documents in (ingest from Python or files, streamed), vectors for what is
 stored (bulk embedding, here or on a Ray cluster) and deletes; each publishes the index
-generation that holds it, or says in one line what was stored and what was not."""
+generation that holds it (a small one from Python or HTTP in the background, see
+:mod:`retrieval.sync.publisher`), or says in one line what was stored and what was not."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from retrieval.store.records import NewDocument, content_hash
 from retrieval.store.repository import Store
 from retrieval.sync.keeper import EncoderSlot, IndexKeeper
 from retrieval.sync.passages import Splitter, passage_texts, recording_split
+from retrieval.sync.publisher import BackgroundPublisher
 from retrieval.sync.replay import SyncReport
 from retrieval.sync.vectors import EMBED_CHUNK, BulkEmbedReport, embed_missing, embed_stored
 
@@ -37,8 +39,11 @@ class IngestReport:
     # One-time preparation of the encoder that this ingest paid for (an ONNX export on
     # first use), reported apart so that the rate means what it says.
     setup_seconds: float = 0.0
-    sync: SyncReport | None = None
+    sync: SyncReport | None = None  # the publish before returning; None when none ran (or in the background)
     embed: BulkEmbedReport | None = None  # the bulk embedding on an executor (ray) before the sync
+    # Stored, and found by every search already; the index generation that holds it is
+    # published shortly after, by the background publisher (``sync`` is None).
+    background: bool = False
 
     @property
     def total(self) -> int:
@@ -58,6 +63,7 @@ class IngestReport:
             "docs_per_second": round(self.docs_per_second, 1),
             "setup_seconds": round(self.setup_seconds, 3),
             "embedded": (self.sync.embedded if self.sync else 0) + (self.embed.embedded if self.embed else 0),
+            "background": self.background,  # published after returning (searches find it already)
             **({"embed": self.embed.as_dict()} if self.embed else {}),
         }
 
@@ -66,21 +72,49 @@ class Writer:
     """The write side of a store: :meth:`retrieval.Retriever.ingest`, ``ingest_files``,
     ``embed`` and ``delete`` run here."""
 
-    def __init__(self, settings: Settings, store: Store, keeper: IndexKeeper, encoder: EncoderSlot) -> None:
+    def __init__(self, settings: Settings, store: Store, keeper: IndexKeeper, encoder: EncoderSlot,
+                 publisher: BackgroundPublisher) -> None:
         self.settings = settings
         self.store = store
         self.keeper = keeper
         self.encoder = encoder
+        self.publisher = publisher
+
+    def background(self, sync: bool, wait: bool | None, documents: int, executor: str | None = None) -> bool:
+        """Whether a write of ``documents`` publishes in the background: ``wait`` when
+        given (False: in the background, whatever the size), else the ``ingest.publish``
+        setting for at most ``ingest.background_max_docs`` documents. A write without a
+        sync, or embedding on Ray, never does, nor the first write of a store: its
+        publish creates the index, which pins the store's model for every later write."""
+        if not sync or (executor or self.settings.ingest.executor) != "local":
+            return False
+        if self.keeper.index_store.current_name() is None:
+            return False
+        if wait is not None:
+            return not wait
+        ingest = self.settings.ingest
+        return ingest.publish == "background" and documents <= ingest.background_max_docs
 
     def _pending(self) -> int:
         """Change-log entries the current index generation has not applied."""
         manifest = self.keeper.index_store.read_manifest()
         return self.store.backlog(manifest.last_seq if manifest else 0)[0]
 
-    def ingest(self, documents: Iterable[Any], *, sync: bool = True, embed_first: bool = False,
-               executor: str | None = None, address: str | None = None, skip_invalid: bool = False) -> IngestReport:
-        """Upsert documents and sync: dicts with ``id``, ``text`` and optional ``metadata``
-        (or :class:`~retrieval.documents.Document` objects).
+    def ingest(self, documents: Iterable[Any], *, sync: bool = True, wait: bool | None = None,
+               embed_first: bool = False, executor: str | None = None, address: str | None = None,
+               skip_invalid: bool = False) -> IngestReport:
+        """Upsert documents and publish them: dicts with ``id``, ``text`` and optional
+        ``metadata`` (or :class:`~retrieval.documents.Document` objects).
+
+        When this returns, the documents are durable in the database and every search (in
+        this process or another) finds them, with their new text and score. Whether the
+        index generation that holds them is published too: with ``wait`` True, yes
+        (``report.sync`` says what it did); with the default (``wait`` None) and
+        ``ingest.publish: background``, a write of at most ``ingest.background_max_docs``
+        documents returns first and is published shortly after by a background thread
+        (``report.background``; searches score it exactly until then, from vectors
+        embedded before the write); ``wait`` False always publishes in the background.
+        ``sync`` False publishes nothing (a worker or ``retrieve sync`` does).
 
         Every document is checked first, by the rules the CLI and the HTTP service apply
         too (:mod:`retrieval.documents`: ids, non-empty text within
@@ -119,18 +153,26 @@ class Writer:
             raise InvalidInputError(problems, total, noun="documents",
                                     hint="pass skip_invalid=True to store the valid ones")
         docs = [NewDocument(c.external_id, c.text, c.metadata) for c in checked]
+        background = self.background(sync, wait, len(docs), executor)
+        checked_before = False
         if given:
             # Stored before the documents' commit, as embed_first stores its vectors: the
             # sync, and a search scoring the documents before it, find them.
             self._before_write(sync, executor)
+            checked_before = True
             encoder = self.encoder.get()
             self.store.add_embeddings(encoder.model_key, encoder.dim, list(given.items()))
-        if embed_first and docs:
-            self._before_write(sync, executor)
+        if docs and (embed_first or (background and not given and not self.external())):
+            # In the background a search scores these before they are published: embedded
+            # now, the search path never embeds them.
+            if not checked_before:
+                self._before_write(sync, executor)
+                checked_before = True
             encoder = self.encoder.get()
             splitter = Splitter.of(self.settings.index, encoder)
             embed_missing(self.store, encoder, passage_texts(encoder, splitter, [d.text for d in docs]))
-        report = self._write([docs], sync=sync, executor=executor, address=address, t0=t0)
+        report = self._write([docs], sync=sync, executor=executor, address=address, t0=t0, background=background,
+                             checked=checked_before)
         report.invalid, report.problems = len(problems), problems
         return report
 
@@ -197,7 +239,9 @@ class Writer:
         csv_types: Sequence[str] = ("infer",),
     ) -> IngestReport:
         """Validate every record of every file first; write only when all are valid
-        (or, with ``skip_invalid``, the valid ones).
+        (or, with ``skip_invalid``, the valid ones), then publish before returning (with
+        ``sync``): a bulk load, and the one-shot ``retrieve ingest``, never leave it to
+        the background.
 
         The files are read twice, a record at a time (:class:`~retrieval.readers.RecordScan`):
         once to validate everything, once to store it in batches within one transaction,
@@ -242,15 +286,21 @@ class Writer:
         return check_executor(executor or self.settings.ingest.executor) != "local"
 
     def _write(self, batches: Iterable[list[NewDocument]], *, sync: bool, executor: str | None, address: str | None,
-               t0: float) -> IngestReport:
-        remote = self._before_write(sync, executor)
+               t0: float, background: bool = False, checked: bool = False) -> IngestReport:
+        remote = (check_executor(executor or self.settings.ingest.executor) != "local" if checked
+                  else self._before_write(sync, executor))
         counts = self.store.upsert_batches(batches)
         report = IngestReport(added=counts.added, updated=counts.updated, unchanged=counts.unchanged)
         if remote:
             report.embed = self.embed(executor=executor, address=address)
+        if background:
+            # Durable now; the publisher publishes it (and any backlog an earlier run left).
+            if counts.added or counts.updated or self.publisher.last_error is not None:
+                self.publisher.request()
+                report.background = True
         # A backlog left by an earlier run that stored its documents but did not get to
         # publish them (killed, or it lost the database) is published now too.
-        if sync and (counts.added or counts.updated or self._pending()):
+        elif sync and (counts.added or counts.updated or self._pending()):
             try:
                 report.sync = self.keeper.sync()
             except RetrievalError as exc:
@@ -305,15 +355,22 @@ class Writer:
                          split=recording_split(self.store, encoder, splitter))
         return report
 
-    def delete(self, external_ids: Sequence[str], *, sync: bool = True) -> tuple[int, list[str]]:
+    def delete(self, external_ids: Sequence[str], *, sync: bool = True,
+               wait: bool | None = None) -> tuple[int, list[str]]:
         """Delete documents by id; returns (deleted, ids that did not exist). ``external_ids``
         is a sequence (a bare string is a :class:`TypeError`: ``delete("12")`` would
-        otherwise delete "1" and "2")."""
+        otherwise delete "1" and "2"). When this returns the deletes are durable and no
+        search returns those documents; ``wait`` and the settings decide whether the
+        index generation without them is published before or shortly after, as for
+        :meth:`ingest`."""
         ids = check_ids(external_ids)
         if sync:
             self.keeper.sync_lock()  # an index folder this user cannot write is refused before the delete
         deleted, missing = self.store.delete(ids)
-        if sync and deleted:
+        if self.background(sync, wait, len(ids)):
+            if deleted or self.publisher.last_error is not None:
+                self.publisher.request()
+        elif sync and deleted:
             try:
                 self.keeper.sync()
             except RetrievalError as exc:

@@ -147,10 +147,11 @@ def build(folder: Path, short: list[str], large: str | None) -> Any:
     from retrieval.store.records import NewDocument
 
     r = open_store(folder)
-    r.ingest([{"id": f"short-{i}", "text": t, "metadata": {}} for i, t in enumerate(short)])
+    # Published before the searches below, which measure the index, not pending documents.
+    r.ingest([{"id": f"short-{i}", "text": t, "metadata": {}} for i, t in enumerate(short)], wait=True)
     if large is not None:
         if len(large.encode()) <= 1 << 20:
-            r.ingest([{"id": "large", "text": large, "metadata": {}}])
+            r.ingest([{"id": "large", "text": large, "metadata": {}}], wait=True)
         else:  # over the document limit: as a store written before it holds one
             r.store.upsert([NewDocument("large", large, {})])
             r.sync()

@@ -14,8 +14,12 @@ README). Reported:
 * segment count after every batch, and write amplification (bytes written under
   ``index_dir`` / the final generation's bytes);
 * one-document add, update and delete: the wall time of a ``retrieve ingest`` /
-  ``retrieve delete`` process, the in-process call and its index stage, and bytes written
-  under ``index_dir`` (median of ``--repeats``);
+  ``retrieve delete`` process, and the in-process call in both publish modes of the same
+  run: ``background`` (the default: the call returns once its transaction commits;
+  ``in_process_s``, and ``publish_after_s``, the background publish that follows) and
+  ``wait`` (``wait=True``: the call publishes before returning; ``in_process_wait_s`` and
+  its index stage), and bytes written under ``index_dir`` (median of ``--repeats``). The
+  publisher is flushed, untimed, before each timed call: every call is measured alone;
 * how long a long-lived reader takes to open a new generation (median of 10);
 * cold ``retrieve search`` (a fresh process; median of 5);
 * RSS of ``retrieve serve`` after 200 searches, against the float32 vector bytes.
@@ -127,7 +131,7 @@ def batched_ingest(folder: Path, base: list[str], n: int, batch: int) -> tuple[A
     merges = 0
     t0 = time.perf_counter()
     for start in range(0, n, batch):
-        r.ingest(docs_for(base, start, min(batch, n - start)))
+        r.ingest(docs_for(base, start, min(batch, n - start)), wait=True)
         counts.append(len(r.index_store.read_manifest().segments))
         merges += len(r.merge())  # what the worker does in the background
         done = start + batch
@@ -153,21 +157,29 @@ def one_document(folder: Path, r: Any, repeats: int, serial: list[int]) -> dict[
     for _ in range(repeats):
         serial[0] += 1
         s = serial[0]
-        # In process.
-        actions: list[tuple[str, Callable[[], Any]]] = [
-            ("add", lambda s=s: r.ingest([{"id": f"bench-new-{s}", "text": f"a brand new package number {s}"}])),
-            ("update", lambda s=s: r.ingest([{"id": f"c{s * 101}", "text": f"an updated package description {s}"}])),
-            ("delete", lambda s=s: r.delete([f"c{s * 101 + 1}"])),
-        ]
-        for kind, run in actions:
-            written = r.index_store.bytes_written
-            t0 = time.perf_counter()
-            result = run()
-            note(kind, "in_process_s", time.perf_counter() - t0)
-            note(kind, "in_process_bytes", r.index_store.bytes_written - written)
-            sync = getattr(result, "sync", None)
-            if sync is not None:
-                note(kind, "index_stage_s", sync.stages.get("index", 0.0))
+        # In process, in both publish modes: background (the default) and wait.
+        for mode, wait, base in (("", None, 0), ("_wait", True, 4)):
+            actions: list[tuple[str, Callable[[], Any]]] = [
+                ("add", lambda s=s, w=wait, m=mode: r.ingest(
+                    [{"id": f"bench-new{m}-{s}", "text": f"a brand new package number {s}{m}"}], wait=w)),
+                ("update", lambda s=s, w=wait, b=base: r.ingest(
+                    [{"id": f"c{s * 101 + b}", "text": f"an updated package description {s}"}], wait=w)),
+                ("delete", lambda s=s, w=wait, b=base: r.delete([f"c{s * 101 + b + 1}"], wait=w)),
+            ]
+            for kind, run in actions:
+                r.flush()  # the publisher is idle: each call is measured alone
+                written = r.index_store.bytes_written
+                t0 = time.perf_counter()
+                result = run()
+                note(kind, f"in_process{mode}_s", time.perf_counter() - t0)
+                if not mode:
+                    t0 = time.perf_counter()
+                    r.flush()  # the background publish (its 20 ms wait cut short)
+                    note(kind, "publish_after_s", time.perf_counter() - t0)
+                note(kind, f"in_process{mode}_bytes", r.index_store.bytes_written - written)
+                sync = getattr(result, "sync", None)
+                if sync is not None:
+                    note(kind, "index_stage_s", sync.stages.get("index", 0.0))
         # As a process.
         one = folder / "one.jsonl"
         for kind, args in (
@@ -194,7 +206,7 @@ def reader_follow(folder: Path, r: Any) -> dict[str, Any]:
     reader.current_index()
     times, opened = [], []
     for i in range(10):
-        r.ingest([{"id": f"bench-follow-{i}", "text": f"a package the reader must see {i}"}])
+        r.ingest([{"id": f"bench-follow-{i}", "text": f"a package the reader must see {i}"}], wait=True)  # a generation
         cached = set(reader.index_store._open)
         t0 = time.perf_counter()
         version = reader.current_index()
@@ -311,6 +323,19 @@ def peers(n: int, repeats: int, work: Path) -> dict[str, Any]:
     return out
 
 
+def vs_peers(ours: dict[str, Any], peer: dict[str, Any]) -> dict[str, Any]:
+    """Our one-document add and update (the large store, both publish modes) over each
+    peer's, medians of the same run."""
+    out: dict[str, Any] = {}
+    for name, figures in peer.items():
+        if not isinstance(figures, dict):
+            continue
+        for kind in ("add", "update"):
+            for mode, key in (("background", "in_process_s"), ("wait", "in_process_wait_s")):
+                out[f"{kind}_{mode}_over_{name}"] = round(ours[kind][key] * 1000 / figures[f"{kind}_ms"], 2)
+    return out
+
+
 def storage(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     base = catalog_texts(CATALOG / "catalog.jsonl")
     result: dict[str, Any] = {"encoder": "hash-384 (deterministic test encoder, not a language model)",
@@ -324,7 +349,7 @@ def storage(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         # The first change after a merge unlinks the merged-away segment files and unmaps
         # them (the previous generation kept them); the worker's next cycle pays that.
         t0 = time.perf_counter()
-        r.ingest([{"id": "bench-after-merge", "text": "the first change after the last merge"}])
+        r.ingest([{"id": "bench-after-merge", "text": "the first change after the last merge"}], wait=True)
         figures["first_change_after_merge_s"] = round(time.perf_counter() - t0, 4)
         log("  one-document add, update, delete")
         figures["one_document"] = one_document(folder, r, args.repeats, serial)
@@ -432,7 +457,7 @@ def search_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         r.encoder = encoder
         r.store.add_embeddings(encoder.model_key, encoder.dim, [(content_hash(t), v) for t, v in zip(docs[:n], dv[:n])])
         for s in range(0, n, args.batch):
-            r.ingest([{"id": f"p{i}", "text": docs[i]} for i in range(s, min(n, s + args.batch))])
+            r.ingest([{"id": f"p{i}", "text": docs[i]} for i in range(s, min(n, s + args.batch))], wait=True)
             r.merge()
         return r
 
@@ -514,7 +539,9 @@ def table(result: dict[str, Any]) -> str:
         for kind in ("add", "update", "delete"):
             a, b = s["one_document"][kind], g["one_document"][kind]
             row(f"{kind}: process s", a["process_s"], b["process_s"])
-            row(f"{kind}: in process s", a["in_process_s"], b["in_process_s"])
+            row(f"{kind}: in process s (background)", a["in_process_s"], b["in_process_s"])
+            row(f"{kind}: its publish after s", a["publish_after_s"], b["publish_after_s"])
+            row(f"{kind}: in process s (wait)", a["in_process_wait_s"], b["in_process_wait_s"])
             if "index_stage_s" in a:
                 row(f"{kind}: index stage s", a["index_stage_s"], b["index_stage_s"])
             row(f"{kind}: bytes written (process)", a["process_bytes"], b["process_bytes"], "{:,.0f}")
@@ -527,6 +554,8 @@ def table(result: dict[str, Any]) -> str:
                          f"{g['serve']['rss_over_vectors']:.2f}x the float32 vectors")
     if "peers" in result:
         lines.append(f"peers at {result.get('peer_docs', '')}: {json.dumps(result['peers'])}")
+    if "vs_peers" in result:
+        lines.append(f"ours (large store) over the peers': {json.dumps(result['vs_peers'])}")
     se = result.get("search")
     if se:
         lines.append(f"search on {se['documents']:,} real vectors ({se['model_key']}), {se['queries']} queries, k=10, 1 thread")
@@ -576,6 +605,8 @@ def main() -> int:
     if args.peers:
         result["peers"] = run_peers(args, work)
         result["peer_docs"] = args.peer_docs
+        if "storage" in result:
+            result["vs_peers"] = vs_peers(result["storage"]["large"]["one_document"], result["peers"])
     if not args.skip_search:
         result["search"] = search_bench(args, work)
     print(table(result), file=sys.stderr)

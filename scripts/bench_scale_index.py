@@ -225,8 +225,8 @@ def timed_search(fn: Any, qv: np.ndarray, kth: np.ndarray) -> dict[str, Any]:
 
 def search(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import faiss
-
     from embed_catalog import embed_catalog
+
     from retrieval.index.build import BuildOptions
     from retrieval.index.compressed import breadths
 
@@ -284,7 +284,6 @@ def search(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     out["monolithic_hnsw_at_0.98"] = {"ef_search": reach[0], **curve[reach[0]]} if reach else None
     equal = [ef for ef, c in curve.items() if c["recall@10"] >= served["recall@10"]]
     out["monolithic_hnsw_at_equal_recall"] = {"ef_search": equal[0], **curve[equal[0]]} if equal else None
-    del mono
     log("  monolithic IVF over 8-bit codes")
     faiss.omp_set_num_threads(2)
     from retrieval.index.compressed import lists_for
@@ -307,7 +306,6 @@ def search(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         icurve[nprobe] = timed_search(ivf_rescored, qv[:500], kth[:500])
         log(f"    nprobe {nprobe}/{nlist} (40 re-scored): {icurve[nprobe]}")
     out["monolithic_ivf_sq8"] = {"nlist": nlist, "rescored": 40, "queries": 500, "curve": icurve}
-    del ivf
     out["flat"] = timed_search(lambda q: exact.search(q, K)[0], qv[:500], kth[:500])
     if not args.keep:
         shutil.rmtree(folder, ignore_errors=True)
@@ -357,6 +355,7 @@ BASE: np.ndarray = np.empty((0, 384), np.float32)
 def storage(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     global BASE
     from embed_catalog import embed_catalog
+
     from retrieval.index.build import BuildOptions
 
     path, _ = embed_catalog(args.cache)
@@ -378,7 +377,8 @@ def storage(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         final = store.load()
         final_bytes = sum(f.bytes for f in final.manifest.files())
         figures: dict[str, Any] = {
-            "rows": rows, "seconds": round(time.perf_counter() - t0, 1), "segments_over_time": timeline[:: max(1, len(timeline) // 20)] + timeline[-1:],
+            "rows": rows, "seconds": round(time.perf_counter() - t0, 1),
+            "segments_over_time": timeline[:: max(1, len(timeline) // 20)] + timeline[-1:],
             "final_segments": [{"kind": v.meta.kind, "rows": v.meta.rows} for v in final.views],
             "write_amplification": round(store.bytes_written / final_bytes, 2), "merges": merges,
             "largest_merge_peak_rss_over_mb": max((m["peak_rss_over_mb"] for m in merges), default=0.0),

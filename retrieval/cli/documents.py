@@ -67,7 +67,8 @@ def ingest(retriever: Retriever, files: tuple[str, ...], sample: bool, fmt: str 
 
     Every record is validated before anything is written. Documents are matched by id:
     new ones are added, changed ones updated, unchanged ones skipped (not re-embedded).
-    When the command returns, searches see the new documents.
+    When the command returns, searches see the new documents and the index generation
+    that holds them is published (unless --no-sync).
 
     \b
         retrieve ingest products.jsonl
@@ -200,7 +201,8 @@ def delete(retriever: Retriever, ids: tuple[str, ...], id_file: str | None) -> N
             wanted += [line.strip() for line in stream if line.strip()]
     if not wanted:
         raise click.UsageError("give ids to delete, or --file")
-    deleted, missing = retriever.delete(wanted)
+    # A one-shot process: it publishes before it exits anyway, and a failure is this command's.
+    deleted, missing = retriever.delete(wanted, wait=True)
     click.echo(f"{deleted} deleted")
     if missing:
         shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")

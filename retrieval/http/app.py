@@ -81,6 +81,8 @@ def create_app(
             await run_in_threadpool(service.warm_up)
         if sync_thread is not None:
             sync_thread.start()
+            # One publisher per store: a write returning before its publish wakes the worker.
+            retriever.publisher.delegate = sync_thread.wake
         if batcher is not None:
             batcher.start()
         log.info("ready: %s", s.store.database_url)
@@ -91,7 +93,8 @@ def create_app(
             if batcher is not None:
                 await batcher.stop()
             if sync_thread is not None:
-                await run_in_threadpool(sync_thread.stop)
+                retriever.publisher.delegate = None
+                await run_in_threadpool(sync_thread.stop)  # publishes what is pending
 
     app = FastAPI(
         title="retrieval",

@@ -56,12 +56,14 @@ def add_routes(app: FastAPI, service: Service, schemas: Schemas, require_key: An
     @app.post("/v1/documents", response_model=UpsertResponse, dependencies=protected, responses=ERRORS,
               tags=["documents"])
     @body_model(schemas.UpsertRequest)
-    async def upsert(body: UpsertRequest) -> Any:
+    async def upsert(body: UpsertRequest, wait: bool | None = None) -> Any:
         """Add or replace documents. When the response arrives they are committed to the
-        database and in the published index."""
+        database and every search finds them; the index version that holds them is
+        published before the response with ``?wait=true`` (``index_version`` names it),
+        else shortly after (``index_version`` null until then, ``published`` false)."""
         docs = [{"id": d.id, "text": d.text, "metadata": d.metadata,
                  **({"vector": d.vector} if d.vector is not None else {})} for d in body.documents]
-        return await service.upsert(docs)
+        return await service.upsert(docs, wait)
 
     @app.post("/v1/embeddings", response_model=EmbeddingsResponse, dependencies=protected, responses=OPENAI_ERRORS,
               tags=["embeddings"])
@@ -88,9 +90,10 @@ def add_routes(app: FastAPI, service: Service, schemas: Schemas, require_key: An
 
     @app.delete("/v1/documents/{doc_id:path}", response_model=DeleteResponse, dependencies=protected,
                 responses=NOT_FOUND, tags=["documents"])
-    async def delete_document(doc_id: str) -> Any:
-        """Delete a document; searches stop returning it when the response arrives."""
-        return await service.delete(doc_id)
+    async def delete_document(doc_id: str, wait: bool | None = None) -> Any:
+        """Delete a document; searches stop returning it when the response arrives (the
+        index version without it is published then with ``?wait=true``, else shortly after)."""
+        return await service.delete(doc_id, wait)
 
     @app.get("/v1/status", dependencies=protected, responses=ERRORS, tags=["service"])
     async def status() -> dict[str, Any]:

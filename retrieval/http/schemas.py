@@ -49,7 +49,10 @@ class UpsertResponse(BaseModel):
     added: int
     updated: int
     unchanged: int
-    index_version: str | None
+    index_version: str | None = Field(description=(
+        "A published index version that holds this write; null while it waits for its background publish "
+        "(searches find it already)."))
+    published: bool = Field(description="Whether index_version holds this write (false: published shortly after).")
     took_ms: float
 
 

@@ -102,18 +102,23 @@ class Service:
         hits = await run_in_threadpool(self.retriever.similar, doc_id, k, min_score=min_score, where=where)
         return {"results": [h.as_dict() for h in hits], "took_ms": _ms(t0)}
 
-    async def upsert(self, documents: list[dict[str, Any]]) -> dict[str, Any]:
-        """Committed to the database and in the published index when this returns."""
+    async def upsert(self, documents: list[dict[str, Any]], wait: bool | None = None) -> dict[str, Any]:
+        """Committed to the database and found by every search when this returns; in the
+        published index too with ``wait`` (or ``ingest.publish: wait``, or a batch larger
+        than ``ingest.background_max_docs``), else shortly after (the sync worker, woken
+        now, publishes it). ``index_version`` names a version that holds the write, or
+        is null while it waits for that publish."""
         t0 = time.perf_counter()
         try:
-            report = await run_in_threadpool(lambda: self.retriever.ingest(documents, embed_first=True,
+            report = await run_in_threadpool(lambda: self.retriever.ingest(documents, wait=wait, embed_first=True,
                                                                            executor="local"))
         except InvalidInputError as exc:  # the same rules as files and Python; no CLI flag to suggest here
             raise InvalidInputError(exc.problems, exc.total, noun="documents", hint="") from None
         # The background worker may have published these changes before this request's
-        # own sync got the lock; either way the current version holds them now.
+        # own sync got the lock; either way the current version holds them then.
+        version = await run_in_threadpool(self.retriever.version_holding, report)
         return {"added": report.added, "updated": report.updated, "unchanged": report.unchanged,
-                "index_version": self.retriever.index_version(), "took_ms": _ms(t0)}
+                "index_version": version, "published": version is not None, "took_ms": _ms(t0)}
 
     async def embeddings(self, body: EmbeddingsRequest) -> dict[str, Any]:
         """OpenAI's embeddings response for ``body``, with the store's encoder."""
@@ -148,8 +153,8 @@ class Service:
         doc = await run_in_threadpool(self.retriever.get, doc_id)
         return doc.as_dict()
 
-    async def delete(self, doc_id: str) -> dict[str, Any]:
-        deleted, _missing = await run_in_threadpool(self.retriever.delete, [doc_id])
+    async def delete(self, doc_id: str, wait: bool | None = None) -> dict[str, Any]:
+        deleted, _missing = await run_in_threadpool(lambda: self.retriever.delete([doc_id], wait=wait))
         if not deleted:
             raise NotFoundError(f"no document with id {doc_id!r}")
         return {"id": doc_id, "deleted": True}

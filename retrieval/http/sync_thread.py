@@ -39,6 +39,10 @@ class SyncThread:
     def start(self) -> None:
         self._thread.start()
 
+    def wake(self) -> None:
+        """Publish soon: a write in this process committed and left its publish to us."""
+        self.worker.wake()
+
     def state(self) -> dict[str, Any]:
         w = self.worker
         return {"running": self.alive, "standing_by": self.standing_by, "cycles": w.cycles,
@@ -61,7 +65,7 @@ class SyncThread:
 
     def stop(self, timeout: float = 60.0) -> None:
         """Finish the cycle in hand, then publish what arrived meanwhile."""
-        self.worker.stop_event.set()
+        self.worker.stop()
         self._thread.join(timeout)
         if not self.standing_by:
             try:

@@ -130,7 +130,9 @@ def _register_writes(server: MCPServer[Any], retriever: Retriever) -> None:
     @_tool(server, WRITE)
     def ingest(documents: Documents) -> dict[str, Any]:
         """Store documents (add new ids, replace existing ones), embed and index them; they
-        are searchable when this returns. Nothing is written if any document is invalid."""
+        are searchable when this returns (index_version: a published version that holds
+        them, or null while they wait for the background publish). Nothing is written if
+        any document is invalid."""
         if not 1 <= len(documents) <= max_batch:
             raise ToolError(f"documents: from 1 to {max_batch} documents (max_batch), not {len(documents)}")
         with _user_errors():
@@ -138,7 +140,7 @@ def _register_writes(server: MCPServer[Any], retriever: Retriever) -> None:
             # writers wait for the database only while the rows are stored.
             report = retriever.ingest([dict(d) for d in documents], embed_first=True, executor="local")
         return {"added": report.added, "updated": report.updated, "unchanged": report.unchanged,
-                "index_version": retriever.index_version()}
+                "index_version": retriever.version_holding(report)}
 
     @_tool(server, WRITE)
     def delete(ids: Annotated[list[str], Field(description="The ids of the documents to delete.")]) -> dict[str, Any]:

@@ -526,8 +526,9 @@ class _Harness:
             if written:
                 problems.append(f"{len(written)} documents were written although the ingest failed")
             # Nothing lost: once the lock is gone, the same documents go in (in this
-            # process: the point is the store's state, not another model load).
-            self.retriever.ingest([{"id": k, "text": v} for k, v in docs.items()], executor="local")
+            # process: the point is the store's state, not another model load), published
+            # before the check below, which expects nothing pending.
+            self.retriever.ingest([{"id": k, "text": v} for k, v in docs.items()], executor="local", wait=True)
             self.expected.update(docs)
         self.check("after database-locked", list(docs))
 

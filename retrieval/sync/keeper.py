@@ -171,18 +171,27 @@ class IndexKeeper:
     def check_model(self, version: IndexVersion | None = None) -> None:
         """Refuse an index (``version``, or the current one: one manifest read) built with
         other vectors than the configured encoder's; nothing when there is no index yet."""
-        manifest = version.manifest if version is not None else self.index_store.read_manifest()
+        held = version.manifest.model_key if version is not None else self._current_model_key()
         key = self.encoder.get().model_key
-        if manifest is not None and manifest.model_key != key and "external:" in manifest.model_key + key:
+        if held is not None and held != key and "external:" in held + key:
             raise ModelMismatchError(
-                f"this store holds {manifest.model_key} vectors, not {key}: a store keeps one model's vectors "
+                f"this store holds {held} vectors, not {key}: a store keeps one model's vectors "
                 "(the caller's, for an external model), so use another store for these, or the same model as before"
             )
-        if manifest is not None and manifest.model_key != key:
+        if held is not None and held != key:
             raise ModelMismatchError(
-                f"the index was built with {manifest.model_key} but the configured model is {key}; run "
+                f"the index was built with {held} but the configured model is {key}; run "
                 "`retrieve reindex` to re-embed with the configured model (or set the model back)"
             )
+
+    def _current_model_key(self) -> str | None:
+        """The current generation's model key: the served one's while it is current (one
+        small file read), else its manifest's; None without an index."""
+        with self._lock:
+            if self._loaded is not None and self.index_store.current_name() == self._loaded_name:
+                return self._loaded.manifest.model_key
+        manifest = self.index_store.read_manifest()
+        return manifest.model_key if manifest is not None else None
 
     def adopt(self, report: SyncReport) -> None:
         """Serve the version this process just published without reading it back from disk,

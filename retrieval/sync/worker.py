@@ -84,6 +84,9 @@ class Worker:
         self.schedule = schedule or Schedule()
         self.gc_every = gc_every
         self.stop_event = threading.Event()
+        # Set by a write in this process that left its publish to the worker (`retrieve
+        # serve`): the idle wait ends at once instead of at the next poll.
+        self.wake_event = threading.Event()
         self.index_dir = Path(retriever.settings.store.index_dir)
         self.name = retriever.replica_name
         self._db_lock: Any = None
@@ -103,10 +106,19 @@ class Worker:
     def install_signal_handlers(self) -> None:
         def _stop(signum: int, _frame: Any) -> None:
             log.info(_kv(event="stopping", signal=signal.Signals(signum).name))
-            self.stop_event.set()
+            self.stop()
 
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
+
+    def stop(self) -> None:
+        """Ask the loop to finish the cycle in hand and end."""
+        self.stop_event.set()
+        self.wake_event.set()
+
+    def wake(self) -> None:
+        """Run a cycle now (a change was committed in this process)."""
+        self.wake_event.set()
 
     def run(self, *, wait: bool = False, once: bool = False) -> None:
         """Hold the store's worker lock and sync until stopped (or one cycle with ``once``)."""
@@ -199,14 +211,17 @@ class Worker:
         return False
 
     def _idle(self) -> None:
-        """Wait for the next poll, or for a change notification on PostgreSQL."""
+        """Wait for the next poll, a wake-up from this process, or a change notification
+        on PostgreSQL."""
         if self._listener is None:
-            self.stop_event.wait(self.poll_interval)
+            self.wake_event.wait(self.poll_interval)
+            self.wake_event.clear()
             return
         deadline = time.monotonic() + self.poll_interval
-        while not self.stop_event.is_set() and time.monotonic() < deadline:
+        while not self.stop_event.is_set() and not self.wake_event.is_set() and time.monotonic() < deadline:
             if self._listener.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
                 return
+        self.wake_event.clear()
 
     # -- work -----------------------------------------------------------------------
 

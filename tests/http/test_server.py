@@ -87,9 +87,9 @@ def test_min_score_leaves_out_weak_results(client: httpx.Client) -> None:
 
 def test_upsert_then_search_then_update(client: httpx.Client) -> None:
     doc = {"id": "tent-1", "text": "A waterproof four-person camping tent with an aluminium frame.", "metadata": {"c": "outdoor"}}
-    response = client.post("/v1/documents", json={"documents": [doc]})
+    response = client.post("/v1/documents", json={"documents": [doc]}, params={"wait": "true"})
     assert response.status_code == 200, response.text
-    assert response.json()["added"] == 1 and response.json()["index_version"]
+    assert response.json()["added"] == 1 and response.json()["index_version"] and response.json()["published"]
     assert search(client, "camping tent that is waterproof", k=1)[0]["id"] == "tent-1"
     assert client.get("/v1/documents/tent-1").json() == {"id": "tent-1", "text": doc["text"], "metadata": {"c": "outdoor"}}
 
@@ -118,11 +118,32 @@ def test_upserts_follow_the_rules_of_files_and_python(client: httpx.Client) -> N
         assert "skip" not in body["message"]  # no CLI flag or Python argument to suggest over HTTP
         assert all(client.get(f"/v1/documents/{d['id']}").status_code == 404 for d in docs)
     same = client.post("/v1/documents", json={"documents": [{"id": "dup-2", "text": "one", "metadata": {"v": 1}},
-                                                            {"id": "dup-2", "text": "one", "metadata": {"v": 2}}]})
+                                                            {"id": "dup-2", "text": "one", "metadata": {"v": 2}}]},
+                       params={"wait": "true"})
     assert same.status_code == 200 and same.json()["added"] == 1
     assert client.get("/v1/documents/dup-2").json()["metadata"] == {"v": 2}
     # The version is named as the CLI and status name it.
     assert re.fullmatch(r"g\d{10}", same.json()["index_version"])
+
+
+def test_an_upsert_answers_before_its_publish_and_never_claims_it(server: Server, client: httpx.Client) -> None:
+    """A small upsert answers once committed; while the index folder's sync lock is held
+    no publish can run, so the answer must not name a version, and searches find it."""
+    from retrieval.index.store import SYNC_LOCK
+    from retrieval.sync.keeper import folder_lock
+
+    doc = {"id": "lamp-bg", "text": "A brass reading lamp with a green glass shade."}
+    with folder_lock(server.folder / "index", SYNC_LOCK):
+        body = client.post("/v1/documents", json={"documents": [doc]}).json()
+        assert (body["added"], body["index_version"], body["published"]) == (1, None, False)
+        assert search(client, "brass reading lamp with a green glass shade", k=1)[0]["id"] == "lamp-bg"
+        status = client.get("/v1/status").json()
+        assert status["pending_changes"] >= 1 and status["background_publish"]["delegated"] is True
+        assert client.delete("/v1/documents/lamp-bg").json() == {"id": "lamp-bg", "deleted": True}
+        assert all(r["id"] != "lamp-bg" for r in search(client, "brass reading lamp with a green glass shade", k=10))
+    waited = client.post("/v1/documents", json={"documents": [{**doc, "id": "lamp-2"}]}, params={"wait": "true"}).json()
+    assert waited["published"] and re.fullmatch(r"g\d{10}", waited["index_version"])
+    assert client.get("/v1/status").json()["pending_changes"] == 0
 
 
 def test_a_long_documents_hit_carries_its_best_passage(client: httpx.Client) -> None:

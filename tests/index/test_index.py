@@ -74,7 +74,7 @@ def test_damaged_index_is_rebuilt_from_stored_embeddings(seeded, make_retriever,
 def test_publishing_keeps_old_generations_loadable_and_collects_garbage(seeded) -> None:
     r, store, _ = seeded
     for i in range(4):
-        r.ingest([{"id": f"extra{i}", "text": f"Extra product number {i}"}])
+        r.ingest([{"id": f"extra{i}", "text": f"Extra product number {i}"}], wait=True)  # a generation each
     manifests = sorted(p.name for p in (store / "index" / "manifests").iterdir() if not p.name.startswith("."))
     assert len(manifests) == 2  # keep_index_versions
     current = (store / "index" / "CURRENT").read_text().strip()
@@ -161,8 +161,8 @@ def test_a_failed_index_write_keeps_the_previous_version(seeded, make_retriever,
         return real(path, data)
 
     monkeypatch.setattr(files, "write_durable", failing)
-    with pytest.raises(IndexWriteError) as info:
-        r.ingest([{"id": "new", "text": "A cast iron frying pan"}])
+    with pytest.raises(IndexWriteError) as info:  # publishing before returning: the error is the call's
+        r.ingest([{"id": "new", "text": "A cast iron frying pan"}], wait=True)
     assert "No space left on device" in str(info.value) and "previous index generation keeps serving" in str(info.value)
     monkeypatch.setattr(files, "write_durable", real)
     assert (store / "index" / "CURRENT").read_text() == before

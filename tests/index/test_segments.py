@@ -63,10 +63,10 @@ def test_a_one_document_change_writes_the_same_few_bytes_at_any_store_size(make_
     r.ingest(_docs(size))
     root = Path(r.settings.store.index_dir)
     written = {}
-    for what, action in [
-        ("add", lambda: r.ingest([{"id": "new", "text": "a brand new lamp"}])),
-        ("update", lambda: r.ingest([{"id": "d7", "text": "an updated desk lamp"}])),
-        ("delete", lambda: r.delete(["d8"])),
+    for what, action in [  # each published before returning: its bytes are counted here
+        ("add", lambda: r.ingest([{"id": "new", "text": "a brand new lamp"}], wait=True)),
+        ("update", lambda: r.ingest([{"id": "d7", "text": "an updated desk lamp"}], wait=True)),
+        ("delete", lambda: r.delete(["d8"], wait=True)),
     ]:
         before = _files(root)
         counted = r.index_store.bytes_written
@@ -96,7 +96,7 @@ def test_a_long_lived_reader_reuses_its_open_segments_across_a_publish(make_retr
         return seg
 
     reader.index_store.open_segment = counting  # type: ignore[method-assign]
-    writer.ingest([{"id": "pan", "text": "A cast iron frying pan"}])
+    writer.ingest([{"id": "pan", "text": "A cast iron frying pan"}], wait=True)  # a new generation to read
     second = reader.current_index()
     assert second is not first and second.manifest.generation > first.manifest.generation
     views = {v.meta.name: v for v in second.views}
@@ -115,7 +115,7 @@ def test_searches_during_a_merge_equal_brute_force_and_changes_made_meanwhile_st
     small = {"index_type": "flat", "merge_segments_per_tier": 3, "merge_floor_docs": 10, "merge_inline_max_docs": 0}
     r = make_retriever(**small)
     for start in range(0, 400, 100):
-        r.ingest(_docs(100, start))
+        r.ingest(_docs(100, start), wait=True)  # a segment each
     assert len(r.status()["segments"]) == 4
     (plan, *_) = r.pending_merges()
     assert plan.reason == "tier" and len(plan.names) == 4
@@ -126,8 +126,8 @@ def test_searches_during_a_merge_equal_brute_force_and_changes_made_meanwhile_st
     def switch_lock() -> Any:
         # While the merged segment is built: writes to documents in the merge's inputs,
         # published by a sync, and searches that must equal brute force throughout.
-        other.ingest([{"id": f"d{i}", "text": f"rewritten text {i} tea cup"} for i in range(0, 300, 7)])
-        other.delete([f"d{i}" for i in range(1, 300, 11)])
+        other.ingest([{"id": f"d{i}", "text": f"rewritten text {i} tea cup"} for i in range(0, 300, 7)], wait=True)
+        other.delete([f"d{i}" for i in range(1, 300, 11)], wait=True)
         _assert_exact(other, hash_encoder, queries, 20)
         during.append(1)
         return r.sync_lock()
@@ -150,8 +150,9 @@ def test_tombstones_hide_updated_and_deleted_documents(make_retriever, index_typ
     r.ingest(_docs(300))
     assert {s["type"] for s in r.status()["segments"]} == {index_type}
     old = {i: d["text"] for i, d in enumerate(_docs(300))}
-    r.ingest([{"id": f"d{i}", "text": f"completely different words {i} zebra"} for i in range(0, 300, 3)])
-    r.delete([f"d{i}" for i in range(1, 300, 5)])
+    # Published before returning: the tombstones are in the index's segments below.
+    r.ingest([{"id": f"d{i}", "text": f"completely different words {i} zebra"} for i in range(0, 300, 3)], wait=True)
+    r.delete([f"d{i}" for i in range(1, 300, 5)], wait=True)
     deleted = {f"d{i}" for i in range(1, 300, 5)}
     assert {s["type"] for s in r.status()["segments"]} == {index_type}
     assert any(s["tombstones"] > 0 for s in r.status()["segments"])

@@ -85,7 +85,7 @@ def test_reverting_a_text_reuses_its_stored_vector(make_retriever, count_encodes
 def test_delete(make_retriever) -> None:
     r = make_retriever()
     r.ingest(_docs())
-    deleted, missing = r.delete(["d1", "nope"])
+    deleted, missing = r.delete(["d1", "nope"], wait=True)  # published before returning: counted below
     assert deleted == 1 and missing == ["nope"]
     ids = [h.id for h in r.search("What are good shoes for jogging?", k=10)]
     assert "d1" not in ids and len(ids) == 3

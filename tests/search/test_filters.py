@@ -676,8 +676,9 @@ class Corpus:
         r.ingest(docs[:4000])
         r.ingest(docs[4000:8000])
         r.ingest(docs[8000:])
-        r.delete([f"d{i}" for i in range(0, N, 97)])
-        r.ingest([{**d, "text": d["text"] + " updated"} for d in docs[10:200:3]])
+        # Published before returning: the backlog below must be the sync=False writes alone.
+        r.delete([f"d{i}" for i in range(0, N, 97)], wait=True)
+        r.ingest([{**d, "text": d["text"] + " updated"} for d in docs[10:200:3]], wait=True)
         r.ingest([{**d, "text": d["text"] + " pending"} for d in docs[5000:5300:7]], sync=False)
         r.delete([f"d{i}" for i in range(1, N, 101)], sync=False)
         with r.store.connection() as conn:

@@ -76,7 +76,7 @@ def test_editing_one_paragraph_embeds_only_its_passage(make_retriever: Any) -> N
     r.ingest([{"id": "long", "text": long}])
     before = passages_table(r)
     edited = long.replace("t7w5 ", "x7w5 ")  # one word of paragraph 7, same token count
-    report = r.ingest([{"id": "long", "text": edited}])
+    report = r.ingest([{"id": "long", "text": edited}], wait=True)  # its sync's report is read
     assert report.updated == 1 and report.sync.embedded == 1
     after = passages_table(r)
     assert [row[1:4] for row in after] == [row[1:4] for row in before]  # the same cuts

@@ -1,6 +1,7 @@
-"""A stateful property test: random sequences of ingest, update, delete, sync, reindex,
-merge (alone, and with a write committed and synced while the merge builds) and search
-against a plain dict of what the store should hold.
+"""A stateful property test: random sequences of ingest, update, delete (each published
+before returning, in the background, or not at all), sync, flush, reindex, merge (alone,
+and with a write committed and synced while the merge builds) and search against a plain
+dict of what the store should hold.
 
 After every step the database must hold exactly the model's documents, `verify` must
 find no drift (and nothing pending once synced), and a search must return the top-k of
@@ -79,6 +80,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.encoder = create_encoder(HASH, progress=False)  # the store's encoder (cached)
         self.model: dict[str, str] = {}
         self.unsynced = False  # a write was committed without a sync since the last publish
+        self.background = False  # a write left its publish to the background publisher since the last flush
 
     def teardown(self) -> None:
         self.retriever.close()
@@ -87,49 +89,62 @@ class StoreMachine(RuleBasedStateMachine):
 
     # -- writes -----------------------------------------------------------------------
 
-    @rule(docs=st.dictionaries(ids, texts, min_size=1, max_size=4), sync=st.booleans())
-    def ingest(self, docs: dict[str, str], sync: bool) -> None:
-        report = self.retriever.ingest([{"id": k, "text": v} for k, v in docs.items()], sync=sync)
+    @rule(docs=st.dictionaries(ids, texts, min_size=1, max_size=4), sync=st.booleans(), wait=st.booleans())
+    def ingest(self, docs: dict[str, str], sync: bool, wait: bool) -> None:
+        report = self.retriever.ingest([{"id": k, "text": v} for k, v in docs.items()], sync=sync, wait=wait)
         changed = sum(1 for k, v in docs.items() if self.model.get(k) != v)
         assert report.added + report.updated == changed
         assert report.added == sum(1 for k in docs if k not in self.model)
         self.model.update(docs)
-        if changed:
+        if changed and sync and not wait:
+            self.background = True
+        elif changed:
             self.unsynced = not sync
 
     @rule(doc_id=ids, text=texts)
     def update(self, doc_id: str, text: str) -> None:
         """An update of one document (an insert when it does not exist), synced."""
-        self.retriever.ingest([{"id": doc_id, "text": text}])
+        self.retriever.ingest([{"id": doc_id, "text": text}], wait=True)
         changed = self.model.get(doc_id) != text
         self.model[doc_id] = text
         if changed:
             self.unsynced = False
 
-    @rule(doc_ids=st.lists(ids, min_size=1, max_size=3, unique=True), sync=st.booleans())
-    def delete(self, doc_ids: list[str], sync: bool) -> None:
-        deleted, missing = self.retriever.delete(doc_ids, sync=sync)
+    @rule(doc_ids=st.lists(ids, min_size=1, max_size=3, unique=True), sync=st.booleans(), wait=st.booleans())
+    def delete(self, doc_ids: list[str], sync: bool, wait: bool) -> None:
+        deleted, missing = self.retriever.delete(doc_ids, sync=sync, wait=wait)
         assert deleted == sum(1 for i in doc_ids if i in self.model)
         assert sorted(missing) == sorted(i for i in doc_ids if i not in self.model)
         for i in doc_ids:
             self.model.pop(i, None)
-        if deleted:
+        if deleted and sync and not wait:
+            self.background = True
+        elif deleted:
             self.unsynced = not sync
 
     @rule()
     def sync(self) -> None:
         self.retriever.sync()
         self.unsynced = False
+        self.background = False
+
+    @rule()
+    def flush(self) -> None:
+        """The background publisher publishes what the writes left to it."""
+        self.retriever.flush()
+        self.background = False
 
     @rule()
     def reindex(self) -> None:
         report = self.retriever.reindex()
         assert report.added == len(self.model)
         self.unsynced = False
+        self.background = False
 
     @rule()
     def merge(self) -> None:
         """Every merge the policy asks for; afterwards it asks for none."""
+        self.flush()  # a background publish after the merges would add a segment
         self.retriever.merge()
         assert self.retriever.pending_merges() == []
 
@@ -141,13 +156,14 @@ class StoreMachine(RuleBasedStateMachine):
         from retrieval.sync.merge import merge
 
         r = self.retriever
+        self.flush()  # no background publish of this process's writes races the merge below
         plans = r.pending_merges()
         if not plans:
             return
 
         def lock_after_a_write() -> Any:
-            self.other.ingest([{"id": k, "text": v} for k, v in docs.items()])
-            self.other.delete(gone)
+            self.other.ingest([{"id": k, "text": v} for k, v in docs.items()], wait=True)
+            self.other.delete(gone, wait=True)
             return r.sync_lock()
 
         with r.merge_lock():
@@ -189,7 +205,7 @@ class StoreMachine(RuleBasedStateMachine):
         report = self.retriever.verify()
         assert report.ok, report.problems
         assert report.documents == len(self.model)
-        if not self.unsynced:
+        if not self.unsynced and not self.background:
             assert report.pending == 0
             assert report.indexed == len(self.model)
 

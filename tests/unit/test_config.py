@@ -55,7 +55,7 @@ def test_a_config_file_in_the_flat_form_still_loads_with_a_notice(tmp_path: Path
 
 VALID = {"index_type": "flat", "backend": "auto", "precision": "auto", "device": "cpu", "executor": "local",
          "min_recall": "0.5", "merge_max_tombstones": "0.5", "merge_segments_per_tier": "3", "threads": "2",
-         "ray_actors": "2", "min_score": "0.5", "chunk_tokens": "128", "merge_memory_mb": "512"}
+         "ray_actors": "2", "min_score": "0.5", "chunk_tokens": "128", "merge_memory_mb": "512", "publish": "wait"}
 
 
 def test_every_environment_variable_keeps_its_name() -> None:
