@@ -71,7 +71,7 @@ class IndexSettings:
 
     type: str = "auto"
     hnsw_min_docs: int = 20_000
-    compressed_min_docs: int = 200_000
+    compressed_min_docs: int = 20_000
     hnsw_m: int = 32
     hnsw_ef_construction: int = 100
     hnsw_ef_search: int = 16

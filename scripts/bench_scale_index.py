@@ -19,9 +19,10 @@ and a flat index.
 
 **Storage** (``--storage``): ``--rows`` rows against ``--small`` rows in the same run,
 vectors made from the real ones (row i is catalog vector i mod 784,692 plus Gaussian noise
-of standard deviation 0.05 a dimension, re-normalised: a simulation of a larger corpus,
-not real texts). Rows arrive in batches of ``--batch``, each a segment; after each, the
-merges the tiered policy asks for run (in process, as the worker runs them). Reported:
+of standard deviation 0.01 a dimension, re-normalised: a simulation of a larger corpus,
+not real texts), and 1,000 more such rows as the store's recorded queries. Rows arrive
+in batches of ``--batch``, each a segment; after each, the merges the tiered policy asks
+for run (in process, as the worker runs them). Reported:
 segments over time, write amplification (bytes written / the final generation's bytes),
 each merge's peak RSS over the RSS before it (sampled every 20 ms), one-row add, update
 and delete index work (what a sync does: a one-row segment, a tombstone file, a
@@ -120,10 +121,10 @@ def new_index(root: Path, dim: int) -> Any:
     return store
 
 
-def add_segment(store: Any, ids: np.ndarray, vectors: np.ndarray, opts: Any, kind: str | None = None) -> Any:
+def add_segment(store: Any, ids: np.ndarray, vectors: np.ndarray, opts: Any, calibration: Any = None) -> Any:
     version = store.load()
     generation = store.next_generation()
-    meta = store.write_segment(ids, vectors, opts=opts, origin="sync", generation=generation, kind=kind)
+    meta = store.write_segment(ids, vectors, opts=opts, origin="sync", generation=generation, calibration=calibration)
     return store.commit(version.manifest.successor(generation, segments=(*version.manifest.segments, meta)))
 
 
@@ -154,13 +155,13 @@ def merge_all(store: Any, opts: Any, *, fewest: bool = False, calibration: Any =
 # -- children ---------------------------------------------------------------------------
 
 
-def child_merge(folder: Path, budget_mb: int, calibration_file: str) -> dict[str, Any]:
+def child_merge(folder: Path, budget_mb: int, calibration_file: str, compressed_min_docs: int) -> dict[str, Any]:
     from retrieval.index.build import BuildOptions, Calibration
     from retrieval.index.store import IndexStore
 
     store = IndexStore(folder)
     store.load()
-    opts = BuildOptions(merge_memory_mb=budget_mb, threads=2)
+    opts = BuildOptions(merge_memory_mb=budget_mb, threads=2, compressed_min_docs=compressed_min_docs)
     calibration = Calibration(np.load(calibration_file), "queries")
     serving = rss()
     merges = merge_all(store, opts, fewest=True, calibration=calibration)
@@ -256,11 +257,13 @@ def search(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         add_segment(store, docs_rows[s:s + args.batch], docs[s:s + args.batch], opts)
     log(f"  {len(store.load().views)} flat segments written in {time.perf_counter() - t0:.0f}s; merging (child)")
     t0 = time.perf_counter()
-    merged = run_child("--child-merge", str(folder), str(args.budget_mb), str(work / "calibration.npy"))
+    merged = run_child("--child-merge", str(folder), str(args.budget_mb), str(work / "calibration.npy"),
+                       str(args.compressed_min_docs))
     merged["seconds"] = round(time.perf_counter() - t0, 1)
     served = run_child("--child-serve", str(folder), str(work / "queries.npy"), str(work / "kth.npy"), str(len(qv)))
     served["rss_over_float_vectors"] = round(served["rss_bytes"] / (n * dim * 4), 3)
-    out: dict[str, Any] = {"documents": n, "queries": len(qv), "budget_mb": args.budget_mb, "merge": merged,
+    out: dict[str, Any] = {"documents": n, "queries": len(qv), "budget_mb": args.budget_mb,
+                           "compressed_min_docs": args.compressed_min_docs, "merge": merged,
                            "auto": served}
     faiss.omp_set_num_threads(1)
     # Monolithic baselines over the same vectors, in this run.
@@ -315,7 +318,7 @@ def search(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 # -- storage and memory as the store grows ----------------------------------------------
 
 
-def simulated(base: np.ndarray, start: int, n: int, sigma: float = 0.05) -> np.ndarray:
+def simulated(base: np.ndarray, start: int, n: int, sigma: float = 0.01) -> np.ndarray:
     """Rows start..start+n: catalog vector (i mod len) plus noise, re-normalised."""
     rows = np.arange(start, start + n) % len(base)
     rng = np.random.default_rng(start)
@@ -356,12 +359,14 @@ def storage(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     global BASE
     from embed_catalog import embed_catalog
 
-    from retrieval.index.build import BuildOptions
+    from retrieval.index.build import BuildOptions, Calibration
 
     path, _ = embed_catalog(args.cache)
     BASE = np.load(path, mmap_mode="r")
     opts = BuildOptions(merge_memory_mb=args.budget_mb, threads=2)
-    result: dict[str, Any] = {"vectors": "catalog vectors + N(0, 0.05^2) noise a dimension, re-normalised (simulated)",
+    # The store's recorded queries: 1,000 more simulated rows, far from the stored ones.
+    calibration = Calibration(simulated(BASE, 10**9 + 7, 1000), "queries")
+    result: dict[str, Any] = {"vectors": "catalog vectors + N(0, 0.01^2) noise a dimension, re-normalised (simulated)",
                               "budget_mb": args.budget_mb, "batch": args.batch}
     for label, rows in (("small", args.small), ("large", args.rows)):
         folder = work / f"index-{label}"
@@ -371,8 +376,8 @@ def storage(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         t0 = time.perf_counter()
         for s in range(0, rows, args.batch):
             n = min(args.batch, rows - s)
-            add_segment(store, np.arange(s, s + n), simulated(BASE, s, n), opts)
-            merges += merge_all(store, opts)
+            add_segment(store, np.arange(s, s + n), simulated(BASE, s, n), opts, calibration)
+            merges += merge_all(store, opts, calibration=calibration)
             timeline.append({"rows": s + n, "segments": len(store.load().views)})
         final = store.load()
         final_bytes = sum(f.bytes for f in final.manifest.files())
@@ -422,11 +427,14 @@ def main() -> int:
     parser.add_argument("--work", default=None)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--out", default=None)
-    parser.add_argument("--child-merge", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--compressed-min-docs", type=int, default=20_000,
+                        help="search: index.compressed_min_docs of the merged index")
+    parser.add_argument("--child-merge", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--child-serve", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_merge:
-        print(json.dumps(child_merge(Path(args.child_merge[0]), int(args.child_merge[1]), args.child_merge[2])))
+        f, budget, calibration, compressed_min = args.child_merge
+        print(json.dumps(child_merge(Path(f), int(budget), calibration, int(compressed_min))))
         return 0
     if args.child_serve:
         f, q, kth, n = args.child_serve

@@ -32,7 +32,7 @@ class BuildOptions:
 
     index_type: str = "auto"  # auto | flat | hnsw | hnsw_sq | ivf
     hnsw_min_docs: int = 20_000  # auto: segments at least this large are HNSW
-    compressed_min_docs: int = 200_000  # auto: segments at least this large are hnsw_sq
+    compressed_min_docs: int = 20_000  # auto: segments at least this large are hnsw_sq
     merge_memory_mb: int = 1024  # what a build may hold beside the serving process
     hnsw_m: int = 32
     ef_construction: int = 100

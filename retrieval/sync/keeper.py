@@ -227,7 +227,9 @@ class IndexKeeper:
                 report = self._full_build(self.encoder.get())
             else:
                 self.check_model(base)
-                report = incremental(self.store, self.index_store, self.encoder.get(), base, opts,
+                encoder = self.encoder.get()
+                report = incremental(self.store, self.index_store, encoder, base, opts,
+                                     calibration=functools.partial(self.calibration, encoder.model_key, encoder.dim),
                                      max_changes=max_changes)
             self.adopt(report)
         if inline_merges and self.settings.index.merge_inline_max_docs and report.published is not None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -191,7 +192,8 @@ def full_build(store: Store, index_store: IndexStore, encoder: Encoder, opts: Bu
 
 
 def incremental(store: Store, index_store: IndexStore, encoder: Encoder, base: IndexVersion, opts: BuildOptions, *,
-                max_changes: int | None = None) -> SyncReport:
+                max_changes: int | None = None,
+                calibration: Callable[[], Calibration | None] | None = None) -> SyncReport:
     """Apply the change log after ``base``'s sequence as one new segment plus tombstones.
 
     ``max_changes`` bounds the change-log entries applied in one generation (the worker
@@ -261,7 +263,10 @@ def incremental(store: Store, index_store: IndexStore, encoder: Encoder, base: I
             meta = index_store.with_dead(meta, dead, generation)
         segments.append(meta)
     if len(ids):
-        segments.append(index_store.write_segment(ids, matrix, opts=opts, origin="sync", generation=generation))
+        # A batch large enough to be approximate is checked on the store's real queries.
+        queries = calibration() if calibration is not None and opts.kind_for(len(ids)) != "flat" else None
+        segments.append(index_store.write_segment(ids, matrix, opts=opts, origin="sync", generation=generation,
+                                                  calibration=queries))
     manifest = m.successor(generation, index_type=opts.index_type, segments=tuple(segments), **position)
     version = index_store.commit(manifest)
     report.stages["index"] = time.perf_counter() - t1

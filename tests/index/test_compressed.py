@@ -213,3 +213,13 @@ def test_vector_reads_return_the_rows_asked_for_in_their_order(tmp_path: Path) -
     for rows in (np.random.default_rng(6).integers(0, 3000, 250), np.array([2999, 0, 5, 5, 21, 4]), np.arange(40)):
         np.testing.assert_array_equal(vf.take(rows), x[rows])
     assert vf.take(np.empty(0, np.int64)).shape == (0, 16)
+
+
+def test_a_sync_large_enough_to_be_compressed_calibrates_on_real_queries(make_retriever) -> None:
+    r = make_retriever(**SMALL)
+    r.ingest(_docs(50), wait=True)
+    for i in range(60):
+        r.search(f"item {i} red shoe", k=3)
+    r.ingest(_docs(500, 1000), wait=True)  # one sync, one segment of 500 rows
+    kinds = {s["kind"]: s["calibration"] for s in _manifest(r)["segments"]}
+    assert kinds.get("hnsw_sq") == "queries:60", kinds
