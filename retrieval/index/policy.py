@@ -71,16 +71,19 @@ class MergePolicy:
                 merges.append(Merge("empty", (s.name,), 0))
                 taken.add(s.name)
         cap = self.max_rows(opts, dim)
+        # Segments the guard kept exact merge into an exact one, built in memory as floats.
+        exact_cap = opts.max_rows("flat", dim)
         tiers: dict[int, list[SegmentMeta]] = {}
         for s in segments:
-            if s.name not in taken and s.live <= cap // 2:
+            if s.name not in taken and s.live <= (exact_cap if s.exact_by_guard else cap) // 2:
                 tiers.setdefault(self.tier(s.live), []).append(s)
         for level in sorted(tiers):
             members = sorted(tiers[level], key=lambda s: (s.live, s.name))
             while len(members) >= self.segments_per_tier:
                 group: list[SegmentMeta] = []
                 for s in members[: self.max_merge_at_once]:
-                    if sum(g.live for g in group) + s.live > cap:
+                    limit = exact_cap if any(g.exact_by_guard for g in [*group, s]) else cap
+                    if sum(g.live for g in group) + s.live > limit:
                         break
                     group.append(s)
                 if len(group) < 2:
@@ -110,8 +113,10 @@ class MergePolicy:
                 merges.append(Merge("fewest" if len(group) > 1 else "tombstones", tuple(s.name for s in group),
                                     sum(s.live for s in group)))
 
+        exact_cap = opts.max_rows("flat", dim)
         for s in sorted(segments, key=lambda s: (s.live, s.name)):
-            if group and sum(g.live for g in group) + s.live > cap:
+            limit = exact_cap if any(g.exact_by_guard for g in [*group, s]) else cap
+            if group and sum(g.live for g in group) + s.live > limit:
                 close()
                 group = []
             group.append(s)

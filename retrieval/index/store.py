@@ -313,6 +313,14 @@ class IndexStore:
             guarded = compressed.guard(index, kind, VectorFile(vectors.path, vectors.rows, vectors.dim), queries, kth,
                                        target=target, max_ef=opts.max_ef_search, recall_k=RECALL_K)
             breadth, rescore = guarded.breadth, guarded.rescore
+            if (breadth is None or rescore is None) and len(ids) <= opts.max_rows("flat", source.dim):
+                # As an HNSW segment that misses the target: kept exact, built from the file.
+                log.warning("a %s segment of %d vectors reached recall@10 %.3f at most (target %.3f, %s); keeping it "
+                            "exact", kind, len(ids), guarded.recall or 0.0, target, label)
+                flat = self.write_rows(ids, vectors, opts=opts, origin=origin, generation=int(name[1:11]),
+                                       exact_by_guard=True)
+                (self.root / vec_ref.path).unlink(missing_ok=True)
+                return replace(flat, recall=1.0, calibration=label)
             if breadth is None or rescore is None:
                 # The widest search and the deepest re-scoring: as near exact as the codes go.
                 breadth = compressed.breadths(index, kind, opts.max_ef_search)[-1]

@@ -45,7 +45,8 @@ def reindex_needed(retriever: Retriever) -> ReindexDecision:
     if graphs and graphs != {settings.index.hnsw_m}:
         return ReindexDecision(True, f"hnsw_m changed ({', '.join(map(str, sorted(graphs)))} -> {settings.index.hnsw_m})")
     # Segments of the wrong type for index_type, or with many dead rows, are rewritten by
-    # merges; no segment type here is trained, so none drifts.
+    # merges; a compressed segment's quantiser is trained on its own rows when it is
+    # built (each merge trains afresh), so none drifts far.
     return ReindexDecision(False, f"the index is current ({m.count} documents in {len(m.segments)} segments, "
                                   f"{m.model_key}, {m.index_type})")
 

@@ -142,7 +142,7 @@ def merge(index_store: IndexStore, plan: Merge, opts: BuildOptions, sync_lock: C
         # Segments the recall guard kept exact stay exact when merged into HNSW (their
         # vectors do not suit HNSW, and a larger graph only does worse).
         kind = opts.kind_for(source.rows)
-        guarded = kind == "hnsw" and any(v.meta.exact_by_guard for v in views)
+        guarded = kind in ("hnsw", "hnsw_sq") and any(v.meta.exact_by_guard for v in views)
         queries = None
         if kind != "flat" and not guarded:
             queries = (calibration() if calibration else None) or held_out(base, plan.names, opts.recall_queries)

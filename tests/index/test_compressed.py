@@ -223,3 +223,22 @@ def test_a_sync_large_enough_to_be_compressed_calibrates_on_real_queries(make_re
     r.ingest(_docs(500, 1000), wait=True)  # one sync, one segment of 500 rows
     kinds = {s["kind"]: s["calibration"] for s in _manifest(r)["segments"]}
     assert kinds.get("hnsw_sq") == "queries:60", kinds
+
+
+def test_a_compressed_segment_that_misses_the_target_is_kept_exact(tmp_path: Path) -> None:
+    """As an HNSW segment: isotropic vectors and a narrow search cannot reach the target,
+    so the segment is built exact from its vector file, and marked so; no vector file is
+    left behind."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((5000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    store = IndexStore(tmp_path)
+    opts = BuildOptions(index_type="hnsw_sq", max_ef_search=16, min_recall=1.0, hnsw_m=4)
+    meta = store.write_segment(np.arange(5000), x, opts=opts, origin="build", generation=1)
+    assert meta.kind == "flat" and meta.exact_by_guard and meta.calibration.startswith("midpoints:")
+    assert meta.vectors is None and not list((tmp_path / "segments").glob("*.vec"))
+    assert policy_wrong_type(meta, opts) is False
+
+
+def policy_wrong_type(meta: SegmentMeta, opts: BuildOptions) -> bool:
+    return MergePolicy.wrong_type(meta, opts)
