@@ -356,14 +356,3 @@ def guard(index: Any, kind: str, vectors: VectorFile, queries: np.ndarray, kth: 
     if best is None:
         return Guarded(None, None, max(curve.values(), default=0.0), curve)
     return Guarded(best[1], best[2], round(best[3], 4), curve)
-
-
-def vector_path(faiss_path: Path) -> Path:
-    return faiss_path.with_suffix(".vec")
-
-
-def remove_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
