@@ -69,29 +69,16 @@ def write_once(root: Path, folder: Path, filename: str, data: bytes) -> FileRef:
     temporary name, fsync, read back and check, rename, fsync the folder. A failure
     (disk full, permissions) leaves nothing behind and says that the previous generation
     keeps serving."""
-    folder.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256(data).hexdigest()
-    tmp = folder / f".tmp-{uuid.uuid4().hex[:8]}-{filename}"
-    final = folder / filename
-    try:
-        write_durable(tmp, data)
-        if sha256_file(tmp) != digest:
-            raise OSError(f"{tmp.name} reads back differently from what was written")
-        os.rename(tmp, final)
-        fsync_dir(folder)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise IndexWriteError(
-            f"cannot write {final.relative_to(root)} in {root}: {exc.strerror or exc}; "
-            "the previous index generation keeps serving (free some space and run `retrieve sync`)"
-        ) from exc
-    return FileRef(str(final.relative_to(root)), len(data), digest)
+    return write_once_with(root, folder, filename, lambda tmp: write_durable(tmp, data),
+                           expect=hashlib.sha256(data).hexdigest())
 
 
-def write_once_with(root: Path, folder: Path, filename: str, write: Callable[[Path], None]) -> FileRef:
+def write_once_with(root: Path, folder: Path, filename: str, write: Callable[[Path], None], *,
+                    expect: str | None = None) -> FileRef:
     """:func:`write_once` for a file too large to hold in memory: ``write`` writes it at
     the temporary path it is given (in blocks, or FAISS's own writer); it is then fsynced,
-    hashed by reading it back, renamed into place and named by its size and sha256."""
+    hashed by reading it back (and checked against ``expect``, the sha256 of what was
+    meant to be written), renamed into place and named by its size and sha256."""
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".tmp-{uuid.uuid4().hex[:8]}-{filename}"
     final = folder / filename
@@ -100,6 +87,8 @@ def write_once_with(root: Path, folder: Path, filename: str, write: Callable[[Pa
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         digest = sha256_file(tmp)
+        if expect is not None and digest != expect:
+            raise OSError(f"{tmp.name} reads back differently from what was written")
         size = tmp.stat().st_size
         os.rename(tmp, final)
         fsync_dir(folder)
