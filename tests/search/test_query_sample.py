@@ -183,7 +183,7 @@ def test_a_sync_writes_the_buffer_first(make_retriever: Callable[..., Any]) -> N
     r.ingest(DOCS)
     r.search("before the sync")
     assert r.store.count_queries() == 0
-    r.ingest([{"id": "new", "text": "a new document"}])  # syncs
+    r.ingest([{"id": "new", "text": "a new document"}], wait=True)  # syncs before returning
     assert r.store.count_queries() == 1
 
 
