@@ -276,7 +276,12 @@ def test_a_server_restart_during_a_worker_run_loses_nothing(pg_url: str, postgre
         _restart_server(postgres_admin_url)
         execute_sql(pg_url, "INSERT INTO documents (external_id, text) VALUES ('after', 'written after the restart')",
                     "DELETE FROM documents WHERE external_id = 'a3'")
-        _wait_for(lambda: status()["pending_changes"] == 0 and status()["indexed"] == 50)
+        try:
+            _wait_for(lambda: status()["pending_changes"] == 0 and status()["indexed"] == 50)
+        except AssertionError:
+            worker.send_signal(signal.SIGTERM)
+            _, err = worker.communicate(timeout=120)
+            raise AssertionError(f"the worker did not catch up after the restart; its log:\n{err[-4000:]}") from None
         # The worker took its lock again: it shows as running from the database.
         _wait_for(lambda: status()["worker"]["running"] is True)
         assert runner.invoke(cli, ["search", "--json", "-k", "1", "written after the restart"],
