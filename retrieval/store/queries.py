@@ -11,18 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError
 
 from retrieval.errors import StoreError
 from retrieval.store import db
 from retrieval.store.models import QuerySample
-
-if TYPE_CHECKING:
-    from retrieval.store.repository import Store
 
 # PostgreSQL: how long a sample's transaction may wait for a row lock (another process
 # trimming the same model) and run at all.
@@ -34,10 +31,10 @@ Group = tuple[str, np.ndarray, Sequence[str | None] | None]
 
 
 @contextmanager
-def _write_now(store: Store) -> Iterator[Connection]:
+def _write_now(engine: Engine) -> Iterator[Connection]:
     """A write transaction that does not wait for another writer: "locked" at once instead."""
     try:
-        with store.engine.connect() as conn:
+        with engine.connect() as conn:
             if conn.dialect.name == "postgresql":
                 with conn.begin():
                     conn.exec_driver_sql(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
@@ -59,10 +56,11 @@ def _write_now(store: Store) -> Iterator[Connection]:
         raise StoreError(f"the query sample was not written: {db.first_line(exc.orig)}") from exc
 
 
-def record(store: Store, groups: Sequence[Group], keep: int) -> int:
+def record(engine: Engine, groups: Sequence[Group], keep: int) -> int:
     """Insert each group's vectors (in order: the last is the newest) and trim each of
     their models to its newest ``keep`` rows, in one transaction that takes the write lock
-    only if it is free. Texts are stored as given (None: NULL). Returns rows inserted."""
+    only if it is free. Texts are stored as given (None: NULL). Returns rows inserted.
+    The caller refuses a read-only store."""
     rows: list[dict[str, Any]] = []
     for model_key, vectors, texts in groups:
         matrix = np.asarray(vectors, dtype="<f4")
@@ -72,10 +70,10 @@ def record(store: Store, groups: Sequence[Group], keep: int) -> int:
             raise ValueError(f"{len(texts)} texts for {len(matrix)} query vectors")
         rows.extend({"model_key": model_key, "vector": row.tobytes(), "text": None if texts is None else texts[i]}
                     for i, row in enumerate(matrix))
-    if not rows or keep <= 0 or store.readonly:
+    if not rows or keep <= 0:
         return 0
     models = sorted({r["model_key"] for r in rows})
-    with _write_now(store) as conn:
+    with _write_now(engine) as conn:
         conn.execute(insert(QuerySample), rows)
         for model_key in models:
             _trim(conn, model_key, keep)
@@ -95,7 +93,7 @@ def _trim(conn: Connection, model_key: str, keep: int) -> int:
                                                       QuerySample.id <= edge)).rowcount or 0)
 
 
-def recent(store: Store, model_key: str, limit: int, dim: int | None = None) -> np.ndarray:
+def recent(conn: Connection, model_key: str, limit: int, dim: int | None = None) -> np.ndarray:
     """The newest ``limit`` query vectors of ``model_key``, newest first, as float32 of shape
     (n, dim). Rows of another length than ``dim`` floats are skipped (None: the newest
     row's length). None recorded: shape (0, dim), or (0, 0) without ``dim``."""
@@ -104,8 +102,7 @@ def recent(store: Store, model_key: str, limit: int, dim: int | None = None) -> 
     query = select(QuerySample.vector).where(QuerySample.model_key == model_key)
     if dim is not None:
         query = query.where(func.length(QuerySample.vector) == 4 * dim)
-    with store.connection() as conn:
-        blobs = list(conn.scalars(query.order_by(QuerySample.id.desc()).limit(limit)))
+    blobs = list(conn.scalars(query.order_by(QuerySample.id.desc()).limit(limit)))
     if dim is None:
         if not blobs:
             return np.empty((0, 0), np.float32)
@@ -116,29 +113,25 @@ def recent(store: Store, model_key: str, limit: int, dim: int | None = None) -> 
     return np.frombuffer(b"".join(kept), dtype="<f4").reshape(len(kept), dim).astype(np.float32)
 
 
-def count(store: Store, model_key: str | None = None) -> int:
+def count(conn: Connection, model_key: str | None = None) -> int:
     """Query samples recorded (of ``model_key``, or of every model)."""
     query = select(func.count()).select_from(QuerySample)
     if model_key is not None:
         query = query.where(QuerySample.model_key == model_key)
-    with store.connection() as conn:
-        return int(conn.scalar(query) or 0)
+    return int(conn.scalar(query) or 0)
 
 
-def prune(store: Store, keep_model: str | None, keep: int | None = None, *, keep_texts: bool = True) -> int:
+def prune(conn: Connection, keep_model: str | None, keep: int | None = None, *, keep_texts: bool = True) -> int:
     """Delete the samples of every model but ``keep_model`` (None: of every model), trim
     ``keep_model``'s to its newest ``keep`` (None: as they are), and clear their texts
     unless ``keep_texts``: what the settings allow now, applied to what was recorded
-    before (``retrieve compact``). Returns rows deleted."""
-    if store.readonly:
-        return 0
-    with store.write() as conn:
-        others = delete(QuerySample)
-        if keep_model is not None:
-            others = others.where(QuerySample.model_key != keep_model)
-        removed = int(conn.execute(others).rowcount or 0)
-        if keep_model is not None and keep is not None:
-            removed += _trim(conn, keep_model, keep)
-        if not keep_texts:
-            conn.execute(update(QuerySample).where(QuerySample.text.is_not(None)).values(text=None))
+    before (``retrieve compact``), in the caller's write transaction. Returns rows deleted."""
+    others = delete(QuerySample)
+    if keep_model is not None:
+        others = others.where(QuerySample.model_key != keep_model)
+    removed = int(conn.execute(others).rowcount or 0)
+    if keep_model is not None and keep is not None:
+        removed += _trim(conn, keep_model, keep)
+    if not keep_texts:
+        conn.execute(update(QuerySample).where(QuerySample.text.is_not(None)).values(text=None))
     return removed

@@ -317,27 +317,32 @@ class Store:
         its newest ``keep``, in one transaction. Never waits for another writer: a locked
         database is a :class:`~retrieval.errors.StoreError` at once. A read-only store, or
         ``keep`` 0, writes nothing. Returns rows inserted."""
-        return queries.record(self, [(model_key, vectors, texts)], keep)
+        return self.record_query_groups([(model_key, vectors, texts)], keep)
 
     def record_query_groups(self, groups: Sequence[queries.Group], keep: int) -> int:
         """:meth:`record_queries` of several models' (model key, vectors, texts), in one
         transaction."""
-        return queries.record(self, groups, keep)
+        return 0 if self.readonly else queries.record(self.engine, groups, keep)
 
     def recent_queries(self, model_key: str, limit: int, dim: int | None = None) -> np.ndarray:
         """The newest ``limit`` query vectors of ``model_key``, newest first: float32 of
         shape (n, dim), rows of another length skipped (``dim`` None: the newest row's).
         None recorded: shape (0, dim), or (0, 0) without ``dim``."""
-        return queries.recent(self, model_key, limit, dim)
+        with self.connection() as conn:
+            return queries.recent(conn, model_key, limit, dim)
 
     def count_queries(self, model_key: str | None = None) -> int:
         """Query samples recorded (of ``model_key``, or of every model)."""
-        return queries.count(self, model_key)
+        with self.connection() as conn:
+            return queries.count(conn, model_key)
 
     def prune_queries(self, keep_model: str | None, keep: int | None = None, *, keep_texts: bool = True) -> int:
         """Delete the query samples of every model but ``keep_model``, trim its own to the
         newest ``keep`` and clear their texts unless ``keep_texts``. Returns rows deleted."""
-        return queries.prune(self, keep_model, keep, keep_texts=keep_texts)
+        if self.readonly:
+            return 0
+        with self.write() as conn:
+            return queries.prune(conn, keep_model, keep, keep_texts=keep_texts)
 
     # -- status -----------------------------------------------------------------------
 
