@@ -70,20 +70,16 @@ class MergePolicy:
             if s.live == 0:
                 merges.append(Merge("empty", (s.name,), 0))
                 taken.add(s.name)
-        cap = self.max_rows(opts, dim)
-        # Segments the guard kept exact merge into an exact one, built in memory as floats.
-        exact_cap = opts.max_rows("flat", dim)
         tiers: dict[int, list[SegmentMeta]] = {}
         for s in segments:
-            if s.name not in taken and s.live <= (exact_cap if s.exact_by_guard else cap) // 2:
+            if s.name not in taken and s.live <= self.cap([s], opts, dim) // 2:
                 tiers.setdefault(self.tier(s.live), []).append(s)
         for level in sorted(tiers):
             members = sorted(tiers[level], key=lambda s: (s.live, s.name))
             while len(members) >= self.segments_per_tier:
                 group: list[SegmentMeta] = []
                 for s in members[: self.max_merge_at_once]:
-                    limit = exact_cap if any(g.exact_by_guard for g in [*group, s]) else cap
-                    if sum(g.live for g in group) + s.live > limit:
+                    if sum(g.live for g in group) + s.live > self.cap([*group, s], opts, dim):
                         break
                     group.append(s)
                 if len(group) < 2:
@@ -104,7 +100,6 @@ class MergePolicy:
         """Merges towards the fewest segments the memory cap allows (Lucene's forceMerge):
         segments, smallest first, packed into groups of at most the cap's live rows; a
         group of one is rewritten only to drop its dead rows. Run again until empty."""
-        cap = self.max_rows(opts, dim)
         merges: list[Merge] = []
         group: list[SegmentMeta] = []
 
@@ -113,15 +108,21 @@ class MergePolicy:
                 merges.append(Merge("fewest" if len(group) > 1 else "tombstones", tuple(s.name for s in group),
                                     sum(s.live for s in group)))
 
-        exact_cap = opts.max_rows("flat", dim)
         for s in sorted(segments, key=lambda s: (s.live, s.name)):
-            limit = exact_cap if any(g.exact_by_guard for g in [*group, s]) else cap
-            if group and sum(g.live for g in group) + s.live > limit:
+            if group and sum(g.live for g in group) + s.live > self.cap([*group, s], opts, dim):
                 close()
                 group = []
             group.append(s)
         close()
         return sorted(merges, key=lambda m: m.live)
+
+    def cap(self, group: Sequence[SegmentMeta], opts: BuildOptions, dim: int) -> int:
+        """The most live rows a merge of ``group`` may make: :meth:`max_rows`, or what an
+        exact build holds when one of them was kept exact by its guard (the merge is exact
+        then, its float vectors in memory)."""
+        if any(s.exact_by_guard for s in group):
+            return opts.max_rows("flat", dim)
+        return self.max_rows(opts, dim)
 
     @staticmethod
     def max_rows(opts: BuildOptions, dim: int) -> int:
@@ -139,13 +140,14 @@ class MergePolicy:
     @staticmethod
     def wrong_type(s: SegmentMeta, opts: BuildOptions) -> bool:
         """A segment of another kind than ``index_type`` asks for: under ``auto``, an exact
-        one large enough to be HNSW (unless its guard kept it exact) or any one large enough
-        to be IVF; under another type, any of another kind (but one its guard kept exact)."""
+        one large enough to be approximate, or an uncompressed one large enough to be
+        compressed; under another type, any of another kind. Never one the guard kept
+        exact: rebuilt, it would be kept exact again (and again, at every merge pass)."""
+        if s.kind == "flat" and s.exact_by_guard:
+            return False
         if opts.index_type != "auto":
-            return s.kind != opts.index_type and not (s.kind == "flat" and s.exact_by_guard)
+            return s.kind != opts.index_type
         want = opts.kind_for(s.live)
         if want == "hnsw_sq":
             return s.kind not in ("hnsw_sq", "ivf")
-        if s.kind == "flat":
-            return not s.exact_by_guard and want == "hnsw"
-        return False
+        return s.kind == "flat" and want == "hnsw"

@@ -242,3 +242,18 @@ def test_a_compressed_segment_that_misses_the_target_is_kept_exact(tmp_path: Pat
 
 def policy_wrong_type(meta: SegmentMeta, opts: BuildOptions) -> bool:
     return MergePolicy.wrong_type(meta, opts)
+
+
+def test_a_segment_the_guard_kept_exact_is_never_rebuilt_for_its_type() -> None:
+    """Under auto, a 50,000-row segment the guard kept exact is large enough to be
+    compressed; rebuilding it would keep it exact again, at every merge pass."""
+    from retrieval.index.files import FileRef
+
+    ref = FileRef("x", 0, "")
+    kept = SegmentMeta(name="a", kind="flat", rows=50_000, dead=0, faiss=ref, ids=ref, tombstones=None,
+                       origin="merge", exact_by_guard=True)
+    plain = SegmentMeta(name="b", kind="flat", rows=50_000, dead=0, faiss=ref, ids=ref, tombstones=None,
+                        origin="merge")
+    for index_type in ("auto", "hnsw", "hnsw_sq", "ivf"):
+        assert MergePolicy().plan([kept], BuildOptions(index_type=index_type)) == []
+        assert [m.reason for m in MergePolicy().plan([plain], BuildOptions(index_type=index_type))] == ["type"]
