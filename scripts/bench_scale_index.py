@@ -156,12 +156,15 @@ def merge_all(store: Any, opts: Any, *, fewest: bool = False, calibration: Any =
 
 
 def child_merge(folder: Path, budget_mb: int, calibration_file: str, compressed_min_docs: int) -> dict[str, Any]:
+    from retrieval.config import IndexSettings
     from retrieval.index.build import BuildOptions, Calibration
     from retrieval.index.store import IndexStore
 
     store = IndexStore(folder)
     store.load()
-    opts = BuildOptions(merge_memory_mb=budget_mb, threads=2, compressed_min_docs=compressed_min_docs)
+    # The guard starts where a store's does (index.hnsw_ef_search), not at the dataclass's default.
+    opts = BuildOptions(merge_memory_mb=budget_mb, threads=2, compressed_min_docs=compressed_min_docs,
+                        ef_search=IndexSettings().hnsw_ef_search)
     calibration = Calibration(np.load(calibration_file), "queries")
     serving = rss()
     merges = merge_all(store, opts, fewest=True, calibration=calibration)
@@ -276,7 +279,7 @@ def search(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     build = time.perf_counter() - t0
     faiss.omp_set_num_threads(1)
     curve = {}
-    for ef in breadths(mono, "hnsw", 4096):
+    for ef in breadths(mono, "hnsw", 16, 4096):
         params = faiss.SearchParametersHNSW(efSearch=ef)
         curve[ef] = timed_search(lambda q, p=params: mono.search(q, K, params=p)[0], qv, kth)
         log(f"    efSearch {ef}: {curve[ef]}")
@@ -359,11 +362,12 @@ def storage(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     global BASE
     from embed_catalog import embed_catalog
 
+    from retrieval.config import IndexSettings
     from retrieval.index.build import BuildOptions, Calibration
 
     path, _ = embed_catalog(args.cache)
     BASE = np.load(path, mmap_mode="r")
-    opts = BuildOptions(merge_memory_mb=args.budget_mb, threads=2)
+    opts = BuildOptions(merge_memory_mb=args.budget_mb, threads=2, ef_search=IndexSettings().hnsw_ef_search)
     # The store's recorded queries: 1,000 more simulated rows, far from the stored ones.
     calibration = Calibration(simulated(BASE, 10**9 + 7, 1000), "queries")
     result: dict[str, Any] = {"vectors": "catalog vectors + N(0, 0.01^2) noise a dimension, re-normalised (simulated)",

@@ -21,6 +21,8 @@ import numpy as np
 
 from retrieval.config import IndexSettings
 from retrieval.index import faisslib
+from retrieval.index.compressed import ArraySource, ef_steps, exact_kth
+from retrieval.index.compressed import max_rows as compressed_max_rows
 
 log = logging.getLogger("retrieval.index")
 
@@ -37,7 +39,7 @@ class BuildOptions:
     merge_memory_mb: int = 1024  # what a build may hold beside the serving process
     hnsw_m: int = 32
     ef_construction: int = 100
-    ef_search: int = 128  # where the recall guard starts
+    ef_search: int = 128  # where the recall guard starts (the setting index.hnsw_ef_search: 16)
     max_ef_search: int = 1024
     min_recall: float = 0.98
     recall_queries: int = 1000
@@ -69,9 +71,7 @@ class BuildOptions:
 
     def max_rows(self, kind: str, dim: int) -> int:
         """The largest segment of ``kind`` a build may make within ``merge_memory_mb``."""
-        from retrieval.index.compressed import max_rows
-
-        return max_rows(kind, dim, self.memory_bytes, self.hnsw_m)
+        return compressed_max_rows(kind, dim, self.memory_bytes, self.hnsw_m)
 
 
 @dataclass(frozen=True)
@@ -121,8 +121,6 @@ class BuiltIndex:
 
 def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """The k-th best exact score per query (the bar an approximate hit must reach)."""
-    from retrieval.index.compressed import ArraySource, exact_kth
-
     return exact_kth(ArraySource(vectors), queries, k)
 
 
@@ -172,17 +170,13 @@ def build_faiss(vectors: np.ndarray, opts: BuildOptions, kind: str, calibration:
     sample, label, target = guard_queries(x, opts, calibration)
     kth = exact_top(x, sample, RECALL_K)
     curve: dict[int, float] = {}
-    ef = max(1, opts.ef_search)
-    while True:
+    for ef in ef_steps(opts.ef_search, opts.max_ef_search):
         recall = measure_recall(index, x, ef, sample, kth, RECALL_K) if n else 1.0
         curve[ef] = round(recall, 4)
         if recall >= target:
             index.hnsw.efSearch = ef
             return BuiltIndex("hnsw", index, ef_search=ef, recall=round(recall, 4), recall_curve=curve,
                               calibration=label)
-        if ef >= opts.max_ef_search:
-            break
-        ef = min(opts.max_ef_search, max(ef + 1, int(ef * 1.5)))
     log.warning("an HNSW segment of %d vectors reached recall@10 %.3f at most (efSearch up to %d, target %.3f); "
                 "keeping it exact", n, max(curve.values()), opts.max_ef_search, target)
     flat = build_faiss(x, opts, "flat")

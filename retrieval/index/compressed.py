@@ -3,8 +3,8 @@
 A large segment holds each row as an 8-bit scalar-quantised code (1 byte a dimension: a
 quarter of the float vector), searched by one of two structures:
 
-* ``hnsw_sq`` (the default for large segments): an HNSW graph over the codes (FAISS's
-  ``IndexHNSWSQ``), about 640 bytes a row at 384 dimensions and M 32;
+* ``hnsw_sq`` (the default from 20,000 rows): an HNSW graph over the codes (FAISS's
+  ``IndexHNSWSQ``), about 700 bytes a row at 384 dimensions and M 32;
 * ``ivf``: an inverted file over the codes (``IndexIVFScalarQuantizer``), about 392 bytes
   a row. On all-MiniLM-L6-v2 vectors of short texts it needs a quarter of its lists
   probed to reach recall@10 0.98, so it is slower than the graph (see docs/scaling.md);
@@ -12,8 +12,8 @@ quarter of the float vector), searched by one of two structures:
 
 A search takes the ``rescore`` best candidates by their codes (per 10 results) and
 re-scores each exactly from the segment's float vectors, kept in a file of their own
-(``<segment>.vec``, raw float32 in row order) and memory-mapped: only the candidates'
-pages are read. So scores are exact inner products, comparable across segments of every
+(``<segment>.vec``, raw float32 in row order) and read with ``pread``: only the
+candidates' rows are read. So scores are exact inner products, comparable across segments of every
 kind, and no result is ever a code's estimate.
 
 Building streams: the rows come from a :class:`RowSource` in blocks, are written to the
@@ -84,9 +84,10 @@ class ArraySource:
 
 
 class VectorFile:
-    """A segment's float vectors file (raw float32, ``rows`` x ``dim``), read in blocks
-    with plain reads (the page cache holds them, not this process) or memory-mapped for
-    searches (only the rows a search re-scores are paged in)."""
+    """A segment's float vectors file (raw float32, ``rows`` x ``dim``, from ``offset``),
+    read with ``pread`` in blocks (a build, a merge) or row by row (a search's candidates):
+    the page cache holds them, not this process. :attr:`mapped` maps the whole file, for
+    the few callers that want every vector (``verify``, ``eval --compare-exact``)."""
 
     def __init__(self, path: Path, rows: int, dim: int, offset: int = 0) -> None:
         self.path, self._rows, self._dim, self._offset = Path(path), rows, dim, offset
@@ -104,12 +105,11 @@ class VectorFile:
     def read(self, start: int, count: int) -> np.ndarray:
         """Rows ``start`` to ``start + count`` (a read, not a mapping)."""
         count = max(0, min(count, self._rows - start))
-        with open(self.path, "rb") as fh:
-            fh.seek(self._offset + start * self._dim * 4)
-            data = np.fromfile(fh, dtype="<f4", count=count * self._dim)
-        if len(data) != count * self._dim:
-            raise OSError(f"{self.path.name} ends early ({len(data) // max(self._dim, 1)} of {count} rows read)")
-        return data.reshape(count, self._dim)
+        row_bytes = self._dim * 4
+        data = os.pread(self._fd(), count * row_bytes, self._offset + start * row_bytes)
+        if len(data) != count * row_bytes:
+            raise OSError(f"{self.path.name} ends early ({len(data) // max(row_bytes, 1)} of {count} rows read)")
+        return np.frombuffer(data, dtype="<f4").reshape(count, self._dim).copy()
 
     def blocks(self, size: int) -> Iterator[np.ndarray]:
         for start in range(0, self._rows, size):
@@ -257,19 +257,25 @@ def build(kind: str, vectors: VectorFile, *, budget_bytes: int, hnsw_m: int = 32
     return index
 
 
-def breadths(index: Any, kind: str, max_ef: int) -> list[int]:
+def ef_steps(start: int, max_ef: int) -> list[int]:
+    """The efSearch values a recall guard tries: from ``start``, 1.5x a step (at least one
+    more), up to ``max_ef``."""
+    out = [max(1, min(start, max_ef))]
+    while out[-1] < max_ef:
+        out.append(min(max_ef, max(out[-1] + 1, int(out[-1] * 1.5))))
+    return out
+
+
+def breadths(index: Any, kind: str, start: int, max_ef: int) -> list[int]:
     """The search breadths the guard tries, narrowest first: lists probed (IVF, doubling up
-    to every list) or efSearch (graph, x1.5 from 16 up to ``max_ef``)."""
+    to every list) or efSearch (graph: :func:`ef_steps`)."""
     if kind == "ivf":
         nlist = int(index.nlist)
         out = [1]
         while out[-1] < nlist:
             out.append(min(nlist, out[-1] * 2))
         return out
-    out = [16]
-    while out[-1] < max_ef:
-        out.append(min(max_ef, int(out[-1] * 1.5)))
-    return out
+    return ef_steps(start, max_ef)
 
 
 def candidates(index: Any, kind: str, queries: np.ndarray, depth: int, breadth: int, sel: Any = None) -> np.ndarray:
@@ -306,7 +312,7 @@ def depth_for(rescore: int, k: int, recall_k: int = 10) -> int:
 
 
 def guard(index: Any, kind: str, vectors: VectorFile, queries: np.ndarray, kth: np.ndarray, *, target: float,
-          max_ef: int = 1024, recall_k: int = 10) -> Guarded:
+          start: int = 16, max_ef: int = 1024, recall_k: int = 10) -> Guarded:
     """The cheapest (breadth, rescore) whose recall@``recall_k`` on ``queries`` reaches
     ``target``. ``kth``: each query's exact k-th best score; a re-scored candidate scoring
     at least that is found (ties count as found). Cost: for IVF, the centroids, the codes
@@ -338,7 +344,7 @@ def guard(index: Any, kind: str, vectors: VectorFile, queries: np.ndarray, kth: 
         curve[f"{breadth}/{rescore}"] = round(recall, 4)
         return recall
 
-    for breadth in breadths(index, kind, max_ef):
+    for breadth in breadths(index, kind, start, max_ef):
         if best is not None and cost(breadth, RESCORE_STEPS[0]) > best[0]:
             break
         # The deepest re-scoring first: a breadth where even that misses is passed over

@@ -18,8 +18,8 @@ from retrieval.index.rows import docs_of, rows_of_documents
 
 
 class OpenSegment:
-    """A segment's FAISS index (memory-mapped), row ids and, for IVF, its float vectors
-    (memory-mapped); immutable, shared by generations."""
+    """A segment's FAISS index (memory-mapped), row ids and, for a compressed segment, its
+    float vectors file; immutable, shared by generations."""
 
     def __init__(self, meta: SegmentMeta, index: Any, ids: np.ndarray, vector_file: VectorFile | None = None,
                  path: Path | None = None) -> None:
@@ -48,7 +48,7 @@ class OpenSegment:
         return rows_of_documents(self.ids, doc_ids, bits)
 
     def vectors(self) -> np.ndarray:
-        """The float vectors of every row (of an IVF segment: its memory-mapped file)."""
+        """The float vectors of every row (of a compressed segment: its file, mapped)."""
         if not self.rows:
             return np.empty((0, self.index.d), np.float32)
         if self.vector_file is not None:
@@ -62,8 +62,8 @@ class OpenSegment:
         return self.index.reconstruct_batch(np.asarray(rows, dtype=np.int64))
 
     def read_rows(self, start: int, count: int) -> np.ndarray:
-        """The float vectors of rows ``start`` to ``start + count``, read for a merge (an IVF
-        segment's with plain reads: the page cache holds them, not this process)."""
+        """The float vectors of rows ``start`` to ``start + count``, read for a merge with plain
+        reads (the page cache holds them, not this process)."""
         if self.vector_file is not None:
             return self.vector_file.read(start, count)
         count = max(0, min(count, self.rows - start))
@@ -185,16 +185,12 @@ class IndexVersion:
                     continue
                 if view.meta.kind != "flat" and len(rows) <= exact_max:
                     scores, ids = _exact_rows(seg, rows, q, k)
-                elif seg.vector_file is not None:
-                    mask = np.zeros(seg.rows, bool)
-                    mask[rows] = True
-                    scores, ids = _compressed_search(faiss, view, q, min(k, len(rows)),
-                                                     np.packbits(mask, bitorder="little"), rows, ef)
                 else:
                     mask = np.zeros(seg.rows, bool)
                     mask[rows] = True
                     chosen = np.packbits(mask, bitorder="little")
-                    scores, ids = _search_widening(faiss, view, q, min(k, len(rows)), chosen, ef, rows)
+                    search = _compressed_search if seg.vector_file is not None else _search_widening
+                    scores, ids = search(faiss, view, q, min(k, len(rows)), chosen, ef, rows)
                 all_scores.append(scores)
                 all_ids.append(ids)
                 continue
@@ -212,7 +208,7 @@ class IndexVersion:
             if n <= 0:
                 continue
             if seg.vector_file is not None:
-                scores, ids = _compressed_search(faiss, view, q, n, bitmap, None, ef)
+                scores, ids = _compressed_search(faiss, view, q, n, bitmap, ef, None)
                 all_scores.append(scores)
                 all_ids.append(ids)
                 continue
@@ -311,7 +307,7 @@ def _search_widening(faiss: Any, view: SegmentView, q: np.ndarray, n: int, bitma
 
 
 def _compressed_search(faiss: Any, view: SegmentView, q: np.ndarray, n: int, bitmap: np.ndarray | None,
-                       allowed: np.ndarray | None, ef: int | None) -> tuple[np.ndarray, np.ndarray]:
+                       ef: int | None, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """A compressed segment's top ``n`` (scores, row ids): searched inside FAISS as wide as
     its guard chose (lists probed, or efSearch: at least ``ef``) with a bitmap selector of
     the rows that may be returned, the best candidates by code re-scored exactly from the

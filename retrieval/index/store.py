@@ -4,9 +4,10 @@ garbage collection. Layout::
 
     CURRENT                         name of the manifest searches use (replaced atomically)
     manifests/g<generation>.json    the live segments, their tombstones, last_seq, model key
-    segments/<segment>.faiss        a FAISS index over the segment's rows (flat, HNSW or IVF)
+    segments/<segment>.faiss        a FAISS index over the segment's rows (flat, HNSW, or
+                                    HNSW or IVF over 8-bit codes: compressed)
     segments/<segment>.ids          the row id of each row (int64, ascending)
-    segments/<segment>.vec          IVF only: each row's float vector (float32, row order)
+    segments/<segment>.vec          compressed only: each row's float vector (float32, row order)
     tombstones/<segment>.g<gen>.del a bitmap of the segment's dead rows as of that generation
 
 Only after a manifest is durable does ``CURRENT`` switch to it: a reader sees the old
@@ -261,9 +262,9 @@ class IndexStore:
                    calibration: Calibration | None = None) -> SegmentMeta:
         """Build and write a segment of the rows of ``source`` under ``ids`` (ascending).
 
-        Its kind is ``kind``, or by its size (:meth:`BuildOptions.kind_for`). An IVF segment
-        is built from ``source`` a block at a time (:mod:`retrieval.index.ivf`); flat and HNSW
-        segments in memory. ``exact_by_guard`` builds it exact and marks it as kept exact by
+        Its kind is ``kind``, or by its size (:meth:`BuildOptions.kind_for`). A compressed
+        segment is built from ``source`` a block at a time (:mod:`retrieval.index.compressed`);
+        flat and HNSW segments in memory. ``exact_by_guard`` builds it exact and marks it as kept exact by
         the recall guard (a merge of segments the guard already kept exact: HNSW recall only
         falls as a segment grows, so trying again would build a graph to throw it away).
         ``calibration``: the recall guard's queries (see :mod:`retrieval.index.build`)."""
@@ -271,7 +272,8 @@ class IndexStore:
         kind = "flat" if exact_by_guard else (kind or opts.kind_for(len(ids)))
         name = f"s{generation:010d}-{uuid.uuid4().hex[:8]}"
         if kind in COMPRESSED:
-            return self._write_compressed(kind, name, ids, source, opts=opts, origin=origin, calibration=calibration)
+            return self._write_compressed(kind, name, ids, source, opts=opts, origin=origin, generation=generation,
+                                          calibration=calibration)
         faiss = faisslib.load()
         parts = list(source.blocks(compressed.BLOCK_ROWS))
         x = np.concatenate(parts) if parts else np.empty((0, source.dim), np.float32)
@@ -294,7 +296,7 @@ class IndexStore:
         return meta
 
     def _write_compressed(self, kind: str, name: str, ids: np.ndarray, source: RowSource, *, opts: BuildOptions,
-                          origin: str, calibration: Calibration | None) -> SegmentMeta:
+                          origin: str, generation: int, calibration: Calibration | None) -> SegmentMeta:
         """A compressed segment (:mod:`retrieval.index.compressed`), streamed: the vector
         file first (written once from ``source``), then the index trained and filled from
         it, the recall guard, and the index file."""
@@ -309,21 +311,20 @@ class IndexStore:
             sample = compressed.sample_rows(vectors, min(len(ids), 2 * opts.recall_queries), seed=len(ids))
             queries, label, target = guard_queries(sample, opts, calibration)
             kth = compressed.exact_kth(vectors, queries, RECALL_K)
-            # A mapping of its own, dropped after the guard: the candidates it paged in go too.
-            guarded = compressed.guard(index, kind, VectorFile(vectors.path, vectors.rows, vectors.dim), queries, kth,
-                                       target=target, max_ef=opts.max_ef_search, recall_k=RECALL_K)
+            guarded = compressed.guard(index, kind, vectors, queries, kth, target=target, start=opts.ef_search,
+                                       max_ef=opts.max_ef_search, recall_k=RECALL_K)
             breadth, rescore = guarded.breadth, guarded.rescore
             if (breadth is None or rescore is None) and len(ids) <= opts.max_rows("flat", source.dim):
                 # As an HNSW segment that misses the target: kept exact, built from the file.
                 log.warning("a %s segment of %d vectors reached recall@10 %.3f at most (target %.3f, %s); keeping it "
                             "exact", kind, len(ids), guarded.recall or 0.0, target, label)
-                flat = self.write_rows(ids, vectors, opts=opts, origin=origin, generation=int(name[1:11]),
+                flat = self.write_rows(ids, vectors, opts=opts, origin=origin, generation=generation,
                                        exact_by_guard=True)
                 (self.root / vec_ref.path).unlink(missing_ok=True)
                 return replace(flat, recall=1.0, calibration=label)
             if breadth is None or rescore is None:
                 # The widest search and the deepest re-scoring: as near exact as the codes go.
-                breadth = compressed.breadths(index, kind, opts.max_ef_search)[-1]
+                breadth = compressed.breadths(index, kind, opts.ef_search, opts.max_ef_search)[-1]
                 rescore = compressed.RESCORE_STEPS[-1]
                 log.warning("a %s segment of %d vectors reached recall@10 %.3f at most (target %.3f, %s); "
                             "searching it at its widest", kind, len(ids), guarded.recall or 0.0, target, label)
