@@ -45,7 +45,6 @@ import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -61,19 +60,11 @@ CATALOG = REPO.parent / "shared" / "data" / "catalog"
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import machine  # noqa: E402
+from benchlib import machine, med, pct, recall_at, timed  # noqa: E402
 
 
 def log(msg: str) -> None:
     print(f"[scale] {msg}", file=sys.stderr, flush=True)
-
-
-def med(xs: list[float]) -> float:
-    return float(statistics.median(xs)) if xs else float("nan")
-
-
-def pct(xs: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
 
 
 # -- texts --------------------------------------------------------------------------
@@ -424,22 +415,6 @@ def real_vectors(args: argparse.Namespace) -> tuple[Any, list[str], np.ndarray, 
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, docs=dv, queries=qv)
     return encoder, docs, dv, queries, qv
-
-
-def timed(fn: Callable[[np.ndarray], Any], qv: np.ndarray) -> tuple[list[float], list[Any]]:
-    for i in range(min(50, len(qv))):
-        fn(qv[i:i + 1])
-    times, results = [], []
-    for i in range(len(qv)):
-        t0 = time.perf_counter()
-        res = fn(qv[i:i + 1])
-        times.append(time.perf_counter() - t0)
-        results.append(res)
-    return times, results
-
-
-def recall_at(found_scores: np.ndarray, kth: np.ndarray) -> float:
-    return float(((found_scores >= kth[:, None] - 1e-5)).sum() / found_scores.size)
 
 
 def search_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:

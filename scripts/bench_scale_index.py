@@ -41,7 +41,6 @@ import argparse
 import contextlib
 import json
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,7 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import machine  # noqa: E402
+from benchlib import machine, med, pct, recall_at, timed  # noqa: E402
 
 K = 10
 
@@ -97,10 +96,6 @@ class PeakRSS:
     @property
     def over(self) -> int:
         return self.peak - self.before
-
-
-def med(xs: list[float]) -> float:
-    return float(statistics.median(xs)) if xs else float("nan")
 
 
 def nullcontext() -> Any:
@@ -214,17 +209,10 @@ def run_child(*args: str) -> dict[str, Any]:
 
 
 def timed_search(fn: Any, qv: np.ndarray, kth: np.ndarray) -> dict[str, Any]:
-    for i in range(50):
-        fn(qv[i:i + 1])
-    times, found = [], []
-    for i in range(len(qv)):
-        t0 = time.perf_counter()
-        scores = fn(qv[i:i + 1])
-        times.append(time.perf_counter() - t0)
-        found.append(scores)
-    f = np.concatenate(found)
-    return {"p50_ms": round(med(times) * 1000, 3), "p99_ms": round(float(np.percentile(times, 99)) * 1000, 3),
-            "recall@10": round(float((f >= kth[:, None] - 1e-5).sum() / f.size), 4)}
+    """p50, p99 and recall@10 of ``fn`` (a query row -> its top scores), one query at a time."""
+    times, found = timed(fn, qv)
+    return {"p50_ms": round(med(times) * 1000, 3), "p99_ms": round(pct(times, 99) * 1000, 3),
+            "recall@10": round(recall_at(np.concatenate(found), kth), 4)}
 
 
 def search(args: argparse.Namespace, work: Path) -> dict[str, Any]:

@@ -38,3 +38,39 @@ def catalog_documents(path: Path, n: int) -> list:
     if len(docs) < n:
         raise SystemExit(f"{path} holds {len(docs)} rows, fewer than the {n} asked for")
     return docs
+
+
+def med(xs: list[float]) -> float:
+    """The median, or NaN of nothing."""
+    import statistics
+
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+def pct(xs: list[float], q: float) -> float:
+    """The ``q``-th percentile, or NaN of nothing."""
+    import numpy as np
+
+    return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
+
+
+def timed(fn, qv, warmup: int = 50) -> tuple[list[float], list]:  # type: ignore[no-untyped-def]
+    """``fn`` called on each query row of ``qv`` alone, after ``warmup`` untimed calls:
+    (seconds of each call, each call's result)."""
+    import time
+
+    for i in range(min(warmup, len(qv))):
+        fn(qv[i:i + 1])
+    times, results = [], []
+    for i in range(len(qv)):
+        t0 = time.perf_counter()
+        res = fn(qv[i:i + 1])
+        times.append(time.perf_counter() - t0)
+        results.append(res)
+    return times, results
+
+
+def recall_at(found_scores, kth) -> float:  # type: ignore[no-untyped-def]
+    """recall@k of found scores against each query's exact k-th score (ties count as found)."""
+    return float((found_scores >= kth[:, None] - 1e-5).sum() / found_scores.size)
+
