@@ -293,7 +293,7 @@ class IndexKeeper:
 
     def _full_build(self, encoder: Encoder) -> SyncReport:
         return full_build(self.store, self.index_store, encoder, BuildOptions.of(self.settings.index),
-                          calibration=self.calibration(encoder.model_key, encoder.dim))
+                          calibration=functools.partial(self.calibration, encoder.model_key, encoder.dim))
 
     def calibration(self, model_key: str, dim: int) -> Calibration | None:
         """The store's recent real queries for the recall guard, when it has enough."""

@@ -135,11 +135,11 @@ def _joined(parts: list[tuple[np.ndarray, np.ndarray]], dim: int) -> tuple[np.nd
 
 
 def full_build(store: Store, index_store: IndexStore, encoder: Encoder, opts: BuildOptions,
-               calibration: Calibration | None = None) -> SyncReport:
+               calibration: Callable[[], Calibration | None] | None = None) -> SyncReport:
     """Build a new index from every document (embedding only what was never embedded):
     segments typed by their size, each of at most what a build holds within
     ``merge_memory_mb`` (one segment, below that). ``calibration``: the recall guard's
-    queries (the store's recent real queries)."""
+    queries (the store's recent real queries), asked for once a segment is approximate."""
     t0 = time.perf_counter()
     written = index_store.bytes_written
     report = SyncReport(full=True)
@@ -151,21 +151,24 @@ def full_build(store: Store, index_store: IndexStore, encoder: Encoder, opts: Bu
     parts: list[tuple[np.ndarray, np.ndarray]] = []
     held = 0
     passages = 0
-    documents: set[int] = set()
+    documents = 0  # a document's passages are in one segment: its page is never split
     index_seconds = 0.0
+    queries: list[Calibration | None] = []  # asked for once
 
     def flush() -> None:
-        nonlocal held, passages, index_seconds
+        nonlocal held, passages, documents, index_seconds
         ids, matrix = _joined(parts, encoder.dim)
         parts.clear()
         held = 0
         if len(ids):
             t1 = time.perf_counter()
+            if calibration is not None and not queries and opts.kind_for(len(ids)) != "flat":
+                queries.append(calibration())
             segments.append(index_store.write_segment(ids, matrix, opts=opts, origin="build", generation=generation,
-                                                      calibration=calibration))
+                                                      calibration=queries[0] if queries else None))
             index_seconds += time.perf_counter() - t1
             passages += len(ids)
-            documents.update(np.unique(docs_of(ids, PASSAGE_BITS)).tolist())
+            documents += len(np.unique(docs_of(ids, PASSAGE_BITS)))
 
     with store.read() as snap:
         position = _position(snap, snap.max_seq())
@@ -184,7 +187,7 @@ def full_build(store: Store, index_store: IndexStore, encoder: Encoder, opts: Bu
                         passage_bits=PASSAGE_BITS, splitter=splitter.key(encoder), **position)
     version = index_store.commit(manifest)
     report.stages["index"] = time.perf_counter() - t1 + index_seconds
-    report.changes = report.added = len(documents)
+    report.changes = report.added = documents
     report.finish(index_store, version, written, t0)
     log.info("full build: %d documents, %d passages in %d segments, %d embedded, generation %s", report.added,
              passages, len(segments), report.embedded, report.version)
