@@ -64,7 +64,6 @@ class BackgroundPublisher:
         self._requested = 0  # requests made
         self._attempted = 0  # requests covered by the last finished attempt
         self._failed: BaseException | None = None  # the last attempt's error, None once one succeeds
-        self.last_error: str | None = None
         self.last_error_at: float | None = None
         self.publishes = 0
         self.failures = 0
@@ -86,6 +85,12 @@ class BackgroundPublisher:
                 _LIVE.add(self)
 
     @property
+    def last_error(self) -> str | None:
+        """The last attempt's error in one line; None once a publish succeeds."""
+        failed = self._failed
+        return f"{type(failed).__name__}: {failed}" if failed is not None else None
+
+    @property
     def pending(self) -> bool:
         """Requests not yet covered by a finished attempt."""
         with self._cond:
@@ -104,7 +109,7 @@ class BackgroundPublisher:
         before it: an earlier error is no longer current."""
         with self._cond:
             if self._attempted >= self._requested:
-                self._failed, self.last_error = None, None
+                self._failed = None
 
     # -- waiting ----------------------------------------------------------------------
 
@@ -175,7 +180,6 @@ class BackgroundPublisher:
             with self._cond:
                 self._failed = exc
                 self.failures += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
                 self.last_error_at = time.time()
                 self._attempted = max(self._attempted, target)
                 self._cond.notify_all()
@@ -184,7 +188,6 @@ class BackgroundPublisher:
         else:
             with self._cond:
                 self._failed = None
-                self.last_error = None
                 self.publishes += 1
                 self.last_published_at = time.time()
                 self._attempted = max(self._attempted, target)
